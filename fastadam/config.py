@@ -1,0 +1,136 @@
+"""Runtime configuration: threads, threading layer, parallel threshold, numba flags.
+
+One place for every knob that changes how kernels are compiled or launched. Importing
+this module chooses numba's threading layer (before any parallel kernel has run):
+
+* ``tbb`` when the TBB runtime can be loaded: thread-safe and fork-safe.
+* otherwise ``workqueue``, with a process-wide lock around parallel launches, because
+  that layer aborts the process when two Python threads launch kernels at once.
+
+``omp`` is never chosen by us (not fork-safe, and slow when the cores are busy); if the
+user forces it with ``NUMBA_THREADING_LAYER`` we honour it, serialise launches, and run
+serially in forked children.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+import sys
+import threading
+
+import numba
+
+#: Buffers with fewer elements than this run the serial kernel: a parallel launch costs
+#: microseconds (tbb ~8 us, workqueue ~35 us here), more than the work it would split.
+#: Measured with ``scripts/tune_threshold.py``; override with FASTADAM_PARALLEL_THRESHOLD.
+PARALLEL_THRESHOLD = int(os.environ.get("FASTADAM_PARALLEL_THRESHOLD", 65536))
+
+#: Elements per parallel work item. 16384 float32 = 64 KiB per stream: large enough to
+#: amortise scheduling, small enough to balance two threads on 1e5-element buffers.
+BLOCK = 16384
+
+#: Options shared by every kernel. error_model="numpy" lets LLVM vectorise division and
+#: sqrt (no ZeroDivisionError branch); no fastmath, so NaN/inf behave as IEEE says.
+JIT_OPTIONS = dict(nogil=True, cache=True, error_model="numpy",
+                   boundscheck=False)
+
+
+def _load_tbb() -> bool:
+    """Make numba's tbb layer loadable: in a venv libtbb lives in <prefix>/lib, which the
+    dynamic loader does not search, so load it globally before numba's first launch."""
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401  (succeeds when libtbb resolves)
+        return True
+    except Exception:
+        pass
+    for prefix in {sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")}:
+        if not prefix:
+            continue
+        for lib in sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.1[2-9]*"))):
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+                from numba.np.ufunc import tbbpool  # noqa: F401,F811
+                return True
+            except Exception:
+                continue
+    return False
+
+
+def _choose_layer() -> str:
+    requested = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    if requested and requested != "default":
+        return requested
+    if _load_tbb():
+        layer = "tbb"
+    else:
+        layer = "workqueue"
+    numba.config.THREADING_LAYER = layer
+    return layer
+
+
+THREADING_LAYER: str = _choose_layer()
+
+# Serialise parallel launches for layers that are not thread-safe.
+_launch_lock = threading.Lock() if THREADING_LAYER != "tbb" else None
+# omp (GNU) deadlocks in forked children; after a fork run everything serially.
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child, _launch_lock
+    _forked_child = THREADING_LAYER not in ("tbb", "workqueue")
+    if _launch_lock is not None:
+        _launch_lock = threading.Lock()  # a lock held by a parent thread is gone
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def launch_lock():
+    """Context manager guarding a parallel launch (a no-op under tbb)."""
+    return _launch_lock if _launch_lock is not None else contextlib.nullcontext()
+
+
+def use_parallel(n: int) -> bool:
+    """Whether a buffer of ``n`` elements should run the parallel kernel."""
+    return n >= PARALLEL_THRESHOLD and not _forked_child and numba.get_num_threads() > 1
+
+
+def threading_layer() -> str:
+    """The threading layer numba uses (or will use) for fastadam's parallel kernels."""
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel launch yet
+        return THREADING_LAYER
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads parallel kernels use (1 <= n <= numba.config.NUMBA_NUM_THREADS).
+
+    Results are bit-identical for any thread count: each element is updated by one
+    thread with the same arithmetic."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    hi = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= hi:
+        raise ValueError(f"n must be between 1 and {hi} (NUMBA_NUM_THREADS), got {n}")
+    numba.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """``with fastadam.threads(1): ...`` runs the block with ``n`` threads, then restores
+    the previous count, even when the block raises."""
+    old = numba.get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

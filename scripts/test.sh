@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install fastadam with its test extras (and CPU torch for the parity tests) into the
+# current Python, then run the whole test suite. This is the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# torch==2.13.0 is the CPU build available on these machines; any torch>=2.0 works.
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn]" "torch==2.13.0"
+"$PY" -m pytest -q "$@"
