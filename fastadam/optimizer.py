@@ -11,6 +11,8 @@ import json
 import math
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -53,14 +55,15 @@ class _Bucket:
 class _Launch:
     """One kernel launch: the chunks of the groups that share a kernel flag set."""
 
-    def __init__(self, bucket, key, group_ids):
+    def __init__(self, bucket, key, group_ids, n_params):
         self.key = key
         rows = [i for i, (_, g, _) in enumerate(bucket.members) if g in group_ids]
         self.rows = np.array(rows, dtype=np.int64)
         self.param_index = [bucket.members[i][0] for i in rows]
         params = [bucket.members[i][2] for i in rows]
         self.size = sum(p.size for p in params)
-        self.all_rows = len(rows) == len(bucket.members)
+        # True when this launch covers every parameter in order: grads map 1:1 to rows.
+        self.all_rows = self.param_index == list(range(n_params))
         self.plan = make_plan(params, bucket.offsets[self.rows],
                               [bucket.members[i][1] for i in rows])
         self.blocks = K.split_blocks(self.plan[:, K.LENGTH])
@@ -234,7 +237,7 @@ class Optimizer:
             keys = {}
             for gi in {g for _, g, _ in b.members}:
                 keys.setdefault(self._keys[gi], set()).add(gi)
-            b.launches = [_Launch(b, key, gids) for key, gids in keys.items()]
+            b.launches = [_Launch(b, key, gids, len(self._params)) for key, gids in keys.items()]
 
     def _kernel_key(self, g):
         wd_mode = K.WD_NONE
@@ -527,16 +530,14 @@ def read_checkpoint(path):
                     if f"{i}/{k}" in files:
                         st[k] = z[f"{i}/{k}"]
                 state[i] = st
-    except (OSError, EOFError, KeyError, TypeError, UnicodeDecodeError,
-            json.JSONDecodeError) as e:
+            groups = meta["param_groups"]
+            for g in groups:
+                if "betas" in g:
+                    g["betas"] = tuple(g["betas"])
+    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile,
+            zlib.error) as e:   # ValueError covers JSON and Unicode decoding errors
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    for g in meta["param_groups"]:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    return {"algorithm": meta.get("algorithm"), "state": state,
-            "param_groups": meta["param_groups"]}
+    return {"algorithm": meta.get("algorithm"), "state": state, "param_groups": groups}
 
 
 _NO_RANGES = np.zeros((0, 2), dtype=np.int64)

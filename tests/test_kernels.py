@@ -1,0 +1,43 @@
+"""Kernel code generation: the hot loop is SIMD and float32 stays float32.
+
+Checked in a fresh process with an empty numba cache (inspect_asm does not work on
+kernels loaded from the on-disk cache)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import json, re, itertools, numpy as np
+from fastadam.kernels import adam as K
+out = {}
+for wd, ams, sg in itertools.product([0, 1, 2], [False, True], [False, True]):
+    ser = K.make_kernels(wd, ams, sg, False)[0]
+    for dt in (np.float32, np.float64):
+        a = np.zeros(64, dt)
+        ser(a, a.copy(), a.copy(), a.copy(), a.copy(), a[:0], np.zeros(K.N_SCALARS, dt))
+        asm = "\n".join(ser.inspect_asm().values())
+        key = f"{wd}-{ams}-{sg}-{np.dtype(dt).name}"
+        out[key] = {
+            "packed_sqrt": len(re.findall(r"\bv?sqrtp[sd]\b", asm)),
+            "packed_div": len(re.findall(r"\bv?divp[sd]\b", asm)),
+            "promote": len(re.findall(r"\bv?cvtps2pd\b", asm)),
+        }
+print(json.dumps(out))
+"""
+
+
+def test_hot_loop_is_vectorised_and_float32_is_not_promoted(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out) == 24
+    for key, r in out.items():
+        assert r["packed_sqrt"] > 0, f"{key}: sqrt is not vectorised"
+        assert r["packed_div"] > 0, f"{key}: division is not vectorised"
+        if key.endswith("float32"):
+            assert r["promote"] == 0, f"{key}: float32 loop converts to float64"
