@@ -31,42 +31,79 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     ``"hat"`` is the "epsilon hat" variant of the end of section 2. ``max_exp_avg_sq`` is
     required when ``amsgrad``. Raises TypeError/ValueError, changing nothing, on bad input.
     """
-    step = C.check_step(step)
-    lr = C.check_lr(lr)
-    b1, b2 = C.check_betas(betas)
-    eps = C.check_eps(eps)
-    wd = C.check_weight_decay(weight_decay)
-    decoupled = C.check_bool("decoupled_weight_decay", decoupled_weight_decay)
-    amsgrad = C.check_bool("amsgrad", amsgrad)
-    maximize = C.check_bool("maximize", maximize)
-    bias_correction = C.check_bool("bias_correction", bias_correction)
-    eps_mode = C.check_eps_mode(eps_mode)
+    # Fast acceptance of the common cases; the checkers in _checks produce the messages.
+    if not (type(step) is int and step >= 1):
+        step = C.check_step(step)
+    if not (type(lr) is float and 0.0 <= lr < _INF):
+        lr = C.check_lr(lr)
+    if not (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        betas = C.check_betas(betas)
+    if not (type(eps) is float and 0.0 <= eps < _INF):
+        eps = C.check_eps(eps)
+    if not (type(weight_decay) is float and 0.0 <= weight_decay < _INF):
+        weight_decay = C.check_weight_decay(weight_decay)
+    for name, flag in (("decoupled_weight_decay", decoupled_weight_decay),
+                       ("amsgrad", amsgrad), ("maximize", maximize),
+                       ("bias_correction", bias_correction)):
+        if flag is not True and flag is not False:
+            C.check_bool(name, flag)
+    if eps_mode != "paper" and eps_mode != "hat":
+        C.check_eps_mode(eps_mode)
 
-    C.check_array("param", param, writable=True, one_d=True)
+    if not _ok(param, None, None, True) or param.ndim != 1:
+        C.check_array("param", param, writable=True, one_d=True)
     dt, shape = param.dtype, param.shape
-    C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
-    C.check_array("exp_avg", exp_avg, writable=True, dtype=dt, shape=shape)
-    C.check_array("exp_avg_sq", exp_avg_sq, writable=True, dtype=dt, shape=shape)
-    named = [("param", param), ("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+    if not _ok(grad, dt, shape, False):
+        C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
+    if not _ok(exp_avg, dt, shape, True):
+        C.check_array("exp_avg", exp_avg, writable=True, dtype=dt, shape=shape)
+    if not _ok(exp_avg_sq, dt, shape, True):
+        C.check_array("exp_avg_sq", exp_avg_sq, writable=True, dtype=dt, shape=shape)
     if amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True "
                              "(an array of zeros before the first step)")
-        C.check_array("max_exp_avg_sq", max_exp_avg_sq, writable=True, dtype=dt, shape=shape)
-        named.append(("max_exp_avg_sq", max_exp_avg_sq))
+        if not _ok(max_exp_avg_sq, dt, shape, True):
+            C.check_array("max_exp_avg_sq", max_exp_avg_sq, writable=True, dtype=dt,
+                          shape=shape)
         vmax = max_exp_avg_sq
     else:
-        vmax = exp_avg_sq[:0]
-    C.check_no_overlap(named)
+        vmax = param[:0]
 
-    wd_mode = K.WD_NONE if wd == 0.0 else (K.WD_DECOUPLED if decoupled else K.WD_L2)
-    sc = np.array(K.scalars(step=step, lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=wd,
-                            decoupled=decoupled, bias_correction=bias_correction,
-                            eps_mode=eps_mode, grad_scale=-1.0 if maximize else 1.0),
-                  dtype=dt)
-    serial, parallel, _, _ = K.make_kernels(wd_mode, amsgrad, maximize, False)
-    if config.use_parallel(param.shape[0]):
+    wd_mode = K.WD_NONE if weight_decay == 0.0 else (
+        K.WD_DECOUPLED if decoupled_weight_decay else K.WD_L2)
+    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
+                             weight_decay=weight_decay, bias_correction=bias_correction,
+                             eps_mode=eps_mode, grad_scale=-1.0 if maximize else 1.0))
+    kernels = _KERNELS.get((wd_mode, amsgrad, maximize))
+    if kernels is None:
+        kernels = _KERNELS[(wd_mode, amsgrad, maximize)] = K.make_kernels(
+            wd_mode, amsgrad, maximize, False)
+    if config.use_parallel(shape[0]):
         with config.launch_lock():
-            parallel(param, grad, exp_avg, exp_avg_sq, vmax, param[:0], sc)
+            bad = kernels[1](param, grad, exp_avg, exp_avg_sq, vmax, param[:0], h, step)
     else:
-        serial(param, grad, exp_avg, exp_avg_sq, vmax, param[:0], sc)
+        bad = kernels[0](param, grad, exp_avg, exp_avg_sq, vmax, param[:0], h, step)
+    if bad >= 0:
+        a, b = K.ARRAY_NAMES[bad // 6], K.ARRAY_NAMES[bad % 6]
+        raise ValueError(f"{a} and {b} share memory; every parameter, gradient and state "
+                         "buffer must be a separate array")
+
+
+_INF = float("inf")
+_KERNELS = {}
+_FLOAT_DTYPES = C.FLOAT_DTYPES
+
+
+def _ok(a, dtype, shape, writable):
+    """Cheap acceptance test; False sends the array through C.check_array."""
+    if type(a) is not np.ndarray:
+        return False
+    if dtype is None:
+        if a.dtype not in _FLOAT_DTYPES:
+            return False
+    elif a.dtype is not dtype or a.shape != shape:
+        return False
+    f = a.flags
+    return f.c_contiguous and (f.writeable or not writable)

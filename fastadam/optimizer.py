@@ -174,7 +174,8 @@ class Optimizer:
             for r, (i, _, _) in enumerate(b.members):
                 self.grads[i] = b.grad_views[r]
         self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
-        self._steps = list(steps)
+        self._steps = np.array(steps, dtype=np.int64)        # per group, updated by kernels
+        self._hyper = np.zeros((len(self.param_groups), K.N_HYPER))
         self._snap = [None] * len(self.param_groups)
         self._group_params = [g["params"] for g in self.param_groups]
         for i, st in enumerate(saved_state):
@@ -226,6 +227,10 @@ class Optimizer:
             g.update(self._check_hparams(g, where=f"param_groups[{gi}]"))
             self._snap[gi] = (g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"],
                               g["amsgrad"], g["maximize"], g["bias_correction"], g["eps_mode"])
+            self._hyper[gi] = K.hyper_row(
+                lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+                weight_decay=g["weight_decay"], bias_correction=g["bias_correction"],
+                eps_mode=g["eps_mode"], grad_scale=-1.0 if g["maximize"] else 1.0)
         need_vmax = any(g["amsgrad"] for g in groups)
         for b in self._buckets:
             if need_vmax and not b.has_vmax():
@@ -238,6 +243,7 @@ class Optimizer:
             for gi in {g for _, g, _ in b.members}:
                 keys.setdefault(self._keys[gi], set()).add(gi)
             b.launches = [_Launch(b, key, gids, len(self._params)) for key, gids in keys.items()]
+        self._launches = [(b, L) for b in self._buckets for L in b.launches]
 
     def _kernel_key(self, g):
         wd_mode = K.WD_NONE
@@ -275,20 +281,7 @@ class Optimizer:
                 g_refs = np.fromiter(map(id, grads), np.int64, len(grads))
             else:
                 g_refs = np.array([g.ctypes.data for g in grads], dtype=np.int64)
-        groups = self.param_groups
-        steps = self._steps
-        for b in self._buckets:
-            sc = b.sc
-            for gi in {g for _, g, _ in b.members}:
-                g = groups[gi]
-                b1, b2 = g["betas"]
-                sc[gi] = K.scalars(step=steps[gi] + 1, lr=g["lr"], beta1=b1, beta2=b2,
-                                   eps=g["eps"], weight_decay=g["weight_decay"],
-                                   decoupled=self._decoupled,
-                                   bias_correction=g["bias_correction"],
-                                   eps_mode=g["eps_mode"],
-                                   grad_scale=-1.0 if g["maximize"] else 1.0)
-        launches = [(b, L) for b in self._buckets for L in b.launches]
+        launches = self._launches
         forbid = _NO_RANGES
         if user:
             if len(launches) == 1:
@@ -296,24 +289,25 @@ class Optimizer:
             else:
                 self._check_aliasing(g_refs)
         obj = user and HAVE_ARRAY_DATA_OFFSET
+        hyper, steps = self._hyper, self._steps
+        last = launches[-1]
         for b, L in launches:
-            serial, parallel, tab_serial, tab_parallel = L.kernels
             if user:
                 plan, blocks = L.plan, L.blocks
                 plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
             else:
                 plan, blocks = L.flat_plan, L.flat_blocks
+            bump = L is last[1]
             if config.use_parallel(L.size):
                 with config.launch_lock():
-                    bad = tab_parallel(plan, obj, blocks, forbid, b.state, b.sc)
+                    bad = L.kernels[3](plan, obj, blocks, forbid, b.state, hyper, steps,
+                                       b.sc, bump)
             else:
-                bad = tab_serial(plan, obj, blocks, forbid, b.state, b.sc)
+                bad = L.kernels[2](plan, obj, blocks, forbid, b.state, hyper, steps, b.sc, bump)
             if bad >= 0:
                 raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
                                  "parameter or the optimizer's state; pass a separate "
                                  "gradient array")
-        for gi in range(len(groups)):
-            steps[gi] += 1
 
     def _check_aliasing(self, g_refs):
         obj = HAVE_ARRAY_DATA_OFFSET
@@ -339,7 +333,7 @@ class Optimizer:
         of the live state (read them; write through load_state_dict)."""
         out = {}
         for i in range(len(self._params)):
-            st = {"step": self._steps[self._group_of[i]]}
+            st = {"step": int(self._steps[self._group_of[i]])}
             st.update(self._param_state_views(i))
             out[i] = st
         return out
@@ -442,7 +436,7 @@ class Optimizer:
                 views = self._param_state_views(i)
                 if "max_exp_avg_sq" in views:
                     views["max_exp_avg_sq"][...] = 0
-        self._steps = [s or 0 for s in new_steps]
+        self._steps[:] = [s or 0 for s in new_steps]
         self._snap = [None] * len(self.param_groups)
 
     def add_param_group(self, param_group):
@@ -466,7 +460,7 @@ class Optimizer:
         self.param_groups = old_groups + [full]
         saved = [{k: v for k, v in sd["state"][i].items() if k != "step"}
                  for i in range(len(old_params))] + [None] * len(ps)
-        self._build(saved, self._steps + [0])
+        self._build(saved, list(self._steps) + [0])
 
     # ------------------------------------------------------------------ files
     def save(self, path):

@@ -17,7 +17,7 @@ for wd, ams, sg in itertools.product([0, 1, 2], [False, True], [False, True]):
     ser = K.make_kernels(wd, ams, sg, False)[0]
     for dt in (np.float32, np.float64):
         a = np.zeros(64, dt)
-        ser(a, a.copy(), a.copy(), a.copy(), a.copy(), a[:0], np.zeros(K.N_SCALARS, dt))
+        ser(a, a.copy(), a.copy(), a.copy(), a.copy(), a[:0], np.zeros(K.N_HYPER), 1)
         asm = "\n".join(ser.inspect_asm().values())
         key = f"{wd}-{ams}-{sg}-{np.dtype(dt).name}"
         out[key] = {

@@ -1,8 +1,8 @@
 """Fused Adam / AdamW / AMSGrad kernels on flat 1-D buffers.
 
 One pass per step: read p, g, m, v (and vmax, pbar when used) once, write them once.
-The update implemented, with scalars precomputed in float64 by the caller and cast to
-the buffer dtype (see :func:`scalars`)::
+The update implemented, with the step's scalars computed once in float64 and rounded to
+the buffer dtype (see :func:`step_scalars`)::
 
     g  = g * grad_scale                       # maximize (-1) and clipping; if scale_grad
     g  = g + wd * p                           # WD_L2
@@ -34,7 +34,13 @@ from ._pointers import ARRAY_DATA_OFFSET, address_as_pointer, load_int64
 
 WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
 
-# Layout of the per-group scalars row (buffer dtype), shared by every kernel.
+# Hyperparameters, one float64 row per param group (the kernels turn them into the step's
+# scalars, so Python does no per-step arithmetic).
+H_LR, H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY, H_GRAD_SCALE, H_AVERAGE, H_BIAS_CORRECTION, \
+    H_EPS_HAT = range(9)
+N_HYPER = 9
+
+# The step's scalars in the buffer dtype, as the update loop reads them.
 B1, OMB1, B2, OMB2, STEP_SIZE, EPS_EFF, WD, GRAD_SCALE, AVG_B, OMAVG_B = range(10)
 N_SCALARS = 10
 
@@ -43,23 +49,44 @@ P_ADDR, G_REF, LENGTH, OFFSET, GROUP = range(5)
 VMAX_ROW = 2
 
 
-def scalars(*, step, lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction,
-            eps_mode, grad_scale=1.0, average=0.0):
-    """The per-step scalars in float64, in the row layout the kernels read."""
-    if bias_correction:
-        bc1 = 1.0 - beta1 ** step
-        bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
-    else:
-        bc1 = bc2_sqrt = 1.0
-    step_size = lr * bc2_sqrt / bc1
-    eps_eff = eps * bc2_sqrt if eps_mode == "paper" else eps
-    wd = 1.0 - lr * weight_decay if decoupled else weight_decay
-    return (beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps_eff, wd, grad_scale,
-            average, 1.0 - average)
+def hyper_row(*, lr, beta1, beta2, eps, weight_decay, bias_correction=True,
+              eps_mode="paper", grad_scale=1.0, average=0.0):
+    """The float64 hyperparameter row (H_* layout) the kernels read."""
+    return (lr, beta1, beta2, eps, weight_decay, grad_scale, average,
+            1.0 if bias_correction else 0.0, 1.0 if eps_mode == "hat" else 0.0)
 
 
 def kernel_key(*, weight_decay_mode, amsgrad, scale_grad, average):
     return (int(weight_decay_mode), bool(amsgrad), bool(scale_grad), bool(average))
+
+
+@njit(**JIT_OPTIONS)
+def step_scalars(h, t, decoupled, out):
+    """Write step t's scalars (float64 math, rounded once to out's dtype) into ``out``.
+
+    bc1 = 1 - b1**t and bc2 = 1 - b2**t from the integer step (pow, not a running
+    product, so no drift over long runs)."""
+    lr = h[H_LR]
+    b1 = h[H_BETA1]
+    b2 = h[H_BETA2]
+    if h[H_BIAS_CORRECTION] != 0.0:
+        tf = float(t)
+        bc1 = 1.0 - b1 ** tf
+        bc2_sqrt = np.sqrt(1.0 - b2 ** tf)
+    else:
+        bc1 = 1.0
+        bc2_sqrt = 1.0
+    eps = h[H_EPS]
+    out[B1] = b1
+    out[OMB1] = 1.0 - b1
+    out[B2] = b2
+    out[OMB2] = 1.0 - b2
+    out[STEP_SIZE] = lr * bc2_sqrt / bc1
+    out[EPS_EFF] = eps if h[H_EPS_HAT] != 0.0 else eps * bc2_sqrt
+    out[WD] = 1.0 - lr * h[H_WEIGHT_DECAY] if decoupled else h[H_WEIGHT_DECAY]
+    out[GRAD_SCALE] = h[H_GRAD_SCALE]
+    out[AVG_B] = h[H_AVERAGE]
+    out[OMAVG_B] = 1.0 - h[H_AVERAGE]
 
 
 @njit(**JIT_OPTIONS)
@@ -82,22 +109,54 @@ def first_alias(plan, g_from_object, forbid, itemsize):
     return -1
 
 
+ARRAY_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "param_avg")
+
+
+@njit(**JIT_OPTIONS)
+def _span(a):
+    return a.ctypes.data, a.ctypes.data + a.size * a.itemsize
+
+
+@njit(**JIT_OPTIONS)
+def first_overlap(p, g, m, v, vmax, pbar):
+    """-1, or i * 6 + j for the first pair (i < j, ARRAY_NAMES order) of non-empty
+    arrays whose memory overlaps."""
+    lo = np.empty(6, np.int64)
+    hi = np.empty(6, np.int64)
+    lo[0], hi[0] = _span(p)
+    lo[1], hi[1] = _span(g)
+    lo[2], hi[2] = _span(m)
+    lo[3], hi[3] = _span(v)
+    lo[4], hi[4] = _span(vmax)
+    lo[5], hi[5] = _span(pbar)
+    for i in range(6):
+        for j in range(i + 1, 6):
+            if lo[i] < hi[i] and lo[j] < hi[j] and lo[i] < hi[j] and lo[j] < hi[i]:
+                return i * 6 + j
+    return -1
+
+
 @lru_cache(maxsize=None)
 def make_kernels(wd_mode, amsgrad, scale_grad, average):
     """(flat_serial, flat_parallel, table_serial, table_parallel) for one flag set.
 
-    flat_*(p, g, m, v, vmax, pbar, sc): equal-length 1-D arrays; vmax / pbar are only
-    touched when amsgrad / average (pass any array of the dtype otherwise).
+    flat_*(p, g, m, v, vmax, pbar, h, t) -> int: one step t on equal-length 1-D arrays
+    with hyperparameter row ``h`` (float64, H_* layout); vmax / pbar are only touched when
+    amsgrad / average (pass an empty array of the dtype otherwise). Returns -1, or
+    first_overlap's code having written nothing.
 
-    table_*(plan, g_from_object, blocks, forbid, state, sc) -> int: ``plan`` (int64,
-    n_chunks x 5, columns P_ADDR, G_REF, LENGTH, OFFSET, GROUP): chunk k is LENGTH
-    elements at data address P_ADDR, gradient at G_REF (a data address, or with
-    ``g_from_object`` the address of the ndarray object, see ARRAY_DATA_OFFSET), state at
-    OFFSET in the rows of ``state`` (m, v[, vmax][, pbar]) and scalars row sc[GROUP].
-    ``blocks`` (n_blocks x 3: chunk, start, stop) is the parallel split. Returns -1, or
-    the first chunk whose gradient overlaps a ``forbid`` byte range, having written
-    nothing.
+    table_*(plan, g_from_object, blocks, forbid, state, hyper, steps, sc, bump) -> int:
+    ``plan`` (int64, n_chunks x 5, columns P_ADDR, G_REF, LENGTH, OFFSET, GROUP): chunk k
+    is LENGTH elements at data address P_ADDR, its gradient at G_REF (a data address, or
+    with ``g_from_object`` the address of the ndarray object, see ARRAY_DATA_OFFSET), its
+    state at OFFSET in the rows of ``state`` (m, v[, vmax][, pbar]); its group is GROUP:
+    hyperparameters ``hyper[GROUP]`` (float64), step ``steps[GROUP] + 1``. ``sc`` (groups
+    x N_SCALARS, buffer dtype) is scratch for the step's scalars. ``blocks`` (n_blocks x
+    3: chunk, start, stop) is the parallel split. With ``bump`` every group's step is
+    incremented at the end. Returns -1, or the first chunk whose gradient overlaps a
+    ``forbid`` byte range, having written nothing.
     """
+    decoupled = wd_mode == WD_DECOUPLED
 
     @njit(**JIT_OPTIONS)
     def update(p, g, m, v, vmax, pbar, sc):
@@ -128,7 +187,7 @@ def make_kernels(wd_mode, amsgrad, scale_grad, average):
             v[i] = vi
             if amsgrad:
                 vm = vmax[i]
-                vi = vi if (vi > vm or vi != vi) else vm
+                vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
                 vmax[i] = vi
             pi = pi - step_size * (mi / (np.sqrt(vi) + eps))
             p[i] = pi
@@ -136,18 +195,31 @@ def make_kernels(wd_mode, amsgrad, scale_grad, average):
                 pbar[i] = ab * pbar[i] + omab * pi
 
     @njit(**JIT_OPTIONS)
-    def flat_serial(p, g, m, v, vmax, pbar, sc):
+    def flat_serial(p, g, m, v, vmax, pbar, h, t):
+        bad = first_overlap(p, g, m, v, vmax, pbar)
+        if bad >= 0:
+            return bad
+        sc = np.empty(N_SCALARS, p.dtype)
+        step_scalars(h, t, decoupled, sc)
         update(p, g, m, v, vmax, pbar, sc)
+        return -1
 
     @njit(parallel=True, **JIT_OPTIONS)
-    def flat_parallel(p, g, m, v, vmax, pbar, sc):
+    def flat_parallel(p, g, m, v, vmax, pbar, h, t):
+        bad = first_overlap(p, g, m, v, vmax, pbar)
+        if bad >= 0:
+            return bad
+        sc = np.empty(N_SCALARS, p.dtype)
+        step_scalars(h, t, decoupled, sc)
         n = p.shape[0]
         nb = (n + BLOCK - 1) // BLOCK
         for b in prange(nb):
             lo = b * BLOCK
             hi = min(lo + BLOCK, n)
-            update(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi] if amsgrad else vmax[:0],
+            update(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi],
+                   vmax[lo:hi] if amsgrad else vmax[:0],
                    pbar[lo:hi] if average else pbar[:0], sc)
+        return -1
 
     @njit(**JIT_OPTIONS)
     def _chunk(plan, k, lo, hi, g_from_object, state, sc):
@@ -165,21 +237,33 @@ def make_kernels(wd_mode, amsgrad, scale_grad, average):
                state[state.shape[0] - 1, s:e] if average else m[:0], sc[plan[k, GROUP]])
 
     @njit(**JIT_OPTIONS)
-    def table_serial(plan, g_from_object, blocks, forbid, state, sc):
+    def _prepare(plan, g_from_object, forbid, state, hyper, steps, sc):
         bad = first_alias(plan, g_from_object, forbid, state.itemsize)
+        if bad < 0:
+            for gi in range(hyper.shape[0]):
+                step_scalars(hyper[gi], steps[gi] + 1, decoupled, sc[gi])
+        return bad
+
+    @njit(**JIT_OPTIONS)
+    def table_serial(plan, g_from_object, blocks, forbid, state, hyper, steps, sc, bump):
+        bad = _prepare(plan, g_from_object, forbid, state, hyper, steps, sc)
         if bad >= 0:
             return bad
         for k in range(plan.shape[0]):
             _chunk(plan, k, 0, plan[k, LENGTH], g_from_object, state, sc)
+        if bump:
+            steps += 1
         return -1
 
     @njit(parallel=True, **JIT_OPTIONS)
-    def table_parallel(plan, g_from_object, blocks, forbid, state, sc):
-        bad = first_alias(plan, g_from_object, forbid, state.itemsize)
+    def table_parallel(plan, g_from_object, blocks, forbid, state, hyper, steps, sc, bump):
+        bad = _prepare(plan, g_from_object, forbid, state, hyper, steps, sc)
         if bad >= 0:
             return bad
         for b in prange(blocks.shape[0]):
             _chunk(plan, blocks[b, 0], blocks[b, 1], blocks[b, 2], g_from_object, state, sc)
+        if bump:
+            steps += 1
         return -1
 
     return flat_serial, flat_parallel, table_serial, table_parallel
