@@ -107,3 +107,33 @@ def check_no_overlap(named_arrays):
         if lo2 < hi1:
             raise ValueError(f"{n1} and {n2} share memory; every parameter, gradient and "
                              "state buffer must be a separate array")
+
+
+def check_max_grad_norm(value, name="max_grad_norm"):
+    """None (no clipping) or a finite number > 0."""
+    if value is None:
+        return None
+    x = _number(name, value)
+    if not (0.0 < x < math.inf):
+        raise ValueError(f"Invalid max_grad_norm: {value} ({name} must be None or "
+                         "finite and > 0)")
+    return x
+
+
+def check_average(value, name="average"):
+    """None (no temporal averaging) or a decay in (0, 1)."""
+    if value is None:
+        return None
+    x = _number(name, value)
+    if not (0.0 < x < 1.0):
+        raise ValueError(f"Invalid average: {value} ({name} must be None or in (0, 1))")
+    return x
+
+
+NONFINITE_MODES = ("propagate", "skip", "raise")
+
+
+def check_nonfinite(mode, name="nonfinite"):
+    if mode not in NONFINITE_MODES:
+        raise ValueError(f"{name} must be one of {NONFINITE_MODES}, got {mode!r}")
+    return mode

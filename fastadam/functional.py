@@ -1,14 +1,19 @@
 """Functional API: one fused step on caller-owned flat buffers.
 
-Validates, computes the step's scalars once in float64, casts them to the buffers'
-dtype and launches the serial or parallel kernel; nothing else."""
+Validates, then launches the serial or parallel kernel, which computes the step's
+scalars once in float64 and rounds them to the buffers' dtype; nothing else."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import _checks as C
 from . import config
-from .kernels import adam as K
+from .kernels import adam as _adam
+from .kernels import adamax as _adamax
+from .kernels import common as K
+
+_INF = float("inf")
+_FLOAT_DTYPES = C.FLOAT_DTYPES
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
@@ -31,6 +36,50 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     ``"hat"`` is the "epsilon hat" variant of the end of section 2. ``max_exp_avg_sq`` is
     required when ``amsgrad``. Raises TypeError/ValueError, changing nothing, on bad input.
     """
+    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
+    _check_flags(decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                 maximize=maximize, bias_correction=bias_correction)
+    if eps_mode != "paper" and eps_mode != "hat":
+        C.check_eps_mode(eps_mode)
+    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
+    if amsgrad:
+        if max_exp_avg_sq is None:
+            raise ValueError("max_exp_avg_sq is required when amsgrad=True "
+                             "(an array of zeros before the first step)")
+        _check_buffers(param, None, (("max_exp_avg_sq", max_exp_avg_sq),))
+        vmax = max_exp_avg_sq
+    else:
+        vmax = param[:0]
+    wd_mode = K.WD_NONE if weight_decay == 0.0 else (
+        K.WD_DECOUPLED if decoupled_weight_decay else K.WD_L2)
+    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
+                             weight_decay=weight_decay, bias_correction=bias_correction,
+                             eps_mode=eps_mode, maximize=maximize))
+    kernels = _kernels(_adam, wd_mode, amsgrad, maximize)
+    _launch(kernels, param, grad, exp_avg, exp_avg_sq, vmax, h, step, "exp_avg_sq")
+
+
+def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
+                eps=1e-8, weight_decay=0.0, maximize=False):
+    r"""One AdaMax step (Kingma & Ba, section 7.1; = torch.optim.Adamax), in place::
+
+        g = g + weight_decay * param                  (L2; g negated first if maximize)
+        exp_avg = beta1 * exp_avg + (1 - beta1) * g
+        exp_inf = max(beta2 * exp_inf, |g| + eps)
+        param  -= lr / (1 - beta1**t) * exp_avg / exp_inf
+
+    Same array rules and errors as :func:`adam_step`."""
+    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
+    _check_flags(maximize=maximize)
+    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_inf", exp_inf)))
+    wd_mode = K.WD_NONE if weight_decay == 0.0 else K.WD_L2
+    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
+                             weight_decay=weight_decay, maximize=maximize))
+    kernels = _kernels(_adamax, wd_mode, False, maximize)
+    _launch(kernels, param, grad, exp_avg, exp_inf, param[:0], h, step, "exp_inf")
+
+
+def _check_hyper(step, lr, betas, eps, weight_decay):
     # Fast acceptance of the common cases; the checkers in _checks produce the messages.
     if not (type(step) is int and step >= 1):
         step = C.check_step(step)
@@ -43,57 +92,13 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
         eps = C.check_eps(eps)
     if not (type(weight_decay) is float and 0.0 <= weight_decay < _INF):
         weight_decay = C.check_weight_decay(weight_decay)
-    for name, flag in (("decoupled_weight_decay", decoupled_weight_decay),
-                       ("amsgrad", amsgrad), ("maximize", maximize),
-                       ("bias_correction", bias_correction)):
+    return step, lr, betas, eps, weight_decay
+
+
+def _check_flags(**flags):
+    for name, flag in flags.items():
         if flag is not True and flag is not False:
             C.check_bool(name, flag)
-    if eps_mode != "paper" and eps_mode != "hat":
-        C.check_eps_mode(eps_mode)
-
-    if not _ok(param, None, None, True) or param.ndim != 1:
-        C.check_array("param", param, writable=True, one_d=True)
-    dt, shape = param.dtype, param.shape
-    if not _ok(grad, dt, shape, False):
-        C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
-    if not _ok(exp_avg, dt, shape, True):
-        C.check_array("exp_avg", exp_avg, writable=True, dtype=dt, shape=shape)
-    if not _ok(exp_avg_sq, dt, shape, True):
-        C.check_array("exp_avg_sq", exp_avg_sq, writable=True, dtype=dt, shape=shape)
-    if amsgrad:
-        if max_exp_avg_sq is None:
-            raise ValueError("max_exp_avg_sq is required when amsgrad=True "
-                             "(an array of zeros before the first step)")
-        if not _ok(max_exp_avg_sq, dt, shape, True):
-            C.check_array("max_exp_avg_sq", max_exp_avg_sq, writable=True, dtype=dt,
-                          shape=shape)
-        vmax = max_exp_avg_sq
-    else:
-        vmax = param[:0]
-
-    wd_mode = K.WD_NONE if weight_decay == 0.0 else (
-        K.WD_DECOUPLED if decoupled_weight_decay else K.WD_L2)
-    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
-                             weight_decay=weight_decay, bias_correction=bias_correction,
-                             eps_mode=eps_mode, grad_scale=-1.0 if maximize else 1.0))
-    kernels = _KERNELS.get((wd_mode, amsgrad, maximize))
-    if kernels is None:
-        kernels = _KERNELS[(wd_mode, amsgrad, maximize)] = K.make_kernels(
-            wd_mode, amsgrad, maximize, False)
-    if config.use_parallel(shape[0]):
-        with config.launch_lock():
-            bad = kernels[1](param, grad, exp_avg, exp_avg_sq, vmax, param[:0], h, step)
-    else:
-        bad = kernels[0](param, grad, exp_avg, exp_avg_sq, vmax, param[:0], h, step)
-    if bad >= 0:
-        a, b = K.ARRAY_NAMES[bad // 6], K.ARRAY_NAMES[bad % 6]
-        raise ValueError(f"{a} and {b} share memory; every parameter, gradient and state "
-                         "buffer must be a separate array")
-
-
-_INF = float("inf")
-_KERNELS = {}
-_FLOAT_DTYPES = C.FLOAT_DTYPES
 
 
 def _ok(a, dtype, shape, writable):
@@ -107,3 +112,38 @@ def _ok(a, dtype, shape, writable):
         return False
     f = a.flags
     return f.c_contiguous and (f.writeable or not writable)
+
+
+def _check_buffers(param, grad, states):
+    if not _ok(param, None, None, True) or param.ndim != 1:
+        C.check_array("param", param, writable=True, one_d=True)
+    dt, shape = param.dtype, param.shape
+    if grad is not None and not _ok(grad, dt, shape, False):
+        C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
+    for name, a in states:
+        if not _ok(a, dt, shape, True):
+            C.check_array(name, a, writable=True, dtype=dt, shape=shape)
+
+
+_KERNELS = {}
+
+
+def _kernels(module, wd_mode, amsgrad, maximize):
+    key = (module.__name__, wd_mode, amsgrad, maximize)
+    k = _KERNELS.get(key)
+    if k is None:
+        k = _KERNELS[key] = module.make_kernels(wd_mode, amsgrad, maximize, False)
+    return k
+
+
+def _launch(kernels, param, grad, m, v, vmax, h, step, v_name):
+    if config.use_parallel(param.shape[0]):
+        with config.launch_lock():
+            bad = kernels[1](param, grad, m, v, vmax, param[:0], h, step)
+    else:
+        bad = kernels[0](param, grad, m, v, vmax, param[:0], h, step)
+    if bad >= 0:
+        names = list(K.ARRAY_NAMES)
+        names[3] = v_name
+        raise ValueError(f"{names[bad // 6]} and {names[bad % 6]} share memory; every "
+                         "parameter, gradient and state buffer must be a separate array")

@@ -1,9 +1,11 @@
-"""Optimizer objects: Adam and AdamW over lists of arrays or torch-style param groups.
+"""Optimizer objects: Adam, AdamW and Adamax over lists of arrays or torch-style param
+groups.
 
 The optimizer owns the moments, in one aligned state block per parameter dtype (rows
-m, v[, vmax]), and steps every parameter of a dtype in a single kernel launch through a
-chunk plan of data addresses (see ``kernels/adam.py``). The update formula and its
-eps modes are documented once, in :func:`fastadam.adam_step`.
+m, v[, vmax][, parameter average]), and steps every parameter of a dtype in a single
+kernel launch through a chunk plan of data addresses (see ``kernels/common.py``). The
+update formulas are documented once, in :func:`fastadam.adam_step` and
+:func:`fastadam.adamax_step`.
 """
 from __future__ import annotations
 
@@ -19,73 +21,97 @@ import numpy as np
 from . import _checks as C
 from . import config
 from .flat import aligned_zeros, forbidden_ranges, make_plan, merge_contiguous
-from .kernels import adam as K
+from .kernels import adam as _adam_kernels
+from .kernels import adamax as _adamax_kernels
+from .kernels import common as K
 from .kernels._pointers import HAVE_ARRAY_DATA_OFFSET
 
 CHECKPOINT_FORMAT = 1
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "param_avg")
+_NO_RANGES = np.zeros((0, 2), dtype=np.int64)
 
 
 class _Bucket:
-    """All parameters of one dtype: their state block, plans and scalars table."""
+    """All parameters of one dtype: their state block, gradient buffer and scratch."""
 
-    def __init__(self, dtype, members, n_groups, amsgrad_rows):
+    def __init__(self, dtype, members, n_groups, vmax, average):
         self.dtype = dtype
         self.members = members              # [(flat index, group index, param array)]
         sizes = [p.size for _, _, p in members]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.size = int(self.offsets[-1])
-        self.state = aligned_zeros(self.size, dtype, rows=2 + amsgrad_rows)
+        self.has_vmax, self.has_avg = bool(vmax), bool(average)
+        self.state = aligned_zeros(self.size, dtype, rows=2 + self.has_vmax + self.has_avg)
         self.grad_flat = aligned_zeros(self.size, dtype)
         self.grad_views = [self.grad_flat[o:o + p.size].reshape(p.shape)
                            for o, (_, _, p) in zip(self.offsets, members)]
         self.sc = np.zeros((n_groups, K.N_SCALARS), dtype=dtype)
-        self.launches = None                # built for the current group flag sets
+        self.groups = sorted({g for _, g, _ in members})
+        self.launches = []
 
-    def has_vmax(self):
-        return self.state.shape[0] > 2
+    def rows(self):
+        """State row index of each buffer: "m", "v", and "vmax" / "avg" when present."""
+        r = {"m": K.M_ROW, "v": K.V_ROW}
+        if self.has_vmax:
+            r["vmax"] = K.VMAX_ROW
+        if self.has_avg:
+            r["avg"] = self.state.shape[0] - 1
+        return r
 
     def add_vmax(self):
-        """Allocate the max_exp_avg_sq row (zeros) when a group turns amsgrad on."""
-        new = aligned_zeros(self.size, self.dtype, rows=3)
-        new[:2] = self.state
+        """Insert a zero max_exp_avg_sq row (a group turned amsgrad on); the average, if
+        any, stays last."""
+        new = aligned_zeros(self.size, self.dtype, rows=self.state.shape[0] + 1)
+        new[:2] = self.state[:2]
+        if self.has_avg:
+            new[-1] = self.state[-1]
         self.state = new
+        self.has_vmax = True
 
 
 class _Launch:
     """One kernel launch: the chunks of the groups that share a kernel flag set."""
 
-    def __init__(self, bucket, key, group_ids, n_params):
-        self.key = key
+    def __init__(self, bucket, kernels, group_ids, n_params):
         rows = [i for i, (_, g, _) in enumerate(bucket.members) if g in group_ids]
-        self.rows = np.array(rows, dtype=np.int64)
         self.param_index = [bucket.members[i][0] for i in rows]
-        params = [bucket.members[i][2] for i in rows]
-        self.size = sum(p.size for p in params)
         # True when this launch covers every parameter in order: grads map 1:1 to rows.
         self.all_rows = self.param_index == list(range(n_params))
-        self.plan = make_plan(params, bucket.offsets[self.rows],
-                              [bucket.members[i][1] for i in rows])
+        params = [bucket.members[i][2] for i in rows]
+        self.size = sum(p.size for p in params)
+        self.plan = make_plan(params, bucket.offsets[rows], [bucket.members[i][1] for i in rows])
         self.blocks = K.split_blocks(self.plan[:, K.LENGTH])
         g_addr = [bucket.grad_views[i].ctypes.data for i in rows]
         self.flat_plan = merge_contiguous(self.plan, g_addr, bucket.dtype.itemsize)
         self.flat_blocks = K.split_blocks(self.flat_plan[:, K.LENGTH])
-        self.kernels = K.make_kernels(*key)
+        self.kernels = kernels
 
 
 class Optimizer:
     """Base class: param groups, state, step, state_dict, save/load.
 
-    Subclasses set ``_defaults`` (hyperparameter defaults), ``_decoupled`` and
-    ``_algorithm``."""
+    Subclasses set ``_algorithm``, ``_kernels`` (a kernels module), ``_decoupled``,
+    ``_hparams`` (group hyperparameter -> checker) and ``_state_names`` (state_dict key
+    of the state rows m, v, vmax)."""
 
-    _defaults: dict = {}
-    _decoupled = False
     _algorithm = "adam"
-    _hparams = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-                "bias_correction", "eps_mode")
+    _kernels = _adam_kernels
+    _decoupled = False
+    _state_names = {"m": "exp_avg", "v": "exp_avg_sq", "vmax": "max_exp_avg_sq",
+                    "avg": "param_avg"}
+    _hparams = {
+        "lr": C.check_lr, "betas": C.check_betas, "eps": C.check_eps,
+        "weight_decay": C.check_weight_decay,
+        "amsgrad": lambda v, name: C.check_bool(name, v),
+        "maximize": lambda v, name: C.check_bool(name, v),
+        "bias_correction": lambda v, name: C.check_bool(name, v),
+        "eps_mode": C.check_eps_mode,
+        "max_grad_norm": C.check_max_grad_norm,
+    }
 
-    def __init__(self, params, **defaults):
+    def __init__(self, params, *, average=None, nonfinite="propagate", **defaults):
+        self._average = C.check_average(average)
+        self.nonfinite = C.check_nonfinite(nonfinite)
         self.defaults = self._check_hparams(defaults, where="")
         groups = self._normalize_groups(params)
         self.param_groups = []
@@ -94,22 +120,21 @@ class Optimizer:
             full.update(g)
             full.update(self._check_hparams(full, where=f"param_groups[{i}]"))
             self.param_groups.append(full)
+        #: Steps skipped because a gradient was not finite (nonfinite="skip").
+        self.skipped_steps = 0
+        #: Global gradient norm of each group at the last step, where it was computed
+        #: (max_grad_norm set or nonfinite != "propagate"); else None.
+        self.last_grad_norms = [None] * len(self.param_groups)
         self._build([None] * len(self._params), [0] * len(self.param_groups))
 
     # ------------------------------------------------------------------ validation
     def _check_hparams(self, h, where):
-        def name(k):
-            return f"{where}[{k!r}]" if where else k
-        out = {
-            "lr": C.check_lr(h["lr"], name("lr")),
-            "betas": C.check_betas(h["betas"], name("betas")),
-            "eps": C.check_eps(h["eps"], name("eps")),
-            "weight_decay": C.check_weight_decay(h["weight_decay"], name("weight_decay")),
-            "amsgrad": C.check_bool(name("amsgrad"), h["amsgrad"]),
-            "maximize": C.check_bool(name("maximize"), h["maximize"]),
-            "bias_correction": C.check_bool(name("bias_correction"), h["bias_correction"]),
-            "eps_mode": C.check_eps_mode(h["eps_mode"], name("eps_mode")),
-        }
+        out = {}
+        for key, check in self._hparams.items():
+            name = f"{where}[{key!r}]" if where else key
+            if key not in h:
+                raise ValueError(f"{where or 'defaults'} is missing {key!r}")
+            out[key] = check(h[key], name)
         return out
 
     def _normalize_groups(self, params):
@@ -129,7 +154,7 @@ class Optimizer:
             raise TypeError("params must be all arrays or all param-group dicts, not a mix")
         else:
             groups = [{"params": params}]
-        self._params = []
+        all_params, names = [], []
         for gi, g in enumerate(groups):
             if "params" not in g:
                 raise ValueError(f"param_groups[{gi}] has no 'params' entry")
@@ -138,19 +163,14 @@ class Optimizer:
             if not ps:
                 raise ValueError(f"param_groups[{gi}]['params'] is empty")
             for pi, p in enumerate(ps):
-                C.check_array(f"param_groups[{gi}]['params'][{pi}]", p, writable=True)
-            unknown = set(g) - set(self.defaults) - {"params"}
-            for k in unknown & {"foreach", "fused", "capturable", "differentiable"}:
+                names.append(f"param_groups[{gi}]['params'][{pi}]")
+                C.check_array(names[-1], p, writable=True)
+            for k in {"foreach", "fused", "capturable", "differentiable"} & set(g):
                 del g[k]   # torch backend switches: meaningless here, accepted for drop-in use
             g["params"] = ps
-            self._params.extend(ps)
-        names = {}
-        k = 0
-        for gi, g in enumerate(groups):
-            for pi, p in enumerate(g["params"]):
-                names[k] = f"param_groups[{gi}]['params'][{pi}]"
-                k += 1
-        C.check_no_overlap([(names[i], p) for i, p in enumerate(self._params)])
+            all_params.extend(ps)
+        C.check_no_overlap(list(zip(names, all_params)))
+        self._params = all_params
         return groups
 
     # ------------------------------------------------------------------ layout
@@ -162,56 +182,60 @@ class Optimizer:
         by_dtype = {}
         for i, p in enumerate(self._params):
             by_dtype.setdefault(p.dtype, []).append((i, self._group_of[i], p))
-        any_amsgrad = any(g["amsgrad"] for g in self.param_groups)
-        self._buckets = [_Bucket(dt, mem, len(self.param_groups), int(any_amsgrad))
+        need_vmax = any(g.get("amsgrad") for g in self.param_groups)
+        self._buckets = [_Bucket(dt, mem, len(self.param_groups), need_vmax,
+                                 self._average is not None)
                          for dt, mem in by_dtype.items()]
         self._where = [None] * len(self._params)   # param index -> (bucket, row)
-        for b in self._buckets:
-            for r, (i, _, _) in enumerate(b.members):
-                self._where[i] = (b, r)
         self.grads = [None] * len(self._params)
         for b in self._buckets:
             for r, (i, _, _) in enumerate(b.members):
+                self._where[i] = (b, r)
                 self.grads[i] = b.grad_views[r]
-        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
-        self._steps = np.array(steps, dtype=np.int64)        # per group, updated by kernels
+        self._steps = np.array(steps, dtype=np.int64)        # per group, bumped by kernels
         self._hyper = np.zeros((len(self.param_groups), K.N_HYPER))
+        self._norm_sq = np.zeros(len(self.param_groups))
         self._snap = [None] * len(self.param_groups)
         self._group_params = [g["params"] for g in self.param_groups]
+        self._refresh_layout()
         for i, st in enumerate(saved_state):
             if st:
                 self._write_param_state(i, st)
+
+    def _refresh_layout(self):
+        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+        self._snap = [None] * len(self.param_groups)   # re-read groups at next step
+        self._launch_keys = None                        # and rebuild the launches
 
     def _param_state_views(self, i):
         b, r = self._where[i]
         lo, hi = b.offsets[r], b.offsets[r + 1]
         shape = self._params[i].shape
-        out = {"exp_avg": b.state[0, lo:hi].reshape(shape),
-               "exp_avg_sq": b.state[1, lo:hi].reshape(shape)}
-        if b.has_vmax():
-            out["max_exp_avg_sq"] = b.state[K.VMAX_ROW, lo:hi].reshape(shape)
-        return out
+        return {self._state_names[k]: b.state[row, lo:hi].reshape(shape)
+                for k, row in b.rows().items()}
 
     def _write_param_state(self, i, st):
         b, _ = self._where[i]
-        if "max_exp_avg_sq" in st and not b.has_vmax():
+        if self._state_names["vmax"] in st and not b.has_vmax:
             b.add_vmax()
-            self._forbid = forbidden_ranges(self._params + [x.state for x in self._buckets])
+            self._refresh_layout()
         views = self._param_state_views(i)
         for k, arr in st.items():
             if k in views:
                 views[k][...] = arr
 
     # ------------------------------------------------------------------ per step
+    def _snapshot(self, g):
+        return tuple(tuple(g[k]) if k == "betas" else g[k] for k in self._hparams)
+
     def _refresh_groups(self):
-        """Validate edited param groups (cheaply detected) and rebuild launch sets when
-        their kernel flags changed. Raises before anything is modified."""
-        changed = False
+        """Validate edited param groups (cheaply detected) and rebuild the launches when
+        anything changed. Raises before anything is modified."""
         groups = self.param_groups
+        changed = False
         for gi, g in enumerate(groups):
             try:
-                snap = (g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"],
-                        g["amsgrad"], g["maximize"], g["bias_correction"], g["eps_mode"])
+                snap = self._snapshot(g)
             except (KeyError, TypeError) as e:
                 raise ValueError(f"param_groups[{gi}] is missing or has a malformed "
                                  f"hyperparameter: {e}") from None
@@ -223,34 +247,41 @@ class Optimizer:
                 changed = True
         if not changed:
             return
+        avg = 0.0 if self._average is None else self._average
         for gi, g in enumerate(groups):   # all valid: adopt normalised values
             g.update(self._check_hparams(g, where=f"param_groups[{gi}]"))
-            self._snap[gi] = (g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"],
-                              g["amsgrad"], g["maximize"], g["bias_correction"], g["eps_mode"])
+            self._snap[gi] = self._snapshot(g)
             self._hyper[gi] = K.hyper_row(
                 lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
-                weight_decay=g["weight_decay"], bias_correction=g["bias_correction"],
-                eps_mode=g["eps_mode"], grad_scale=-1.0 if g["maximize"] else 1.0)
-        need_vmax = any(g["amsgrad"] for g in groups)
+                weight_decay=g["weight_decay"], bias_correction=g.get("bias_correction", True),
+                eps_mode=g.get("eps_mode", "paper"), maximize=g["maximize"], average=avg)
+        if any(g.get("amsgrad") for g in groups):
+            for b in self._buckets:
+                if not b.has_vmax:
+                    b.add_vmax()
+                    self._launch_keys = None
+            self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+        self._clipping = [g["max_grad_norm"] is not None for g in groups]
+        self._any_clipping = any(self._clipping)
+        self._hyper[:, K.H_CLIP_COEF] = 1.0
+        keys = [self._kernel_key(g) for g in groups]
+        if keys == self._launch_keys:
+            return        # only scalars changed (a schedule editing lr): launches stay
+        self._launch_keys = keys
         for b in self._buckets:
-            if need_vmax and not b.has_vmax():
-                b.add_vmax()
-            b.launches = None
-        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
-        self._keys = [self._kernel_key(g) for g in groups]
-        for b in self._buckets:
-            keys = {}
-            for gi in {g for _, g, _ in b.members}:
-                keys.setdefault(self._keys[gi], set()).add(gi)
-            b.launches = [_Launch(b, key, gids, len(self._params)) for key, gids in keys.items()]
+            by_key = {}
+            for gi in b.groups:
+                by_key.setdefault(keys[gi], set()).add(gi)
+            b.launches = [_Launch(b, self._kernels.make_kernels(*key), gids, len(self._params))
+                          for key, gids in by_key.items()]
         self._launches = [(b, L) for b in self._buckets for L in b.launches]
 
     def _kernel_key(self, g):
         wd_mode = K.WD_NONE
         if g["weight_decay"] != 0.0:
             wd_mode = K.WD_DECOUPLED if self._decoupled else K.WD_L2
-        return K.kernel_key(weight_decay_mode=wd_mode, amsgrad=g["amsgrad"],
-                            scale_grad=g["maximize"], average=False)
+        scale = g["maximize"] or g["max_grad_norm"] is not None
+        return (wd_mode, bool(g.get("amsgrad", False)), scale, self._average is not None)
 
     def _check_grads(self, grads):
         if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
@@ -272,9 +303,16 @@ class Optimizer:
         ``grads``: a list of arrays, one per parameter in param_groups order, each of its
         parameter's shape and dtype and C-contiguous; or None to use ``self.grads`` (the
         preallocated gradient views, filled in place by the caller). Parameters change in
-        place. Raises TypeError/ValueError, changing nothing, on bad input."""
+        place. Raises TypeError/ValueError, changing nothing, on bad input.
+
+        With ``nonfinite="skip"`` a step whose gradients hold NaN or inf changes nothing
+        (parameters, moments and step count stay bit-identical) and counts in
+        ``skipped_steps``; with ``"raise"`` it raises ValueError instead. Groups with
+        ``max_grad_norm`` scale their gradients by min(1, max_grad_norm / (norm + 1e-6))
+        (torch.nn.utils.clip_grad_norm_ over the group) inside the update."""
         self._refresh_groups()
         user = grads is not None
+        g_refs = None
         if user:
             self._check_grads(grads)
             if HAVE_ARRAY_DATA_OFFSET:
@@ -289,25 +327,77 @@ class Optimizer:
             else:
                 self._check_aliasing(g_refs)
         obj = user and HAVE_ARRAY_DATA_OFFSET
+        if self._any_clipping or self.nonfinite != "propagate":
+            if user and len(launches) == 1:
+                self._check_aliasing(g_refs)   # the norm pass reads before the launch checks
+            if not self._grad_norms(grads, g_refs, obj):
+                return
         hyper, steps = self._hyper, self._steps
-        last = launches[-1]
+        last = launches[-1][1]
         for b, L in launches:
             if user:
                 plan, blocks = L.plan, L.blocks
                 plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
             else:
                 plan, blocks = L.flat_plan, L.flat_blocks
-            bump = L is last[1]
             if config.use_parallel(L.size):
                 with config.launch_lock():
                     bad = L.kernels[3](plan, obj, blocks, forbid, b.state, hyper, steps,
-                                       b.sc, bump)
+                                       b.sc, L is last)
             else:
-                bad = L.kernels[2](plan, obj, blocks, forbid, b.state, hyper, steps, b.sc, bump)
+                bad = L.kernels[2](plan, obj, blocks, forbid, b.state, hyper, steps, b.sc,
+                                   L is last)
             if bad >= 0:
                 raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
                                  "parameter or the optimizer's state; pass a separate "
                                  "gradient array")
+
+    def _grad_norms(self, grads, g_refs, obj):
+        """Per-group gradient norms (one read of the gradients, float64 sums in a fixed
+        order), the non-finite policy, and this step's clipping factors (H_CLIP_COEF).
+        Returns False when the step is to be skipped."""
+        sq = self._norm_sq
+        sq[:] = 0.0
+        for b, L in self._launches:
+            if g_refs is not None:
+                plan, blocks = L.plan, L.blocks
+                plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
+            else:
+                plan, blocks = L.flat_plan, L.flat_blocks
+            if config.use_parallel(L.size):
+                with config.launch_lock():
+                    K.grad_sumsq_parallel(plan, obj, blocks, b.state[0], sq)
+            else:
+                K.grad_sumsq_serial(plan, obj, blocks, b.state[0], sq)
+        bad_groups = [gi for gi in range(len(sq)) if not math.isfinite(sq[gi])]
+        if bad_groups:
+            # inf can also be float64 overflow of finite gradients: look at the values.
+            arrays = grads if grads is not None else self.grads
+            bad = [i for i, a in enumerate(arrays)
+                   if self._group_of[i] in bad_groups and not np.isfinite(a).all()]
+            if bad and self.nonfinite == "skip":
+                self.skipped_steps += 1
+                self.last_grad_norms = [math.sqrt(x) if x == x else x for x in sq.tolist()]
+                return False
+            if bad and self.nonfinite == "raise":
+                raise ValueError(f"grads[{bad[0]}] contains NaN or inf; nothing was updated "
+                                 "(nonfinite='raise')")
+            for gi in bad_groups:       # finite but overflowing float64: rescale exactly
+                if not any(self._group_of[i] == gi for i in bad):
+                    amax = max(float(np.abs(arrays[i]).max(initial=0.0)) for i in
+                               range(len(arrays)) if self._group_of[i] == gi)
+                    s = sum(float(np.sum(np.square(arrays[i] / amax))) for i in
+                            range(len(arrays)) if self._group_of[i] == gi)
+                    sq[gi] = (amax * math.sqrt(s)) ** 2 if amax * math.sqrt(s) < 1e154 \
+                        else math.inf
+        norms = [math.sqrt(x) if x == x else x for x in sq.tolist()]
+        self.last_grad_norms = norms
+        for gi, g in enumerate(self.param_groups):
+            if self._clipping[gi]:
+                n = norms[gi]
+                coef = g["max_grad_norm"] / (n + 1e-6) if n == n else 1.0
+                self._hyper[gi, K.H_CLIP_COEF] = min(1.0, coef)
+        return True
 
     def _check_aliasing(self, g_refs):
         obj = HAVE_ARRAY_DATA_OFFSET
@@ -317,20 +407,67 @@ class Optimizer:
                 plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
                 bad = K.first_alias(plan, obj, self._forbid, b.dtype.itemsize)
                 if bad >= 0:
-                    i = L.param_index[bad]
-                    raise ValueError(f"grads[{i}] shares memory with a parameter or the "
-                                     "optimizer's state; pass a separate gradient array")
+                    raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
+                                     "parameter or the optimizer's state; pass a separate "
+                                     "gradient array")
+
+    # ------------------------------------------------------------------ copy / pickle
+    def __getstate__(self):
+        # The plans hold raw data addresses: never copy them. A copy (copy.deepcopy,
+        # pickle) is rebuilt from the parameters and the state_dict.
+        return {"param_groups": self.param_groups, "defaults": self.defaults,
+                "average": self._average, "nonfinite": self.nonfinite,
+                "state_dict": self.state_dict()}
+
+    def __setstate__(self, st):
+        self._average = st["average"]
+        self.nonfinite = st["nonfinite"]
+        self.defaults = st["defaults"]
+        groups = self._normalize_groups(st["param_groups"])
+        self.param_groups = groups
+        self.skipped_steps = 0
+        self.last_grad_norms = [None] * len(groups)
+        self._build([None] * len(self._params), [0] * len(groups))
+        self.load_state_dict(st["state_dict"])
+
+    def __copy__(self):
+        raise TypeError("a shallow copy of an optimizer would share its state buffers; "
+                        "use copy.deepcopy(opt) (copies parameters and state) or build a new "
+                        "optimizer and load_state_dict(opt.state_dict())")
+
+    @property
+    def grad_buffers(self):
+        """The flat gradient buffers behind ``self.grads``, one per parameter dtype (in
+        order of first appearance): one array to scale, clip or zero at once."""
+        return [b.grad_flat for b in self._buckets]
 
     def zero_grad(self):
         """Set the preallocated gradients ``self.grads`` to zero."""
         for b in self._buckets:
             b.grad_flat.fill(0)
 
+    def averaged_params(self):
+        """Temporal averages of the parameters (paper section 7.2), bias-corrected:
+        pbar / (1 - average**t), as new arrays of the parameters' shapes and dtypes. Before
+        the first step, copies of the parameters. Needs ``average=beta``."""
+        if self._average is None:
+            raise ValueError("averaged_params() needs the optimizer built with "
+                             "average=beta (e.g. average=0.999)")
+        out = []
+        for i, p in enumerate(self._params):
+            t = int(self._steps[self._group_of[i]])
+            if t == 0:
+                out.append(p.copy())
+                continue
+            avg = self._param_state_views(i)["param_avg"]
+            out.append((avg / (1.0 - self._average ** t)).astype(p.dtype))
+        return out
+
     # ------------------------------------------------------------------ state
     @property
     def state(self):
-        """{param index: {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"]}} as views
-        of the live state (read them; write through load_state_dict)."""
+        """{param index: {"step", moment buffers...}} as views of the live state (read
+        them; write through load_state_dict)."""
         out = {}
         for i in range(len(self._params)):
             st = {"step": int(self._steps[self._group_of[i]])}
@@ -340,7 +477,8 @@ class Optimizer:
 
     def state_dict(self):
         """A plain dict of numbers, strings and numpy arrays (copies), torch layout:
-        {"state": {i: {...}}, "param_groups": [{hyperparameters..., "params": [i, ...]}]}."""
+        {"state": {i: {...}}, "param_groups": [{hyperparameters..., "params": [i, ...]}]},
+        plus "algorithm", "average", "skipped_steps"."""
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                  for i, s in self.state.items()}
         groups, k = [], 0
@@ -350,7 +488,8 @@ class Optimizer:
             d["params"] = list(range(k, k + len(g["params"])))
             k += len(g["params"])
             groups.append(d)
-        return {"algorithm": self._algorithm, "state": state, "param_groups": groups}
+        return {"algorithm": self._algorithm, "state": state, "param_groups": groups,
+                "average": self._average, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict):
         """Restore a state_dict() of an optimizer over parameters of the same shapes and
@@ -363,6 +502,13 @@ class Optimizer:
         alg = state_dict.get("algorithm", self._algorithm)
         if alg != self._algorithm:
             raise ValueError(f"state_dict is from a {alg!r} optimizer, not {self._algorithm!r}")
+        if "average" in state_dict and state_dict["average"] != self._average:
+            raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
+                             f"optimizer average={self._average!r}")
+        skipped = state_dict.get("skipped_steps", 0)
+        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
+                or skipped < 0:
+            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
         groups, state = state_dict["param_groups"], state_dict["state"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
             raise ValueError("state_dict['param_groups'] must have "
@@ -384,6 +530,8 @@ class Optimizer:
                                               where=f"state_dict['param_groups'][{gi}]"))
             new_groups.append(merged)
             k += n
+        names = self._state_names
+        required = [names["m"], names["v"]] + ([names["avg"]] if self._average else [])
         new_steps = [None] * len(self.param_groups)
         new_state = [None] * len(self._params)
         for i, p in enumerate(self._params):
@@ -408,7 +556,7 @@ class Optimizer:
                 raise ValueError(f"{where}['step'] is {step} but other parameters of "
                                  f"param_groups[{gi}] are at step {new_steps[gi]}")
             arrays = {}
-            for key in _STATE_KEYS:
+            for key in names.values():
                 if key not in st:
                     continue
                 a = st[key]
@@ -420,23 +568,24 @@ class Optimizer:
                 if a.shape != p.shape:
                     raise ValueError(f"{where}[{key!r}] must have shape {p.shape}, got {a.shape}")
                 arrays[key] = a
-            if step > 0 and not {"exp_avg", "exp_avg_sq"} <= set(arrays):
-                raise ValueError(f"{where} has step {step} but lacks exp_avg/exp_avg_sq")
-            if step > 0 and new_groups[gi]["amsgrad"] and "max_exp_avg_sq" not in arrays:
-                raise ValueError(f"{where} lacks max_exp_avg_sq, needed with amsgrad=True")
-            zeros = {key: np.zeros_like(p) for key in ("exp_avg", "exp_avg_sq")}
-            zeros.update(arrays)
-            new_state[i] = zeros
+            missing = [key for key in required if key not in arrays]
+            if step > 0 and missing:
+                raise ValueError(f"{where} has step {step} but lacks {'/'.join(missing)}")
+            if step > 0 and new_groups[gi].get("amsgrad") and names["vmax"] not in arrays:
+                raise ValueError(f"{where} lacks {names['vmax']}, needed with amsgrad=True")
+            full = {key: np.zeros_like(p) for key in required}
+            full.update(arrays)
+            new_state[i] = full
         # ---- everything valid: write.
         for gi, g in enumerate(new_groups):
             self.param_groups[gi].update(g)
         for i, st in enumerate(new_state):
             self._write_param_state(i, st)
-            if "max_exp_avg_sq" not in st:
-                views = self._param_state_views(i)
-                if "max_exp_avg_sq" in views:
-                    views["max_exp_avg_sq"][...] = 0
+            views = self._param_state_views(i)
+            if names["vmax"] in views and names["vmax"] not in st:
+                views[names["vmax"]][...] = 0
         self._steps[:] = [s or 0 for s in new_steps]
+        self.skipped_steps = int(skipped)
         self._snap = [None] * len(self.param_groups)
 
     def add_param_group(self, param_group):
@@ -447,22 +596,19 @@ class Optimizer:
         old_params, old_groups = list(self._params), list(self.param_groups)
         gi = len(old_groups)
         g = dict(param_group)
-        ps = g.get("params")
-        if ps is None:
+        if g.get("params") is None:
             raise ValueError("param_group has no 'params' entry")
-        ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-        g["params"] = ps
         full = dict(self.defaults)
         full.update(g)
         full.update(self._check_hparams(full, where=f"param_groups[{gi}]"))
-        groups = [dict(x) for x in old_groups] + [full]
-        self._normalize_groups(groups)   # validates arrays and overlap; sets _params
+        self._normalize_groups([dict(x) for x in old_groups] + [full])  # validates; sets _params
+        full["params"] = self._params[len(old_params):]
         self.param_groups = old_groups + [full]
+        self.last_grad_norms = self.last_grad_norms + [None]
         saved = [{k: v for k, v in sd["state"][i].items() if k != "step"}
-                 for i in range(len(old_params))] + [None] * len(ps)
+                 for i in range(len(old_params))] + [None] * len(full["params"])
         self._build(saved, list(self._steps) + [0])
 
-    # ------------------------------------------------------------------ files
     def save(self, path):
         """Write the state to ``path`` (.npz, no pickle) atomically: a temporary file in
         the same folder is fsynced, then renamed over ``path``."""
@@ -504,6 +650,7 @@ class Optimizer:
         return "\n".join(lines) + "\n)"
 
 
+
 def read_checkpoint(path):
     """The state_dict stored in a checkpoint file written by Optimizer.save."""
     path = os.fspath(path)
@@ -534,9 +681,6 @@ def read_checkpoint(path):
     return {"algorithm": meta.get("algorithm"), "state": state, "param_groups": groups}
 
 
-_NO_RANGES = np.zeros((0, 2), dtype=np.int64)
-
-
 class Adam(Optimizer):
     r"""Adam (Kingma & Ba, 2014, Algorithm 1), the same algorithm as torch.optim.Adam.
 
@@ -544,27 +688,57 @@ class Adam(Optimizer):
     weight decay use :class:`AdamW`. ``eps_mode="paper"`` (default, = PyTorch) or
     ``"hat"`` (= TensorFlow/Keras, scikit-learn); see :func:`fastadam.adam_step` for the
     exact formula. ``bias_correction=False`` drops the 1 - beta**t factors.
+
+    Options beyond torch: ``max_grad_norm`` (per group: clip the group's global gradient
+    norm inside the update, as ``clip_grad_norm_`` would), ``average=beta`` (temporal
+    averaging of the parameters, paper section 7.2, see :meth:`averaged_params`),
+    ``nonfinite`` ("propagate", the default: NaN/inf flow into the state as in torch and
+    cost nothing; "skip": such a step changes nothing and is counted in
+    ``skipped_steps``; "raise": ValueError, nothing changed. "skip" and "raise" read the
+    gradients once more per step to check them, fused with the clipping norm).
     """
 
-    _defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                     amsgrad=False, maximize=False, bias_correction=True, eps_mode="paper")
-
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper"):
+                 amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper",
+                 max_grad_norm=None, average=None, nonfinite="propagate"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction,
-                         eps_mode=eps_mode)
+                         eps_mode=eps_mode, max_grad_norm=max_grad_norm, average=average,
+                         nonfinite=nonfinite)
 
 
 class AdamW(Optimizer):
     r"""AdamW (Loshchilov & Hutter): Adam with decoupled weight decay,
-    ``p = p * (1 - lr * weight_decay)`` before the Adam update; = torch.optim.AdamW."""
+    ``p = p * (1 - lr * weight_decay)`` before the Adam update; = torch.optim.AdamW.
+    Options as :class:`Adam`."""
 
     _decoupled = True
     _algorithm = "adamw"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper"):
+                 amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper",
+                 max_grad_norm=None, average=None, nonfinite="propagate"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction,
-                         eps_mode=eps_mode)
+                         eps_mode=eps_mode, max_grad_norm=max_grad_norm, average=average,
+                         nonfinite=nonfinite)
+
+
+class Adamax(Optimizer):
+    r"""AdaMax (Kingma & Ba, section 7.1), the same algorithm as torch.optim.Adamax:
+    u = max(b2 * u, |g| + eps); p -= lr / (1 - b1**t) * m / u. ``weight_decay`` is L2.
+    State keys: ``exp_avg``, ``exp_inf``. Options ``max_grad_norm``, ``average``,
+    ``nonfinite`` as :class:`Adam`; see :func:`fastadam.adamax_step`."""
+
+    _algorithm = "adamax"
+    _kernels = _adamax_kernels
+    _state_names = {"m": "exp_avg", "v": "exp_inf", "vmax": "max_exp_inf",
+                    "avg": "param_avg"}
+    _hparams = {k: v for k, v in Optimizer._hparams.items()
+                if k not in ("amsgrad", "bias_correction", "eps_mode")}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False, max_grad_norm=None, average=None, nonfinite="propagate"):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         maximize=maximize, max_grad_norm=max_grad_norm, average=average,
+                         nonfinite=nonfinite)
