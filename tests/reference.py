@@ -48,3 +48,29 @@ def adam_error_scale(p, g, m, v, *, betas=(0.9, 0.999), weight_decay=0.0, lr=1e-
     m_terms = b1 * m + (1 - b1) * g_terms
     v_terms = b2 * v + (1 - b2) * g_terms * g_terms
     return m_terms, v_terms
+
+
+def adamax_reference(p, g, m, u, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                     weight_decay=0.0, maximize=False):
+    """One AdaMax step (paper section 7.1, PyTorch semantics); returns (p, m, u)."""
+    p, g, m, u = (np.array(x, dtype=np.float64) for x in (p, g, m, u))
+    b1, b2 = betas
+    if maximize:
+        g = -g
+    if weight_decay != 0.0:
+        g = g + weight_decay * p
+    m = b1 * m + (1.0 - b1) * g
+    u = np.maximum(b2 * u, np.abs(g) + eps)
+    p = p - (lr / (1.0 - b1 ** step)) * m / u
+    return p, m, u
+
+
+def average_reference(pbar, p_new, beta):
+    """Temporal averaging (paper section 7.2): pbar = beta * pbar + (1 - beta) * p."""
+    return beta * np.asarray(pbar, np.float64) + (1.0 - beta) * np.asarray(p_new, np.float64)
+
+
+def clip_coef_reference(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6))."""
+    norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in grads))
+    return min(1.0, max_norm / (norm + 1e-6)), norm
