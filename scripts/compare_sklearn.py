@@ -30,7 +30,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
