@@ -8,6 +8,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from fastadam.sklearn import (AdamClassifier, AdamMLPClassifier,  # noqa: E402
                               AdamMLPRegressor, AdamRegressor)
 
+# Fits in the checks stop at max_iter on purpose; the warning saying so is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 # Small networks keep the ~300 checks fast. learning_rate_init=1e-2: check_regressors_train
 # asks for R^2 > 0.5 after fitting 200 samples, i.e. one full batch and so only max_iter=200
 # Adam steps; at the default 1e-3 the weights cannot move far enough from their start
