@@ -238,7 +238,7 @@ def cmd_logreg(args):
     write_csv(os.path.join(args.out, "logreg.csv"),
               ["method", "lr", "selected", "epoch", "train_loss"], curve_rows(results))
     plot_curves(os.path.join(args.out, "logreg.png"),
-                "Logistic regression, digits (8x8), minibatch 128, α/√t",
+                "Logistic regression, digits (8x8), minibatch 128\nα/√t decay for Adam and SGD; AdaGrad constant α",
                 results, "training cost (NLL + L2)")
     rows = []
     for m, (lr, curves) in results.items():
