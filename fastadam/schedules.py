@@ -17,6 +17,12 @@ group's current ``lr`` by the ratio of the schedule's factor at this epoch and t
 previous one, so several schedulers stepped together compose (their factors multiply)
 and the trajectory of a lone scheduler equals its closed form
 ``lr_e = initial_lr * factor(e)``. The closed forms are in each class's docstring.
+``step(epoch)`` (deprecated in torch) jumps to ``epoch`` with the closed form.
+Resuming with ``last_epoch >= 0`` needs ``initial_lr`` in the groups (load the
+optimizer's state_dict first) and leaves the groups' lr as loaded; prefer
+``load_state_dict``. Differences from torch: bad arguments raise TypeError/ValueError
+naming the argument (torch accepts some, e.g. a negative gamma), and no warning is
+issued when the scheduler is stepped before the optimizer.
 
 :class:`InverseSqrtLR` is the paper's alpha/sqrt(t) decay (Kingma & Ba, section 6):
 ``lr_e = initial_lr / sqrt(1 + e / timescale)``; with ``timescale=1`` and one scheduler

@@ -489,7 +489,7 @@ def main(argv=None):
         return out
     finally:
         if limits is not None:
-            limits.unregister() if hasattr(limits, "unregister") else None
+            limits.restore_original_limits()
 
 
 if __name__ == "__main__":
