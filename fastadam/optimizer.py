@@ -369,28 +369,27 @@ class Optimizer:
                     K.grad_sumsq_parallel(plan, obj, blocks, b.state[0], sq)
             else:
                 K.grad_sumsq_serial(plan, obj, blocks, b.state[0], sq)
-        bad_groups = [gi for gi in range(len(sq)) if not math.isfinite(sq[gi])]
+        norms = [math.sqrt(x) for x in sq.tolist()]      # NaN and inf stay as they are
+        bad_groups = [gi for gi, n in enumerate(norms) if not math.isfinite(n)]
         if bad_groups:
             # inf can also be float64 overflow of finite gradients: look at the values.
             arrays = grads if grads is not None else self.grads
-            bad = [i for i, a in enumerate(arrays)
-                   if self._group_of[i] in bad_groups and not np.isfinite(a).all()]
+            members = {gi: [i for i in range(len(arrays)) if self._group_of[i] == gi]
+                       for gi in bad_groups}
+            bad = [i for gi in bad_groups for i in members[gi]
+                   if not np.isfinite(arrays[i]).all()]
+            self.last_grad_norms = norms
             if bad and self.nonfinite == "skip":
                 self.skipped_steps += 1
-                self.last_grad_norms = [math.sqrt(x) if x == x else x for x in sq.tolist()]
                 return False
             if bad and self.nonfinite == "raise":
-                raise ValueError(f"grads[{bad[0]}] contains NaN or inf; nothing was updated "
-                                 "(nonfinite='raise')")
-            for gi in bad_groups:       # finite but overflowing float64: rescale exactly
-                if not any(self._group_of[i] == gi for i in bad):
-                    amax = max(float(np.abs(arrays[i]).max(initial=0.0)) for i in
-                               range(len(arrays)) if self._group_of[i] == gi)
-                    s = sum(float(np.sum(np.square(arrays[i] / amax))) for i in
-                            range(len(arrays)) if self._group_of[i] == gi)
-                    sq[gi] = (amax * math.sqrt(s)) ** 2 if amax * math.sqrt(s) < 1e154 \
-                        else math.inf
-        norms = [math.sqrt(x) if x == x else x for x in sq.tolist()]
+                raise ValueError(f"grads[{min(bad)}] contains NaN or inf; nothing was "
+                                 "updated (nonfinite='raise')")
+            for gi in bad_groups:        # finite but overflowing: rescale by the max
+                if not any(i in bad for i in members[gi]):
+                    amax = max(float(np.abs(arrays[i]).max(initial=0.0)) for i in members[gi])
+                    s = sum(float(np.sum(np.square(arrays[i] / amax))) for i in members[gi])
+                    norms[gi] = amax * math.sqrt(s)
         self.last_grad_norms = norms
         for gi, g in enumerate(self.param_groups):
             if self._clipping[gi]:
