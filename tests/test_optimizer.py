@@ -268,3 +268,37 @@ def test_add_param_group_keeps_existing_state_and_starts_new_params_at_step_zero
 def test_repr_lists_groups():
     text = repr(fa.Adam([np.zeros(2)], lr=0.3))
     assert "Parameter Group 0" in text and "lr: 0.3" in text
+
+
+@pytest.mark.parametrize("edit", ["setitem", "update", "replace-dict", "setdefault-new-key-then-lr",
+                                  "ior"])
+def test_every_way_of_editing_a_group_is_seen(edit):
+    p = [np.zeros(4)]
+    opt = fa.Adam(p, lr=0.1)
+    opt.step([np.ones(4)])
+    g = opt.param_groups[0]
+    if edit == "setitem":
+        g["lr"] = 0.0
+    elif edit == "update":
+        g.update(lr=0.0)
+    elif edit == "replace-dict":
+        opt.param_groups[0] = dict(g, lr=0.0)
+    elif edit == "setdefault-new-key-then-lr":
+        g.setdefault("name", "body")
+        dict.__setitem__(g, "lr", 0.0)   # a raw write after a tracked one in the same step
+    elif edit == "ior":
+        g |= {"lr": 0.0}
+    before = p[0].copy()
+    opt.step([np.ones(4)])
+    assert np.array_equal(p[0], before), f"lr=0 edit via {edit} was not applied"
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_param_groups_survive_deepcopy_as_tracked_dicts():
+    import copy
+    opt = fa.Adam([np.zeros(2)], lr=0.1)
+    clone = copy.deepcopy(opt)
+    clone.param_groups[0]["lr"] = 0.0
+    before = clone._params[0].copy()
+    clone.step([np.ones(2)])
+    assert np.array_equal(clone._params[0], before)
