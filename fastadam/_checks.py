@@ -9,6 +9,7 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 EPS_MODES = ("paper", "hat")
+MAX_STEP = 2**63 - 1   # step counters are int64 in the kernels
 
 
 def data_range(a):
@@ -72,8 +73,8 @@ def check_eps_mode(mode, name="eps_mode"):
 def check_step(step, name="step"):
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(step).__name__}")
-    if step < 1:
-        raise ValueError(f"{name} must be >= 1 (the first step is 1), got {step}")
+    if not 1 <= step <= MAX_STEP:
+        raise ValueError(f"{name} must be between 1 (the first step) and 2**63 - 1, got {step}")
     return int(step)
 
 

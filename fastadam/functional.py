@@ -81,7 +81,7 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
 
 def _check_hyper(step, lr, betas, eps, weight_decay):
     # Fast acceptance of the common cases; the checkers in _checks produce the messages.
-    if not (type(step) is int and step >= 1):
+    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
         step = C.check_step(step)
     if not (type(lr) is float and 0.0 <= lr < _INF):
         lr = C.check_lr(lr)

@@ -612,8 +612,9 @@ class Optimizer:
             if isinstance(step, float) and step.is_integer():
                 step = int(step)
             if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) \
-                    or step < 0:
-                raise ValueError(f"{where}['step'] must be an int >= 0, got {step!r}")
+                    or not 0 <= step < C.MAX_STEP:
+                raise ValueError(f"{where}['step'] must be an int >= 0 and < 2**63 - 1, "
+                                 f"got {step!r}")
             if new_steps[gi] is None:
                 new_steps[gi] = int(step)
             elif new_steps[gi] != step:

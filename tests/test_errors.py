@@ -49,7 +49,7 @@ BAD_CALLS = [
     ("one beta", TypeError, "betas must be a pair", lambda *a: dict(betas=(0.9,))),
     ("negative eps", ValueError, "Invalid epsilon value", lambda *a: dict(eps=-1e-8)),
     ("inf weight decay", ValueError, "Invalid weight_decay value", lambda *a: dict(weight_decay=np.inf)),
-    ("step 0", ValueError, "step must be >= 1", lambda *a: dict(step=0)),
+    ("step 0", ValueError, "step must be between 1", lambda *a: dict(step=0)),
     ("float step", TypeError, "step must be an int", lambda *a: dict(step=1.0)),
     ("eps_mode", ValueError, "eps_mode must be one of", lambda *a: dict(eps_mode="tf")),
     ("amsgrad flag type", TypeError, "amsgrad must be a bool", lambda *a: dict(amsgrad=1)),
