@@ -545,6 +545,10 @@ class Optimizer:
         plus "algorithm", "average", "skipped_steps"."""
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                  for i, s in self.state.items()}
+        vmax = self._state_names["vmax"]
+        for i, st in state.items():   # amsgrad switched on since the last step: the buffer
+            if self.param_groups[self._group_of[i]].get("amsgrad") and vmax not in st:
+                st[vmax] = np.zeros_like(self._params[i])   # starts at zero, as step would
         groups, k = [], 0
         for g in self.param_groups:
             d = {key: (tuple(val) if key == "betas" else val)
