@@ -1,4 +1,4 @@
-"""Runtime configuration: threads, threading layer, parallel threshold, numba flags.
+"""Runtime configuration: threads, threading layer, parallel threshold, cache, numba flags.
 
 One place for every knob that changes how kernels are compiled or launched. Importing
 this module chooses numba's threading layer (before any parallel kernel has run):
@@ -10,6 +10,13 @@ this module chooses numba's threading layer (before any parallel kernel has run)
 ``omp`` is never chosen by us (not fork-safe, and slow when the cores are busy); if the
 user forces it with ``NUMBA_THREADING_LAYER`` we honour it, serialise launches, and run
 serially in forked children.
+
+Kernels are compiled with ``cache=True``. Numba caches them in the package's
+``kernels/__pycache__``; when that is not writable (a read-only install) numba itself
+falls back to the user-wide cache (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``), and
+when that is not writable either (numba would then fail to import our kernels) we point
+``numba.config.CACHE_DIR`` at ``<tempdir>/fastadam-numba-cache-<uid>``. A user's
+``NUMBA_CACHE_DIR`` always wins. :func:`cache_dir` says where the kernels are cached.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import ctypes
 import glob
 import os
 import sys
+import tempfile
 import threading
 
 import numba
@@ -35,6 +43,44 @@ BLOCK = 16384
 #: sqrt (no ZeroDivisionError branch); no fastmath, so NaN/inf behave as IEEE says.
 JIT_OPTIONS = dict(nogil=True, cache=True, error_model="numpy",
                    boundscheck=False)
+
+
+def _writable_dir(path: str) -> bool:
+    """Whether numba could cache into ``path`` (the same test numba's locators make)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _choose_cache_dir() -> str:
+    """Where numba will cache fastadam's kernels; sets numba.config.CACHE_DIR only when
+    neither the package's __pycache__ nor numba's user-wide cache is writable."""
+    if numba.config.CACHE_DIR:                 # NUMBA_CACHE_DIR: the user's choice
+        return numba.config.CACHE_DIR
+    in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "__pycache__")
+    if _writable_dir(in_tree):
+        return in_tree
+    from numba.misc.appdirs import AppDirs
+    user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
+    if _writable_dir(user_wide):
+        return user_wide                       # numba's own fallback (UserWideCacheLocator)
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    fallback = os.path.join(tempfile.gettempdir(), f"fastadam-numba-cache-{uid}")
+    if _writable_dir(fallback):
+        numba.config.CACHE_DIR = fallback
+        return fallback
+    return ""                                  # nowhere to cache: numba raises on import
+
+
+_CACHE_DIR: str = _choose_cache_dir()
+
+
+def cache_dir() -> str:
+    """The directory numba caches fastadam's compiled kernels in ("" when none)."""
+    return _CACHE_DIR
 
 
 def _load_tbb() -> bool:
