@@ -29,6 +29,7 @@ import tempfile
 import threading
 
 import numba
+import numpy as np
 
 #: Buffers with fewer elements than this run the serial kernel: a parallel launch costs
 #: microseconds (tbb ~8 us, workqueue ~35 us here), more than the work it would split.
@@ -162,8 +163,9 @@ def set_num_threads(n: int) -> None:
 
     Results are bit-identical for any thread count: each element is updated by one
     thread with the same arithmetic."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    n = int(n)
     hi = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= hi:
         raise ValueError(f"n must be between 1 and {hi} (NUMBA_NUM_THREADS), got {n}")
