@@ -72,7 +72,13 @@ print(json.dumps({"import_numba": t1 - t0, "beyond_numba": t2 - t1}))
 def cold_start(cache_dir=None):
     """Run import + first step in a fresh interpreter; returns its timings (seconds).
     ``cache_dir`` sets NUMBA_CACHE_DIR (an empty one measures compilation)."""
+    import fastadam
+
     env = dict(os.environ)
+    # Import the same fastadam in the child (asv strips PYTHONPATH / ASV_PYTHONPATH).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastadam.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [x for x in
+                                                  env.get("PYTHONPATH", "").split(os.pathsep) if x])
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = cache_dir
     out = subprocess.run([sys.executable, "-c", COLD_START], env=env, check=True,
