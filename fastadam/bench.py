@@ -35,7 +35,8 @@ import numpy as np
 BYTES_PER_PARAM = {"float32": 28, "float64": 56}
 DEFAULT_SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]
 DEFAULT_MAX_SIZE = 10**7
-PEERS = ("numpy", "torch")
+PEERS = ("numpy", "torch", "deepspeed")
+DEFAULT_PEERS = ("numpy", "torch")     # deepspeed on request (--peers): slow first build
 
 # Adam hyperparameters used by every implementation (torch defaults).
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
@@ -255,7 +256,45 @@ def _worker_torch(spec):
     return res
 
 
-_WORKERS = {"fastadam": _worker_fastadam, "numpy": _worker_numpy, "torch": _worker_torch}
+def _worker_deepspeed(spec):
+    """DeepSpeedCPUAdam (float32 only: it has no float64 kernel). Its C++ extension is
+    built or loaded on first use, during the warm-up."""
+    import torch
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    quick = spec["quick"]
+    res = {"flat": {}, "cases": {}}
+
+    def make(sizes):
+        params = []
+        for i, k in enumerate(sizes):
+            p, g, _, _ = _buffers(k, np.float32, seed=i)
+            tp = torch.from_numpy(p).requires_grad_(True)
+            tp.grad = torch.from_numpy(g)
+            params.append(tp)
+        opt = DeepSpeedCPUAdam(params, lr=LR, adamw_mode=False)
+        opt.step()
+        return params, opt
+
+    with torch.no_grad():
+        if "float32" in spec["dtypes"]:
+            res["flat"]["float32"] = {}
+            for n in spec["sizes"]:
+                _progress(f"DeepSpeedCPUAdam  float32 n={n:.0e}")
+                params, opt = make([n])
+                res["flat"]["float32"][str(n)] = measure({"t": opt.step}, n, quick)["t"]
+                del params, opt
+        for name, sizes in (OBJECT_CASE, MANY_CASE):
+            _progress(f"DeepSpeedCPUAdam  {name}")
+            params, opt = make(sizes)
+            res["cases"][name] = measure({"t": opt.step}, sum(sizes), quick)["t"]
+    return res
+
+
+_WORKERS = {"fastadam": _worker_fastadam, "numpy": _worker_numpy, "torch": _worker_torch,
+            "deepspeed": _worker_deepspeed}
 
 _COLD_START_SCRIPT = r"""
 import json, time
@@ -507,7 +546,7 @@ def parse_sizes(text):
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
-def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), peers=PEERS,
+def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), peers=DEFAULT_PEERS,
         threads=None, quick=False, cold=True):
     """Run the whole benchmark; returns the result dict (see ``format_report``)."""
     if sizes is None:
@@ -520,7 +559,7 @@ def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), pe
     if "error" in res["fastadam"]:
         raise RuntimeError(f"fastadam worker failed: {res['fastadam']['error']}")
     for p in peers:
-        if p == "torch" and not _have("torch"):
+        if p in ("torch", "deepspeed") and not _have(p):
             res["peers"][p] = {"error": "not installed"}
             continue
         res["peers"][p] = run_worker(p, spec)

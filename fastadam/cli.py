@@ -44,7 +44,9 @@ def _parser():
     b.add_argument("--dtypes", default="float32,float64",
                    help="comma-separated dtypes (default float32,float64)")
     b.add_argument("--peers", default="numpy,torch",
-                   help="comma-separated peers to run, from numpy,torch; '' for none")
+                   help="comma-separated peers to run, from numpy,torch,deepspeed "
+                   "(DeepSpeedCPUAdam, float32 only, when deepspeed is installed); '' "
+                   "for none (default numpy,torch)")
     b.add_argument("--threads", type=int, default=None,
                    help="threads for fastadam and torch (default: all cores)")
     b.add_argument("--no-cold-start", action="store_true",
