@@ -76,6 +76,21 @@ def crossover(rows, serial, parallel):
     return best
 
 
+def modelled_crossover(rows, threads):
+    """Crossover predicted from two robust quantities, for when the machine is too busy
+    for the measured one (a busy core makes every parallel launch wait): the launch
+    overhead (parallel minus serial time for buffers of one block, where the parallel
+    kernel cannot split the work) and the serial cost per element in cache. With an
+    ideal split over T threads, parallel wins when c*n*(1 - 1/T) > overhead."""
+    small = [r["flat parallel"] - r["flat serial"] for r in rows if r["size"] < config.BLOCK]
+    mid = [r["flat serial"] / r["size"] for r in rows if config.BLOCK <= r["size"] <= 2**17]
+    if not small or not mid or threads < 2:
+        return None
+    overhead, c = float(np.median(small)), float(np.median(mid))   # us, us/element
+    n = overhead / (c * (1 - 1 / threads))
+    return {"overhead_us": overhead, "ns_per_elem": 1e3 * c, "n": int(round(n, -3))}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="float32,float64")
@@ -105,10 +120,16 @@ def main(argv=None):
                   f"{row['table serial']:>9.2f} {row['table parallel']:>9.2f} "
                   f"{row['table serial'] / row['table parallel']:>5.2f}", flush=True)
             del keep
+        model = modelled_crossover(rows, fa.get_num_threads())
+        if model:
+            print(f"{dtype}: launch overhead {model['overhead_us']:.2f} us (parallel - serial "
+                  f"below one block), serial {model['ns_per_elem']:.3f} ns/element in cache; "
+                  f"on an idle machine parallel should win from ~{model['n']} elements")
         cf = crossover(rows, "flat serial", "flat parallel")
         ct = crossover(rows, "table serial", "table parallel")
         print(f"{dtype}: parallel wins from {cf} elements (flat), {ct} (table)")
-        out["results"][dtype] = {"rows": rows, "crossover_flat": cf, "crossover_table": ct}
+        out["results"][dtype] = {"rows": rows, "crossover_flat": cf, "crossover_table": ct,
+                                 "model": model}
         suggestions += [c for c in (cf, ct) if c]
     if suggestions:
         # Elements, not bytes: one threshold for both dtypes. Take the median crossover
