@@ -353,6 +353,14 @@ def run_worker(impl, spec):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _load():
+    """1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _have(module):
     import importlib.util
     return importlib.util.find_spec(module) is not None
@@ -447,6 +455,11 @@ def format_report(res):
         "Median of many repeats; +-% is half the 25-75th percentile spread. Mparams/s and "
         "GB/s are fastadam's (28 B/param float32, 56 float64).",
     ]
+    load = res.get("load_before")
+    if load is not None and load > (info["cpu_count"] or 1) - 0.75:
+        lines.append(f"WARNING: the machine was busy before this run (load average {load:.2f} "
+                     f"on {info['cpu_count']} CPUs): other processes take cores, so "
+                     "multi-threaded and in-cache figures are low and noisy.")
     peer_names = [p for p in PEERS if p in peers and "error" not in peers[p]]
     for dtype in res["dtypes"]:
         lines.append("")
@@ -553,7 +566,7 @@ def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), pe
         sizes = [n for n in DEFAULT_SIZES if n <= max_size]
     spec = {"sizes": sorted(sizes), "dtypes": list(dtypes), "threads": threads, "quick": quick}
     res = {"machine": machine_info(), "sizes": spec["sizes"], "dtypes": spec["dtypes"],
-           "quick": quick, "peers": {}}
+           "quick": quick, "peers": {}, "load_before": _load()}
     t0 = time.perf_counter()
     res["fastadam"] = run_worker("fastadam", spec)
     if "error" in res["fastadam"]:
@@ -573,6 +586,7 @@ def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), pe
             with tempfile.TemporaryDirectory(prefix="fastadam-cold-") as d:
                 res["cold_start"]["empty"] = cold_start(runs=1, cache_dir=d)
     res["targets"] = targets(res)
+    res["load_after"] = _load()
     res["elapsed_s"] = time.perf_counter() - t0
     return res
 

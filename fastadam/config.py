@@ -31,10 +31,35 @@ import threading
 import numba
 import numpy as np
 
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    """Integer from environment variable ``name`` (accepts 1e5), else ``default``; a bad
+    value warns and is ignored rather than making ``import fastadam`` fail."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(float(text))
+        if value < minimum:
+            raise ValueError
+        return value
+    except (ValueError, OverflowError):
+        import warnings
+        warnings.warn(f"{name}={text!r} is not an integer >= {minimum}; using {default}",
+                      RuntimeWarning, stacklevel=2)
+        return default
+
+
 #: Buffers with fewer elements than this run the serial kernel: a parallel launch costs
-#: microseconds (tbb ~8 us, workqueue ~35 us here), more than the work it would split.
-#: Measured with ``scripts/tune_threshold.py``; override with FASTADAM_PARALLEL_THRESHOLD.
-PARALLEL_THRESHOLD = int(os.environ.get("FASTADAM_PARALLEL_THRESHOLD", 65536))
+#: microseconds (tbb ~2 us for one block and ~8 us for a real two-thread fork/join,
+#: workqueue ~35 us), more than the work it would split. With the serial float32 step at
+#: ~0.32 ns/element in cache (2-core Zen 4, ``scripts/tune_threshold.py``), two threads
+#: save c*n/2, which pays for an 8 us launch from ~50k elements; 65536 = 4 blocks of
+#: BLOCK is the first size that splits evenly with a margin. Elements, not bytes: one
+#: value for float32 and float64 (a float64 element costs more, so its crossover is
+#: lower; one rule keeps dispatch trivial).
+#: Re-measure with ``scripts/tune_threshold.py`` on an idle machine; override with the
+#: environment variable FASTADAM_PARALLEL_THRESHOLD.
+PARALLEL_THRESHOLD = _env_int("FASTADAM_PARALLEL_THRESHOLD", 65536)
 
 #: Elements per parallel work item. 16384 float32 = 64 KiB per stream: large enough to
 #: amortise scheduling, small enough to balance two threads on 1e5-element buffers.

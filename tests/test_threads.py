@@ -94,6 +94,20 @@ def test_threading_layer_is_reported():
     assert config.THREADING_LAYER in ("tbb", "workqueue", "omp")
 
 
+@pytest.mark.parametrize("text,expected", [("", 5), ("1000", 1000), ("1e5", 100000),
+                                           (" 0 ", 0)])
+def test_threshold_env_values_are_parsed(text, expected, monkeypatch):
+    monkeypatch.setenv("FASTADAM_TEST_INT", text)
+    assert config._env_int("FASTADAM_TEST_INT", 5) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "-3", "inf"])
+def test_bad_threshold_env_value_warns_and_keeps_default(text, monkeypatch):
+    monkeypatch.setenv("FASTADAM_TEST_INT", text)
+    with pytest.warns(RuntimeWarning, match="FASTADAM_TEST_INT"):
+        assert config._env_int("FASTADAM_TEST_INT", 5) == 5
+
+
 # ---------------------------------------------------------------- bit-identical results
 def _run_functional(n, dtype, flags, steps=5):
     rng = np.random.default_rng(7)
