@@ -347,7 +347,9 @@ def run_worker(impl, spec):
     """Run one implementation's worker in a fresh process; its stderr (progress) passes
     through. Returns its result dict, or {"error": message}."""
     cmd = [sys.executable, "-m", "fastadam.bench", "worker", impl, json.dumps(spec)]
-    proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)
+    # --threads N: size numba's pool to N so that any N (even above the core count) is valid.
+    extra = {"NUMBA_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else None
+    proc = subprocess.run(cmd, env=child_env(extra), stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         return {"error": f"worker exited with code {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])

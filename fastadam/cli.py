@@ -79,6 +79,9 @@ def _bench(args):
         print(f"fastadam bench: unknown peer(s) {bad}; choose from {list(bench.PEERS)}",
               file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"fastadam bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -153,6 +153,7 @@ def test_numpy_peer_matches_fastadam():
 @pytest.mark.parametrize("args,msg", [
     (["bench", "--dtypes", "float16"], "--dtypes"),
     (["bench", "--peers", "jax"], "unknown peer"),
+    (["bench", "--threads", "0"], "--threads"),
 ])
 def test_bench_rejects_bad_arguments(args, msg, capsys):
     assert cli.main(args) == 2
