@@ -57,10 +57,10 @@ def _budget(n, quick):
     if quick:
         return 0.05
     if n <= 10**5:
-        return 0.6
+        return 1.0
     if n <= 10**6:
-        return 0.8
-    return 1.2
+        return 1.5
+    return 2.0
 
 
 def measure(fns, n_elements, quick=False, min_rounds=5, max_rounds=2000):
