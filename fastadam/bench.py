@@ -455,8 +455,12 @@ def format_report(res):
         f"{fa.get('num_threads', info['num_threads'])} threads | parallel threshold "
         f"{info['parallel_threshold']} elements",
         "Median of many repeats; +-% is half the 25-75th percentile spread. Mparams/s and "
-        "GB/s are fastadam's (28 B/param float32, 56 float64).",
+        "GB/s are fastadam's (28 B/param float32, 56 float64)."
+        + (f" Each implementation ran {res['runs']} times, taking turns; the median run "
+           "is shown." if res.get("runs", 1) > 1 else ""),
     ]
+    if peers.get("torch", {}).get("num_threads"):
+        lines[1] += f" | torch {peers['torch']['num_threads']} threads"
     load = res.get("load_before")
     if load is not None and load > (info["cpu_count"] or 1) - 0.75:
         lines.append(f"WARNING: the machine was busy before this run (load average {load:.2f} "
@@ -561,8 +565,34 @@ def parse_sizes(text):
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
+def merge_runs(outs):
+    """One result from several runs of a worker: every timing (a dict with "sec") is
+    taken from the run with the median "sec" (the lower median for an even count)."""
+    good = [o for o in outs if "error" not in o]
+    if not good:
+        return outs[0]
+
+    def merge(items):
+        first = items[0]
+        if isinstance(first, dict) and "sec" in first:
+            return sorted(items, key=lambda d: d["sec"])[(len(items) - 1) // 2]
+        if isinstance(first, dict):
+            return {k: merge([it[k] for it in items if isinstance(it, dict) and k in it])
+                    for k in first}
+        return first
+
+    out = merge(good)
+    # Keep each step time paired with the floor time sampled beside it (same run).
+    for dtype, by_size in out.get("flat", {}).items():
+        for n, chosen in by_size.items():
+            for o in good:
+                if o["flat"][dtype][n] is chosen and "floor" in o:
+                    out["floor"][dtype][n] = o["floor"][dtype][n]
+    return out
+
+
 def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), peers=DEFAULT_PEERS,
-        threads=None, quick=False, cold=True):
+        threads=None, quick=False, cold=True, runs=1):
     """Run the whole benchmark; returns the result dict (see ``format_report``)."""
     if sizes is None:
         sizes = [n for n in DEFAULT_SIZES if n <= max_size]
@@ -570,14 +600,27 @@ def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), pe
     res = {"machine": machine_info(), "sizes": spec["sizes"], "dtypes": spec["dtypes"],
            "quick": quick, "peers": {}, "load_before": _load()}
     t0 = time.perf_counter()
-    res["fastadam"] = run_worker("fastadam", spec)
-    if "error" in res["fastadam"]:
-        raise RuntimeError(f"fastadam worker failed: {res['fastadam']['error']}")
+    impls = ["fastadam"]
     for p in peers:
         if p in ("torch", "deepspeed") and not _have(p):
             res["peers"][p] = {"error": "not installed"}
-            continue
-        res["peers"][p] = run_worker(p, spec)
+        else:
+            impls.append(p)
+    # With runs > 1 the workers take turns (fastadam, peer, ..., fastadam, peer, ...) so
+    # a burst of load from elsewhere hits every implementation alike; each figure is then
+    # the run with the median time.
+    outs = {impl: [] for impl in impls}
+    for r in range(runs):
+        for impl in impls:
+            if runs > 1:
+                _progress(f"run {r + 1}/{runs}: {impl}")
+            outs[impl].append(run_worker(impl, spec))
+    res["runs"] = runs
+    merged = {impl: merge_runs(o) for impl, o in outs.items()}
+    res["fastadam"] = merged.pop("fastadam")
+    if "error" in res["fastadam"]:
+        raise RuntimeError(f"fastadam worker failed: {res['fastadam']['error']}")
+    res["peers"].update(merged)
     res["cold_start"] = {}
     if cold:
         _progress("cold start: fresh processes, warm cache")

@@ -49,6 +49,9 @@ def _parser():
                    "for none (default numpy,torch)")
     b.add_argument("--threads", type=int, default=None,
                    help="threads for fastadam and torch (default: all cores)")
+    b.add_argument("--runs", type=int, default=1,
+                   help="run every implementation this many times, taking turns, and "
+                   "report the median run (3 steadies a busy machine; default 1)")
     b.add_argument("--no-cold-start", action="store_true",
                    help="skip the cold-start measurement (fresh processes)")
     b.add_argument("--quick", action="store_true",
@@ -79,6 +82,9 @@ def _bench(args):
         print(f"fastadam bench: unknown peer(s) {bad}; choose from {list(bench.PEERS)}",
               file=sys.stderr)
         return 2
+    if args.runs < 1:
+        print(f"fastadam bench: --runs must be >= 1, got {args.runs}", file=sys.stderr)
+        return 2
     if args.threads is not None and args.threads < 1:
         print(f"fastadam bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
@@ -96,7 +102,8 @@ def _bench(args):
     if sizes is not None and args.max_size:
         sizes = [n for n in sizes if n <= max_size]
     res = bench.run(sizes=sizes, max_size=max_size, dtypes=dtypes, peers=peers,
-                    threads=args.threads, quick=args.quick, cold=not args.no_cold_start)
+                    threads=args.threads, quick=args.quick, cold=not args.no_cold_start,
+                    runs=args.runs)
     if args.json == "-":
         print(json.dumps(res, indent=1))
     else:

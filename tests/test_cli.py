@@ -139,6 +139,24 @@ def test_targets_compare_the_right_ratios():
     assert got["cold start, warm cache: import + first step beyond import numba"] == (0.6, False)
 
 
+def test_merge_runs_takes_the_median_run_per_figure():
+    runs = [{"flat": {"float32": {"1000": _fake(s)}}, "cases": {"x": _fake(c)}, "layer": "tbb"}
+            for s, c in ((3.0, 1.0), (1.0, 9.0), (2.0, 5.0))]
+    merged = bench.merge_runs(runs)
+    assert merged["flat"]["float32"]["1000"]["sec"] == 2.0
+    assert merged["cases"]["x"]["sec"] == 5.0
+    assert merged["layer"] == "tbb"
+    assert bench.merge_runs([{"error": "boom"}]) == {"error": "boom"}
+
+
+def test_merge_runs_keeps_step_and_floor_from_the_same_run():
+    runs = [{"flat": {"float32": {"1000": _fake(s)}}, "floor": {"float32": {"1000": _fake(f)}}}
+            for s, f in ((3.0, 0.1), (1.0, 0.2), (2.0, 0.9))]
+    merged = bench.merge_runs(runs)
+    assert merged["flat"]["float32"]["1000"]["sec"] == 2.0
+    assert merged["floor"]["float32"]["1000"]["sec"] == 0.9
+
+
 def test_numpy_peer_matches_fastadam():
     # The NumPy peer must compute Adam, or its ratios would be meaningless.
     rng = np.random.default_rng(0)
@@ -154,6 +172,7 @@ def test_numpy_peer_matches_fastadam():
     (["bench", "--dtypes", "float16"], "--dtypes"),
     (["bench", "--peers", "jax"], "unknown peer"),
     (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--runs", "0"], "--runs"),
 ])
 def test_bench_rejects_bad_arguments(args, msg, capsys):
     assert cli.main(args) == 2
