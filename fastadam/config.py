@@ -1,4 +1,4 @@
-"""Runtime configuration: threads, threading layer, parallel threshold, numba flags.
+"""Runtime configuration: threads, threading layer, parallel threshold, cache, numba flags.
 
 One place for every knob that changes how kernels are compiled or launched. Importing
 this module chooses numba's threading layer (before any parallel kernel has run):
@@ -10,6 +10,13 @@ this module chooses numba's threading layer (before any parallel kernel has run)
 ``omp`` is never chosen by us (not fork-safe, and slow when the cores are busy); if the
 user forces it with ``NUMBA_THREADING_LAYER`` we honour it, serialise launches, and run
 serially in forked children.
+
+Kernels are compiled with ``cache=True``. Numba caches them in the package's
+``kernels/__pycache__``; when that is not writable (a read-only install) numba itself
+falls back to the user-wide cache (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``), and
+when that is not writable either (numba would then fail to import our kernels) we point
+``numba.config.CACHE_DIR`` at ``<tempdir>/fastadam-numba-cache-<uid>``. A user's
+``NUMBA_CACHE_DIR`` always wins. :func:`cache_dir` says where the kernels are cached.
 """
 from __future__ import annotations
 
@@ -18,14 +25,41 @@ import ctypes
 import glob
 import os
 import sys
+import tempfile
 import threading
 
 import numba
+import numpy as np
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    """Integer from environment variable ``name`` (accepts 1e5), else ``default``; a bad
+    value warns and is ignored rather than making ``import fastadam`` fail."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(float(text))
+        if value < minimum:
+            raise ValueError
+        return value
+    except (ValueError, OverflowError):
+        import warnings
+        warnings.warn(f"{name}={text!r} is not an integer >= {minimum}; using {default}",
+                      RuntimeWarning, stacklevel=2)
+        return default
+
 
 #: Buffers with fewer elements than this run the serial kernel: a parallel launch costs
-#: microseconds (tbb ~8 us, workqueue ~35 us here), more than the work it would split.
-#: Measured with ``scripts/tune_threshold.py``; override with FASTADAM_PARALLEL_THRESHOLD.
-PARALLEL_THRESHOLD = int(os.environ.get("FASTADAM_PARALLEL_THRESHOLD", 65536))
+#: microseconds (tbb ~2 us for one block and ~8 us for a real two-thread fork/join,
+#: workqueue ~35 us), more than the work it would split. With the serial float32 step at
+#: ~0.32 ns/element in cache (2-core Zen 4, ``scripts/tune_threshold.py``), two threads
+#: save c*n/2, which pays for an 8 us launch from ~50k elements; 65536 = 4 blocks of
+#: BLOCK is the first size that splits evenly with a margin. Elements, not bytes: one
+#: value for float32 and float64 (a float64 element costs more, so its crossover is
+#: lower; one rule keeps dispatch trivial).
+#: Re-measure with ``scripts/tune_threshold.py`` on an idle machine; override with the
+#: environment variable FASTADAM_PARALLEL_THRESHOLD.
+PARALLEL_THRESHOLD = _env_int("FASTADAM_PARALLEL_THRESHOLD", 65536)
 
 #: Elements per parallel work item. 16384 float32 = 64 KiB per stream: large enough to
 #: amortise scheduling, small enough to balance two threads on 1e5-element buffers.
@@ -35,6 +69,44 @@ BLOCK = 16384
 #: sqrt (no ZeroDivisionError branch); no fastmath, so NaN/inf behave as IEEE says.
 JIT_OPTIONS = dict(nogil=True, cache=True, error_model="numpy",
                    boundscheck=False)
+
+
+def _writable_dir(path: str) -> bool:
+    """Whether numba could cache into ``path`` (the same test numba's locators make)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _choose_cache_dir() -> str:
+    """Where numba will cache fastadam's kernels; sets numba.config.CACHE_DIR only when
+    neither the package's __pycache__ nor numba's user-wide cache is writable."""
+    if numba.config.CACHE_DIR:                 # NUMBA_CACHE_DIR: the user's choice
+        return numba.config.CACHE_DIR
+    in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "__pycache__")
+    if _writable_dir(in_tree):
+        return in_tree
+    from numba.misc.appdirs import AppDirs
+    user_wide = AppDirs(appname="numba", appauthor=False).user_cache_dir
+    if _writable_dir(user_wide):
+        return user_wide                       # numba's own fallback (UserWideCacheLocator)
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    fallback = os.path.join(tempfile.gettempdir(), f"fastadam-numba-cache-{uid}")
+    if _writable_dir(fallback):
+        numba.config.CACHE_DIR = fallback
+        return fallback
+    return ""                                  # nowhere to cache: numba raises on import
+
+
+_CACHE_DIR: str = _choose_cache_dir()
+
+
+def cache_dir() -> str:
+    """The directory numba caches fastadam's compiled kernels in ("" when none)."""
+    return _CACHE_DIR
 
 
 def _load_tbb() -> bool:
@@ -116,8 +188,9 @@ def set_num_threads(n: int) -> None:
 
     Results are bit-identical for any thread count: each element is updated by one
     thread with the same arithmetic."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    n = int(n)
     hi = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= hi:
         raise ValueError(f"n must be between 1 and {hi} (NUMBA_NUM_THREADS), got {n}")

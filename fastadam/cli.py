@@ -1,0 +1,136 @@
+"""Command line: ``fastadam bench`` (how fast on this machine) and ``fastadam info``.
+
+Also reachable as ``python -m fastadam ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _size(text):
+    try:
+        return int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of parameters like 1e6, "
+                                         f"got {text!r}") from None
+
+
+def _sizes(text):
+    out = [_size(x) for x in text.split(",") if x.strip()]
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes >= 1 like "
+                                         f"1e3,1e5, got {text!r}")
+    return out
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="fastadam", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="benchmark the Adam step against the floor kernel, "
+                       "NumPy and PyTorch fused Adam on this machine",
+                       description="Benchmark fastadam's Adam step on this machine: the "
+                       "floor kernel (same bytes, trivial math), fastadam float32/float64, "
+                       "NumPy and torch fused Adam (each in its own process), the object "
+                       "API, many arrays, threads, cold start; then check the targets of "
+                       "PERFORMANCE.md. Progress goes to stderr.")
+    b.add_argument("--sizes", type=_sizes, default=None,
+                   help="comma-separated parameter counts (default: 1e3,1e4,...,up to "
+                   "--max-size)")
+    b.add_argument("--max-size", type=_size, default=None,
+                   help="largest default size (default 1e7; 1e8 float32 needs 1.6 GB "
+                   "per implementation, float64 3.2 GB)")
+    b.add_argument("--dtypes", default="float32,float64",
+                   help="comma-separated dtypes (default float32,float64)")
+    b.add_argument("--peers", default="numpy,torch",
+                   help="comma-separated peers to run, from numpy,torch,deepspeed "
+                   "(DeepSpeedCPUAdam, float32 only, when deepspeed is installed); '' "
+                   "for none (default numpy,torch)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads for fastadam and torch (default: all cores)")
+    b.add_argument("--runs", type=int, default=1,
+                   help="run every implementation this many times, taking turns, and "
+                   "report the median run (3 steadies a busy machine; default 1)")
+    b.add_argument("--no-cold-start", action="store_true",
+                   help="skip the cold-start measurement (fresh processes)")
+    b.add_argument("--quick", action="store_true",
+                   help="tiny sizes, short timings (for smoke tests; numbers are rough)")
+    b.add_argument("--json", metavar="FILE", nargs="?", const="-", default=None,
+                   help="write results as JSON to FILE (or stdout with no FILE, instead "
+                   "of the table)")
+    b.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="save a throughput plot (needs matplotlib)")
+
+    sub.add_parser("info", help="versions, threading layer, threads, parallel threshold, "
+                   "kernel cache directory")
+    return ap
+
+
+def _bench(args):
+    from . import bench
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in bench.BYTES_PER_PARAM]
+    if not dtypes or bad:
+        print(f"fastadam bench: --dtypes must be float32 and/or float64, got {args.dtypes!r}",
+              file=sys.stderr)
+        return 2
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    bad = [p for p in peers if p not in bench.PEERS]
+    if bad:
+        print(f"fastadam bench: unknown peer(s) {bad}; choose from {list(bench.PEERS)}",
+              file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print(f"fastadam bench: --runs must be >= 1, got {args.runs}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"fastadam bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("fastadam bench: --plot needs matplotlib (pip install matplotlib)",
+                  file=sys.stderr)
+            return 2
+    sizes = args.sizes
+    if sizes is None and args.quick:
+        sizes = [10**3, 10**4]
+    max_size = args.max_size or bench.DEFAULT_MAX_SIZE
+    if sizes is not None and args.max_size:
+        sizes = [n for n in sizes if n <= max_size]
+    res = bench.run(sizes=sizes, max_size=max_size, dtypes=dtypes, peers=peers,
+                    threads=args.threads, quick=args.quick, cold=not args.no_cold_start,
+                    runs=args.runs)
+    if args.json == "-":
+        print(json.dumps(res, indent=1))
+    else:
+        print(bench.format_report(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+    if args.plot:
+        bench.plot(res, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _info():
+    from . import bench
+
+    for k, v in bench.machine_info().items():
+        print(f"{k:20s} {v}")
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
+    return _info()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
