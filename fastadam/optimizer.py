@@ -25,7 +25,7 @@ from .flat import aligned_zeros, forbidden_ranges, make_plan, merge_contiguous
 from .kernels import adam as _adam_kernels
 from .kernels import adamax as _adamax_kernels
 from .kernels import common as K
-from .kernels._pointers import HAVE_ARRAY_DATA_OFFSET
+from .kernels.common import HAVE_ARRAY_DATA_OFFSET
 
 CHECKPOINT_FORMAT = 1
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "param_avg")

@@ -23,55 +23,55 @@ numba), so the loop has no per-element branches on them.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 from numba import njit
 
 from ..config import JIT_OPTIONS
-from .common import (AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, OMB2, STEP_SIZE,
-                     WD, WD_DECOUPLED, WD_L2, build_launchers)
+from .common import (ADAM, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, OMB2,
+                     STEP_SIZE, WD, WD_DECOUPLED, WD_L2)
 
 
-@lru_cache(maxsize=None)
+@njit(inline="always", **JIT_OPTIONS)
+def update(p, g, m, v, vmax, pbar, sc, wd_mode, amsgrad, scale_grad, average):
+    # Arrays of equal length, looped from 0: LLVM then proves indices non-negative and
+    # vectorises (a range(lo, hi) loop keeps wraparound checks and runs 8x slower). The
+    # flags are constants of the calling kernel; inlined, their branches disappear.
+    b1 = sc[B1]
+    omb1 = sc[OMB1]
+    b2 = sc[B2]
+    omb2 = sc[OMB2]
+    step_size = sc[STEP_SIZE]
+    eps = sc[EPS_EFF]
+    wd = sc[WD]
+    gs = sc[GRAD_SCALE]
+    ab = sc[AVG_B]
+    omab = sc[OMAVG_B]
+    for i in range(p.shape[0]):
+        gi = g[i]
+        pi = p[i]
+        if scale_grad:
+            gi = gi * gs
+        if wd_mode == WD_L2:
+            gi = gi + wd * pi
+        elif wd_mode == WD_DECOUPLED:
+            pi = pi * wd
+        mi = b1 * m[i] + omb1 * gi
+        vi = b2 * v[i] + omb2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            vm = vmax[i]
+            vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
+            vmax[i] = vi
+        pi = pi - step_size * (mi / (np.sqrt(vi) + eps))
+        p[i] = pi
+        if average:
+            pbar[i] = ab * pbar[i] + omab * pi
+
+
+
 def make_kernels(wd_mode, amsgrad, scale_grad, average):
     """(flat_serial, flat_parallel, table_serial, table_parallel) for one flag set; see
-    :func:`common.build_launchers` for their arguments."""
-
-    @njit(**JIT_OPTIONS)
-    def update(p, g, m, v, vmax, pbar, sc):
-        # Arrays of equal length, looped from 0: LLVM then proves indices non-negative
-        # and vectorises (a range(lo, hi) loop keeps wraparound checks and runs 8x slower).
-        b1 = sc[B1]
-        omb1 = sc[OMB1]
-        b2 = sc[B2]
-        omb2 = sc[OMB2]
-        step_size = sc[STEP_SIZE]
-        eps = sc[EPS_EFF]
-        wd = sc[WD]
-        gs = sc[GRAD_SCALE]
-        ab = sc[AVG_B]
-        omab = sc[OMAVG_B]
-        for i in range(p.shape[0]):
-            gi = g[i]
-            pi = p[i]
-            if scale_grad:
-                gi = gi * gs
-            if wd_mode == WD_L2:
-                gi = gi + wd * pi
-            elif wd_mode == WD_DECOUPLED:
-                pi = pi * wd
-            mi = b1 * m[i] + omb1 * gi
-            vi = b2 * v[i] + omb2 * (gi * gi)
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                vm = vmax[i]
-                vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
-                vmax[i] = vi
-            pi = pi - step_size * (mi / (np.sqrt(vi) + eps))
-            p[i] = pi
-            if average:
-                pbar[i] = ab * pbar[i] + omab * pi
-
-    return build_launchers(update, wd_mode == WD_DECOUPLED, amsgrad, average, False)
+    :func:`launch.build_launchers` for their arguments."""
+    from .launch import build_launchers
+    return build_launchers(ADAM, wd_mode, amsgrad, scale_grad, average)

@@ -12,49 +12,48 @@ paper shows it is not needed). One division per element, no sqrt.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 from numba import njit
 
 from ..config import JIT_OPTIONS
-from .common import (AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, STEP_SIZE, WD,
-                     WD_L2, build_launchers)
+from .common import (ADAMAX, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, STEP_SIZE,
+                     WD, WD_L2)
 
 
-@lru_cache(maxsize=None)
+@njit(inline="always", **JIT_OPTIONS)
+def update(p, g, m, u, vmax, pbar, sc, wd_mode, scale_grad, average):
+    b1 = sc[B1]
+    omb1 = sc[OMB1]
+    b2 = sc[B2]
+    step_size = sc[STEP_SIZE]
+    eps = sc[EPS_EFF]
+    wd = sc[WD]
+    gs = sc[GRAD_SCALE]
+    ab = sc[AVG_B]
+    omab = sc[OMAVG_B]
+    for i in range(p.shape[0]):
+        gi = g[i]
+        pi = p[i]
+        if scale_grad:
+            gi = gi * gs
+        if wd_mode == WD_L2:
+            gi = gi + wd * pi
+        mi = b1 * m[i] + omb1 * gi
+        ui = b2 * u[i]
+        a = abs(gi) + eps
+        ui = a if (a > ui or a != a) else ui          # NaN-propagating max
+        m[i] = mi
+        u[i] = ui
+        pi = pi - step_size * (mi / ui)
+        p[i] = pi
+        if average:
+            pbar[i] = ab * pbar[i] + omab * pi
+
+
+
 def make_kernels(wd_mode, amsgrad, scale_grad, average):
     """(flat_serial, flat_parallel, table_serial, table_parallel); ``amsgrad`` must be
     False (it is part of the signature so every algorithm is keyed alike)."""
     if amsgrad:
         raise ValueError("AdaMax has no amsgrad variant")
-
-    @njit(**JIT_OPTIONS)
-    def update(p, g, m, u, vmax, pbar, sc):
-        b1 = sc[B1]
-        omb1 = sc[OMB1]
-        b2 = sc[B2]
-        step_size = sc[STEP_SIZE]
-        eps = sc[EPS_EFF]
-        wd = sc[WD]
-        gs = sc[GRAD_SCALE]
-        ab = sc[AVG_B]
-        omab = sc[OMAVG_B]
-        for i in range(p.shape[0]):
-            gi = g[i]
-            pi = p[i]
-            if scale_grad:
-                gi = gi * gs
-            if wd_mode == WD_L2:
-                gi = gi + wd * pi
-            mi = b1 * m[i] + omb1 * gi
-            ui = b2 * u[i]
-            a = abs(gi) + eps
-            ui = a if (a > ui or a != a) else ui          # NaN-propagating max
-            m[i] = mi
-            u[i] = ui
-            pi = pi - step_size * (mi / ui)
-            p[i] = pi
-            if average:
-                pbar[i] = ab * pbar[i] + omab * pi
-
-    return build_launchers(update, False, False, average, True)
+    from .launch import build_launchers
+    return build_launchers(ADAMAX, wd_mode, False, scale_grad, average)
