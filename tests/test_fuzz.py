@@ -35,12 +35,14 @@ COUNTS = {"adam_step calls": 0, "optimizer machines": 0, "optimizer operations":
 
 @pytest.fixture(scope="module", autouse=True)
 def report_counts(request):
+    """Print how many fuzz cases ran, past pytest's output capture."""
     yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
     text = ("fuzz cases run: " + ", ".join(f"{v} {k}" for k, v in COUNTS.items())
             + f" (total {sum(v for k, v in COUNTS.items() if k != 'optimizer machines')})")
-    if tr is not None:
-        tr.write_line("\n" + text)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            print("\n" + text)
     else:
         print(text)
 
