@@ -678,35 +678,18 @@ class Optimizer:
         self._build(saved, list(self._steps) + [0])
 
     def save(self, path):
-        """Write the state to ``path`` (.npz, no pickle) atomically: a temporary file in
-        the same folder is fsynced, then renamed over ``path``."""
-        sd = self.state_dict()
-        meta = {"format": CHECKPOINT_FORMAT, "algorithm": sd["algorithm"],
-                "param_groups": sd["param_groups"],
-                "steps": [sd["state"][i]["step"] for i in range(len(self._params))]}
-        arrays = {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-        for i, st in sd["state"].items():
-            for k in _STATE_KEYS:
-                if k in st:
-                    arrays[f"{i}/{k}"] = st[k]
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastadam-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the state to ``path`` (.npz, no pickle, checksummed) atomically: a
+        temporary file in the same folder is fsynced, then renamed over ``path``. The file
+        format lives in :mod:`fastadam.checkpoint`."""
+        from . import checkpoint
+        checkpoint.save(self, path)
 
     def load(self, path):
-        """Restore a checkpoint written by :meth:`save`; checked fully before any write."""
-        sd = read_checkpoint(path)
-        self.load_state_dict(sd)
+        """Restore a checkpoint written by :meth:`save`. The file is verified (format,
+        algorithm, checksum) and the state checked fully before anything is written; on
+        error (ValueError/TypeError) the optimizer is unchanged."""
+        from . import checkpoint
+        checkpoint.load(self, path)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -720,33 +703,10 @@ class Optimizer:
 
 
 def read_checkpoint(path):
-    """The state_dict stored in a checkpoint file written by Optimizer.save."""
-    path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = set(z.files)
-            if "__meta__" not in files:
-                raise ValueError(f"{path} is not a fastadam checkpoint (no metadata)")
-            meta = json.loads(bytes(z["__meta__"]).decode())
-            if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{path} has checkpoint format "
-                                 f"{meta.get('format') if isinstance(meta, dict) else '?'}; "
-                                 f"this fastadam reads format {CHECKPOINT_FORMAT}")
-            state = {}
-            for i, step in enumerate(meta["steps"]):
-                st = {"step": step}
-                for k in _STATE_KEYS:
-                    if f"{i}/{k}" in files:
-                        st[k] = z[f"{i}/{k}"]
-                state[i] = st
-            groups = meta["param_groups"]
-            for g in groups:
-                if "betas" in g:
-                    g["betas"] = tuple(g["betas"])
-    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile,
-            zlib.error) as e:   # ValueError covers JSON and Unicode decoding errors
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    return {"algorithm": meta.get("algorithm"), "state": state, "param_groups": groups}
+    """The state_dict stored in a checkpoint file written by Optimizer.save (verified;
+    see :func:`fastadam.checkpoint.read_checkpoint`)."""
+    from . import checkpoint
+    return checkpoint.read_checkpoint(path)
 
 
 class Adam(Optimizer):

@@ -244,7 +244,7 @@ def test_save_failure_keeps_previous_checkpoint_and_leaves_no_temp_file(tmp_path
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(OSError):
         opt.save(path)
     assert path.read_bytes() == before
