@@ -9,12 +9,8 @@ update formulas are documented once, in :func:`fastadam.adam_step` and
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-import zipfile
-import zlib
 
 import numba
 import numpy as np
@@ -27,7 +23,6 @@ from .kernels import adamax as _adamax_kernels
 from .kernels import common as K
 from .kernels.common import HAVE_ARRAY_DATA_OFFSET
 
-CHECKPOINT_FORMAT = 1
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "param_avg")
 _NO_RANGES = np.zeros((0, 2), dtype=np.int64)
 
