@@ -296,3 +296,63 @@ def test_checkpoint_of_other_shapes_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="must have shape"):
         other.load(path)
     assert_frozen(before, other._params, other)
+
+
+# ---------------------------------------------------------------- many gradients
+# From 8 gradients on, step() first checks them in compiled code from the array objects
+# (fastadam.optimizer._COMPILED_CHECK_FROM); the Python checks then name the culprit.
+MANY_SHAPES = [(3, 2)] + [(4,)] * 9 + [(2, 2, 2)]
+
+
+class Sub(np.ndarray):
+    pass
+
+
+MANY_BAD = [
+    ("wrong dtype", TypeError, r"grads\[5\] must have dtype float32", 5,
+     lambda g: g.astype(np.float64)),
+    ("wrong shape same size", ValueError, r"grads\[0\] must have shape \(3, 2\)", 0,
+     lambda g: g.reshape(2, 3)),
+    ("wrong ndim same size", ValueError, r"grads\[10\] must have shape \(2, 2, 2\)", 10,
+     lambda g: g.reshape(-1)),
+    ("non-contiguous", ValueError, r"grads\[9\] must be C-contiguous", 9,
+     lambda g: np.ones(8, np.float32)[::2]),
+    ("not an array", TypeError, r"grads\[3\] must be a numpy.ndarray", 3,
+     lambda g: g.tolist()),
+    ("aliases a param", ValueError, r"grads\[4\] shares memory", 4, "param"),
+]
+
+
+@pytest.mark.parametrize("desc,exc,msg,idx,make", MANY_BAD, ids=[m[0] for m in MANY_BAD])
+def test_many_grads_are_checked_as_strictly_and_change_nothing(desc, exc, msg, idx, make,
+                                                               launch_mode):
+    from fastadam import optimizer
+    assert len(MANY_SHAPES) >= optimizer._COMPILED_CHECK_FROM
+    params = [np.ones(s, np.float32) for s in MANY_SHAPES]
+    opt = fa.Adam(params, lr=0.1)
+    good = [np.ones(s, np.float32) for s in MANY_SHAPES]
+    opt.step(good)
+    before = frozen(params, opt)
+    grads = list(good)
+    grads[idx] = params[idx] if make == "param" else make(good[idx])
+    with pytest.raises(exc, match=msg):
+        opt.step(grads)
+    assert_frozen(before, params, opt)
+
+
+def test_many_grads_of_unusual_but_valid_kinds_are_accepted():
+    # Arrays the compiled test does not recognise (a subclass, a read-only view, a
+    # size-1 dimension with odd strides) go through the Python checks and are accepted.
+    params = [np.zeros(s, np.float32) for s in MANY_SHAPES]
+    twin = [p.copy() for p in params]
+    opt, ref = fa.Adam(params, lr=0.1), fa.Adam(twin, lr=0.1)
+    grads = [np.full(s, 0.5, np.float32) for s in MANY_SHAPES]
+    odd = list(grads)
+    odd[1] = grads[1].view(Sub)
+    ro = grads[2].copy()
+    ro.flags.writeable = False
+    odd[2] = ro
+    opt.step(odd)
+    ref.step(grads)
+    for a, b in zip(params, twin):
+        assert np.array_equal(a, b)

@@ -48,32 +48,90 @@ def load_int64(typingctx, addr):
     return sig, codegen
 
 
-def _probe_data_offset():
-    """Byte offset of the data pointer inside a NumPy array object (PyArrayObject.data,
-    right after PyObject_HEAD), or None when this build lays it out differently.
+@intrinsic
+def load_int32(typingctx, addr):
+    """The C int stored at integer address ``addr``, as int64."""
+    sig = types.int64(addr)
 
-    Reading it in compiled code replaces ``arr.ctypes.data`` (~1.5 us per array in
-    Python) when many gradient arrays arrive each step. Verified here, at import, on
-    arrays that differ in every way that could matter; callers fall back to Python
-    addresses when it is None."""
+    def codegen(context, builder, signature, args):
+        ll_i32 = context.get_value_type(types.int32)
+        ptr = builder.inttoptr(args[0], ll_i32.as_pointer())
+        return builder.sext(builder.load(ptr), context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
+def _probe_array_layout():
+    """Byte offsets of (type, data, nd, dimensions, descr, flags) inside a NumPy array
+    object (PyArrayObject_fields: PyObject_HEAD, then data, nd, dimensions, strides,
+    base, descr, flags), or None when this build lays it out differently.
+
+    Reading them in compiled code replaces per-array Python work (``arr.ctypes.data``
+    alone costs ~1.5 us) when many gradient arrays arrive each step. Verified here, at
+    import, on arrays that differ in every way that could matter; without it callers use
+    the Python path."""
     import ctypes
 
     import numpy as np
 
-    offset = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+    word = ctypes.sizeof(ctypes.c_void_p)
+    if word != 8 or ctypes.sizeof(ctypes.c_ssize_t) != 8:
+        return None
+    layout = dict(type=8, data=16, nd=24, dimensions=32, descr=56, flags=64)
     base = np.arange(64, dtype=np.float64)
     probes = [base, base[3:], base[5:40].reshape(5, 7), np.zeros(0, np.float32),
-              np.ones(3, np.float32)[1:], np.empty((2, 3), np.float32)]
+              np.ones(3, np.float32)[1:], np.empty((2, 3), np.float32),
+              np.empty((4, 6), np.float32)[:, ::2], np.zeros((1, 1, 2))]
+
+    def word_at(a, off):
+        return ctypes.c_ssize_t.from_address(id(a) + off).value
+
     for a in probes:
-        if ctypes.c_void_p.from_address(id(a) + offset).value != (a.ctypes.data or None):
+        dims = word_at(a, layout["dimensions"])
+        if (word_at(a, layout["type"]) != id(type(a))
+                or word_at(a, layout["data"]) != a.ctypes.data
+                or ctypes.c_int.from_address(id(a) + layout["nd"]).value != a.ndim
+                or (a.ndim and [ctypes.c_ssize_t.from_address(dims + 8 * j).value
+                                for j in range(a.ndim)] != list(a.shape))
+                or word_at(a, layout["descr"]) != id(a.dtype)
+                or bool(ctypes.c_int.from_address(id(a) + layout["flags"]).value & 1)
+                != a.flags.c_contiguous):
             return None
-    return offset
+    return layout
 
 
-_offset = _probe_data_offset()
-#: Whether kernels may read gradient data addresses from array objects (see above).
-HAVE_ARRAY_DATA_OFFSET = _offset is not None
-ARRAY_DATA_OFFSET = _offset or 0
+_layout = _probe_array_layout()
+#: Whether kernels may read gradient arrays' fields from the array objects (see above).
+HAVE_ARRAY_DATA_OFFSET = _layout is not None
+_layout = _layout or dict(type=0, data=0, nd=0, dimensions=0, descr=0, flags=0)
+ARRAY_DATA_OFFSET = _layout["data"]
+_TYPE_OFFSET, _ND_OFFSET = _layout["type"], _layout["nd"]
+_DIMS_OFFSET, _DESCR_OFFSET, _FLAGS_OFFSET = (_layout["dimensions"], _layout["descr"],
+                                               _layout["flags"])
+NPY_ARRAY_C_CONTIGUOUS = 0x0001
+
+
+@njit(**JIT_OPTIONS)
+def first_unlike(refs, expect, dims):
+    """-1, or the first k whose array object (address ``refs[k]``) is not exactly an
+    ndarray (type expect[k, 0]) of dtype object expect[k, 1], C-contiguous, with
+    expect[k, 2] dimensions equal to dims[expect[k, 3]:...]. A cheap acceptance test:
+    on a miss the caller checks that array in Python (which may still accept it)."""
+    for k in range(refs.shape[0]):
+        a = refs[k]
+        if (load_int64(a + _TYPE_OFFSET) != expect[k, 0]
+                or load_int64(a + _DESCR_OFFSET) != expect[k, 1]
+                or (load_int32(a + _FLAGS_OFFSET) & NPY_ARRAY_C_CONTIGUOUS) == 0):
+            return k
+        nd = expect[k, 2]
+        if load_int32(a + _ND_OFFSET) != nd:
+            return k
+        d = load_int64(a + _DIMS_OFFSET)
+        s = expect[k, 3]
+        for j in range(nd):
+            if load_int64(d + 8 * j) != dims[s + j]:
+                return k
+    return -1
 
 
 # ---------------------------------------------------------------- layouts
