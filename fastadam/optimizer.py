@@ -133,6 +133,14 @@ class _Launch:
         self.kernels = kernels
         self._entry = [None, None]
 
+    def tables(self, g_refs):
+        """(plan, blocks) for this step: the per-array plan holding this step's gradient
+        references, or (g_refs None) the merged plan over the preallocated opt.grads."""
+        if g_refs is None:
+            return self.flat_plan, self.flat_blocks
+        self.plan[:, K.G_REF] = g_refs if self.all_rows else g_refs[self.param_index]
+        return self.plan, self.blocks
+
     def run(self, parallel, *args):
         """Call the table kernel. After the first call, the compiled entry point of the
         signature is called directly, skipping numba's type dispatch (~0.4 us): the
@@ -417,11 +425,7 @@ class Optimizer:
         hyper, steps = self._hyper, self._steps
         last = launches[-1][1]
         for b, L in launches:
-            if g_refs is not None:
-                plan, blocks = L.plan, L.blocks
-                plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
-            else:
-                plan, blocks = L.flat_plan, L.flat_blocks
+            plan, blocks = L.tables(g_refs)
             if config.use_parallel(L.size):
                 with config.launch_lock():
                     bad = L.run(True, plan, obj, blocks, forbid, b.state, hyper, steps,
@@ -441,11 +445,7 @@ class Optimizer:
         sq = self._norm_sq
         sq[:] = 0.0
         for b, L in self._launches:
-            if g_refs is not None:
-                plan, blocks = L.plan, L.blocks
-                plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
-            else:
-                plan, blocks = L.flat_plan, L.flat_blocks
+            plan, blocks = L.tables(g_refs)
             if config.use_parallel(L.size):
                 with config.launch_lock():
                     K.grad_sumsq_parallel(plan, obj, blocks, b.state[0], sq)
@@ -484,8 +484,7 @@ class Optimizer:
         obj = HAVE_ARRAY_DATA_OFFSET
         for b in self._buckets:
             for L in b.launches:
-                plan = L.plan
-                plan[:, K.G_REF] = g_refs if L.all_rows else g_refs[L.param_index]
+                plan, _ = L.tables(g_refs)
                 bad = K.first_alias(plan, obj, self._forbid, b.dtype.itemsize)
                 if bad >= 0:
                     raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
