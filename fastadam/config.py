@@ -50,16 +50,15 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
 
 
 #: Buffers with fewer elements than this run the serial kernel: a parallel launch costs
-#: microseconds (tbb ~2 us for one block and ~8 us for a real two-thread fork/join,
-#: workqueue ~35 us), more than the work it would split. With the serial float32 step at
-#: ~0.32 ns/element in cache (2-core Zen 4, ``scripts/tune_threshold.py``), two threads
-#: save c*n/2, which pays for an 8 us launch from ~50k elements; 65536 = 4 blocks of
-#: BLOCK is the first size that splits evenly with a margin. Elements, not bytes: one
-#: value for float32 and float64 (a float64 element costs more, so its crossover is
-#: lower; one rule keeps dispatch trivial).
-#: Re-measure with ``scripts/tune_threshold.py`` on an idle machine; override with the
-#: environment variable FASTADAM_PARALLEL_THRESHOLD.
-PARALLEL_THRESHOLD = _env_int("FASTADAM_PARALLEL_THRESHOLD", 65536)
+#: microseconds (tbb ~3 us here for one block, more for a real two-thread fork/join;
+#: workqueue ~35 us), more than the work it would split. Measured with
+#: ``scripts/tune_threshold.py`` on an idle 2-core Zen 4 (tbb): parallel wins from 49152
+#: elements in float32 (flat and table kernels) and from 16384-24576 in float64, i.e.
+#: from ~192 KiB of parameters in both. Elements, not bytes: one value, the float32
+#: crossover (the common dtype; float64 between 24576 and 49152 runs serially, up to
+#: 1.3x slower than it could). Re-measure on your machine with that script; override
+#: with the environment variable FASTADAM_PARALLEL_THRESHOLD.
+PARALLEL_THRESHOLD = _env_int("FASTADAM_PARALLEL_THRESHOLD", 49152)
 
 #: Elements per parallel work item. 16384 float32 = 64 KiB per stream: large enough to
 #: amortise scheduling, small enough to balance two threads on 1e5-element buffers.

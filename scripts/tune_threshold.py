@@ -21,6 +21,7 @@ import fastadam as fa
 from fastadam import config
 from fastadam.bench import measure
 from fastadam.kernels import adam as K
+from fastadam.kernels import common as C
 
 SIZES = [2**k for k in range(11, 22)] + [3 * 2**k for k in range(10, 20)]
 SIZES.sort()
@@ -34,10 +35,11 @@ def kernels_for(n, dtype):
     state = np.zeros((2, n), dtype)
     state[1] = 1e-3
     m, v = state[0].copy(), state[1].copy()
-    sc = np.array(K.scalars(step=10, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                            weight_decay=0.0, decoupled=False, bias_correction=True,
-                            eps_mode="paper"), dtype=dtype)
-    flat_s, flat_p, tab_s, tab_p = K.make_kernels(K.WD_NONE, False, False, False)
+    h = np.array(C.hyper_row(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0))
+    hyper = h.reshape(1, -1)
+    steps = np.array([10], np.int64)
+    sc = np.zeros((1, C.N_SCALARS), dtype)
+    flat_s, flat_p, tab_s, tab_p = K.make_kernels(C.WD_NONE, False, False, False)
     # Table kernels: the buffer as 4 separate chunks, gradients by data address.
     params = [p[i::4].copy() for i in range(4)]
     grads = [g[i::4].copy() for i in range(4)]
@@ -46,9 +48,8 @@ def kernels_for(n, dtype):
     for k, (a, b) in enumerate(zip(params, grads)):
         plan[k] = (a.ctypes.data, b.ctypes.data, a.size, off, 0)
         off += a.size
-    blocks = K.split_blocks(plan[:, K.LENGTH])
+    blocks = C.split_blocks(plan[:, C.LENGTH])
     forbid = np.zeros((0, 2), np.int64)
-    sc2 = sc.reshape(1, -1)
     keep = (params, grads)  # the plan holds raw addresses: keep the arrays alive
 
     def locked(fn, *args):
@@ -58,10 +59,12 @@ def kernels_for(n, dtype):
         return call
 
     return keep, {
-        "flat serial": lambda: flat_s(p, g, m, v, v[:0], p[:0], sc),
-        "flat parallel": locked(flat_p, p, g, m, v, v[:0], p[:0], sc),
-        "table serial": lambda: tab_s(plan, False, blocks, forbid, state, sc2),
-        "table parallel": locked(tab_p, plan, False, blocks, forbid, state, sc2),
+        "flat serial": lambda: flat_s(p, g, m, v, v[:0], p[:0], h, 10),
+        "flat parallel": locked(flat_p, p, g, m, v, v[:0], p[:0], h, 10),
+        "table serial": lambda: tab_s(plan, False, blocks, forbid, state, hyper, steps, sc,
+                                      False),
+        "table parallel": locked(tab_p, plan, False, blocks, forbid, state, hyper, steps, sc,
+                                 False),
     }
 
 
