@@ -10,7 +10,6 @@ update formulas are documented once, in :func:`fastadam.adam_step` and
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
@@ -23,7 +22,6 @@ from .kernels import adamax as _adamax_kernels
 from .kernels import common as K
 from .kernels.common import HAVE_ARRAY_DATA_OFFSET
 
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "param_avg")
 _NO_RANGES = np.zeros((0, 2), dtype=np.int64)
 # From this many gradients on, step() checks them in compiled code (one call, ~ns per
 # array) rather than in Python (~0.25 us per array).
@@ -315,29 +313,30 @@ class Optimizer:
         if not isinstance(groups, list) or len(groups) != len(self._group_params):
             raise ValueError("param_groups must stay a list of the optimizer's "
                              f"{len(self._group_params)} groups (use add_param_group)")
+        normalised = []
         for gi, g in enumerate(groups):
             if not isinstance(g, dict):
                 raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
             if g.get("params") is not self._group_params[gi]:
                 raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
                                  "are fixed at construction (use add_param_group)")
-            self._check_hparams(g, where=f"param_groups[{gi}]")
+            normalised.append(self._check_hparams(g, where=f"param_groups[{gi}]"))
         avg = 0.0 if self._average is None else self._average
-        for gi, g in enumerate(groups):   # all valid: adopt normalised values
+        for gi, (g, values) in enumerate(zip(groups, normalised)):   # all valid: adopt them
             if type(g) is not ParamGroup:
                 g = groups[gi] = ParamGroup(g)
-            g.update(self._check_hparams(g, where=f"param_groups[{gi}]"))
+            g.update(values)
             g.dirty = False
             self._hyper[gi] = K.hyper_row(
                 lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
                 weight_decay=g["weight_decay"], bias_correction=g.get("bias_correction", True),
                 eps_mode=g.get("eps_mode", "paper"), maximize=g["maximize"], average=avg)
-        if any(g.get("amsgrad") for g in groups):
+        if any(g.get("amsgrad") for g in groups) and not all(b.has_vmax for b in self._buckets):
             for b in self._buckets:
                 if not b.has_vmax:
-                    b.add_vmax()
-                    self._launch_keys = None
+                    b.add_vmax()            # a new state block: new ranges, new launches
             self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+            self._launch_keys = None
         self._clipping = [g["max_grad_norm"] is not None for g in groups]
         self._any_clipping = any(self._clipping)
         # a norm pass before the update: clipping or a non-finite policy
@@ -481,15 +480,13 @@ class Optimizer:
         return True
 
     def _check_aliasing(self, g_refs):
-        obj = HAVE_ARRAY_DATA_OFFSET
-        for b in self._buckets:
-            for L in b.launches:
-                plan, _ = L.tables(g_refs)
-                bad = K.first_alias(plan, obj, self._forbid, b.dtype.itemsize)
-                if bad >= 0:
-                    raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
-                                     "parameter or the optimizer's state; pass a separate "
-                                     "gradient array")
+        for b, L in self._launches:
+            plan, _ = L.tables(g_refs)
+            bad = K.first_alias(plan, HAVE_ARRAY_DATA_OFFSET, self._forbid, b.dtype.itemsize)
+            if bad >= 0:
+                raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
+                                 "parameter or the optimizer's state; pass a separate "
+                                 "gradient array")
 
     # ------------------------------------------------------------------ copy / pickle
     def __getstate__(self):
