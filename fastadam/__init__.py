@@ -1,21 +1,23 @@
 """fastadam: the Adam family (Kingma & Ba, 2014) as fast as a CPU allows.
 
-Public API: :func:`adam_step`, :func:`adamax_step` (functional, flat buffers),
-:class:`Adam`, :class:`AdamW`, :class:`Adamax` (optimizer objects), :func:`flatten`,
+Public API: :func:`adam_step`, :func:`adamax_step`, :func:`nadam_step`,
+:func:`radam_step` (functional, flat buffers), :class:`Adam`, :class:`AdamW`,
+:class:`Adamax`, :class:`NAdam`, :class:`RAdam` (optimizer objects), :func:`flatten`,
 learning-rate schedules (:mod:`fastadam.schedules`), thread controls. scikit-learn
 estimators live in :mod:`fastadam.sklearn` (imported on demand).
 """
 from .config import get_num_threads, set_num_threads, threading_layer, threads
 from .flat import flatten
-from .functional import adam_step, adamax_step
-from .optimizer import Adam, Adamax, AdamW, Optimizer
+from .functional import adam_step, adamax_step, nadam_step, radam_step
+from .optim import Adam, Adamax, AdamW, NAdam, Optimizer, RAdam
 from . import schedules
 from .schedules import (CosineAnnealingLR, ExponentialLR, InverseSqrtLR, LambdaLR, LinearLR,
                         LRScheduler, OneCycleLR, SequentialLR, StepLR)
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "Adamax", "Optimizer", "adam_step", "adamax_step", "flatten",
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Optimizer", "adam_step", "adamax_step",
+           "nadam_step", "radam_step", "flatten",
            "schedules", "LRScheduler", "LambdaLR", "StepLR", "ExponentialLR",
            "CosineAnnealingLR", "LinearLR", "OneCycleLR", "SequentialLR", "InverseSqrtLR",
            "get_num_threads", "set_num_threads", "threading_layer", "threads", "__version__"]

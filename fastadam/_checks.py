@@ -138,3 +138,12 @@ def check_nonfinite(mode, name="nonfinite"):
     if mode not in NONFINITE_MODES:
         raise ValueError(f"{name} must be one of {NONFINITE_MODES}, got {mode!r}")
     return mode
+
+
+def check_nonnegative(value, name, what=None):
+    """A finite real number >= 0 (torch's message style: "Invalid <what> value")."""
+    x = _number(name, value)
+    if not (0.0 <= x < math.inf):
+        raise ValueError(f"Invalid {what or name} value: {value} ({name} must be finite "
+                         "and >= 0)")
+    return x

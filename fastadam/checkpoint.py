@@ -325,7 +325,7 @@ def load(optimizer, path):
     (ValueError/TypeError naming the file) the optimizer is unchanged."""
     path = os.fspath(path)
     sd = read_checkpoint(path)
-    mine = getattr(optimizer, "_algorithm", None)
+    mine = getattr(optimizer, "algorithm", None)
     if sd.get("algorithm") != mine:
         raise ValueError(f"checkpoint {path} holds a {sd.get('algorithm')!r} optimizer's "
                          f"state; this optimizer is {mine!r} ({type(optimizer).__name__})")

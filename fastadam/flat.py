@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import data_range
-from .kernels.common import G_REF, GROUP, LENGTH, OFFSET, P_ADDR
+from .kernels.memory import G_REF, GROUP, LENGTH, OFFSET, P_ADDR, PLAN_COLUMNS
 
 #: Alignment in bytes of every buffer fastadam allocates (a cache line, one AVX-512 vector).
 ALIGNMENT = 64

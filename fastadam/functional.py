@@ -1,19 +1,146 @@
-"""Functional API: one fused step on caller-owned flat buffers.
+"""Functional API: one fused step on caller-owned flat buffers, for every algorithm of the
+registry.
 
-Validates, then launches the serial or parallel kernel, which computes the step's
-scalars once in float64 and rounds them to the buffers' dtype; nothing else."""
+Each public function validates its arguments (a cheap acceptance test, falling back to
+the checks of ``_checks.py`` for the message), looks up the hyperparameter row and the
+kernels of its settings (cached), and launches the serial or parallel kernel, which
+computes the step's scalars in float64 and rounds them once to the buffers' dtype."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import _checks as C
 from . import config
-from .kernels import adam as _adam
-from .kernels import adamax as _adamax
-from .kernels import common as K
+from .kernels import registry
+from .kernels.launch import build_launchers
+from .kernels.memory import ARRAY_NAMES
+from .kernels.spec import (H_ALG, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY, N_GROUP_SCALARS,
+                           N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
+from .optim.groups import Validator
 
 _INF = float("inf")
 _FLOAT_DTYPES = C.FLOAT_DTYPES
+_NO_GROUP_SCALARS = np.zeros(N_GROUP_SCALARS)       # read-only use: algorithms without
+
+
+class _Setup:
+    """What one (algorithm, options) pair needs for a call: the hyperparameter row and
+    the serial/parallel flat kernels."""
+
+    __slots__ = ("h", "serial", "parallel", "n_state")
+
+    def __init__(self, alg, values):
+        wd_mode = WD_NONE
+        if values["weight_decay"] != 0.0:
+            wd_mode = WD_DECOUPLED if alg.decoupled(values) else WD_L2
+        h = np.zeros(N_HYPER)
+        h[H_LR] = values["lr"]
+        h[H_WEIGHT_DECAY] = values["weight_decay"]
+        h[H_SIGN] = -1.0 if values["maximize"] else 1.0
+        h[H_CLIP] = 1.0
+        own = alg.hyper(values)
+        h[H_ALG:H_ALG + len(own)] = own
+        h.flags.writeable = False
+        self.h = h
+        self.n_state = alg.n_state(values)
+        k = build_launchers(alg.id, alg.variant(values), self.n_state, wd_mode,
+                            values["maximize"], False)
+        self.serial, self.parallel = k[0], k[1]
+
+
+class _Front:
+    """The functional step of one algorithm: validation and a cache of setups keyed by
+    the option values (type-checked first, so that a cached key is a valid one)."""
+
+    def __init__(self, name):
+        self.alg = registry.get(name)
+        self.validate = Validator(self.alg)
+        self.cache = {}
+
+    def setup(self, lr, betas, eps, weight_decay, bools, others):
+        """The _Setup of these options. Options of the exact types a valid key holds
+        (floats, a tuple of two floats, bools) are looked up directly; anything else is
+        validated first (TypeError/ValueError naming the argument) and then looked up in
+        its normalised form, so a cached key is always a valid one."""
+        if _fast_options(lr, betas, eps, weight_decay, bools):
+            key = (lr, betas, eps, weight_decay, tuple(bools.values()),
+                   tuple((type(v), v) for v in others.values()))
+            s = self.cache.get(key)
+            if s is not None:
+                return s
+        group = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                     max_grad_norm=None, **bools, **others)
+        values = self.validate(group, where="")
+        key = (values["lr"], tuple(values["betas"]), values["eps"], values["weight_decay"],
+               tuple(values[k] for k in bools),
+               tuple((type(values[k]), values[k]) for k in others))
+        s = self.cache.get(key)
+        if s is None:
+            s = _Setup(self.alg, values)
+            if len(self.cache) > 1024:
+                self.cache.clear()
+            self.cache[key] = s
+        return s
+
+
+def _is_float(x):
+    return type(x) is float and 0.0 <= x < _INF
+
+
+def _fast_options(lr, betas, eps, weight_decay, bools):
+    if not (_is_float(lr) and _is_float(eps) and _is_float(weight_decay)
+            and type(betas) is tuple and len(betas) == 2
+            and type(betas[0]) is float and type(betas[1]) is float
+            and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        return False
+    for f in bools.values():
+        if f is not True and f is not False:
+            return False
+    return True
+
+
+def _ok(a, dtype, shape, writable):
+    """Cheap acceptance test; False sends the array through C.check_array."""
+    if type(a) is not np.ndarray:
+        return False
+    if dtype is None:
+        if a.dtype not in _FLOAT_DTYPES:
+            return False
+    elif a.dtype is not dtype or a.shape != shape:
+        return False
+    f = a.flags
+    return f.c_contiguous and (f.writeable or not writable)
+
+
+def _check_buffers(param, grad, states):
+    if not _ok(param, None, None, True) or param.ndim != 1:
+        C.check_array("param", param, writable=True, one_d=True)
+    dt, shape = param.dtype, param.shape
+    if not _ok(grad, dt, shape, False):
+        C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
+    for name, a in states:
+        if not _ok(a, dt, shape, True):
+            C.check_array(name, a, writable=True, dtype=dt, shape=shape)
+
+
+def _launch(s, param, grad, s0, s1, s2, step, gs, names):
+    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
+        step = C.check_step(step)
+    empty = param[:0]
+    if config.use_parallel(param.shape[0]):
+        with config.launch_lock():
+            bad = s.parallel(param, grad, s0, s1, s2, empty, s.h, step, gs)
+    else:
+        bad = s.serial(param, grad, s0, s1, s2, empty, s.h, step, gs)
+    if bad >= 0:
+        labels = dict(zip(ARRAY_NAMES, ("param", "grad") + names + ("",)))
+        raise ValueError(f"{labels[ARRAY_NAMES[bad // 6]]} and {labels[ARRAY_NAMES[bad % 6]]}"
+                         " share memory; every parameter, gradient and state buffer must "
+                         "be a separate array")
+
+
+_ADAM, _ADAMW = _Front("adam"), _Front("adamw")
+_ADAMAX, _NADAM, _RADAM = _Front("adamax"), _Front("nadam"), _Front("radam")
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
@@ -36,27 +163,22 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     ``"hat"`` is the "epsilon hat" variant of the end of section 2. ``max_exp_avg_sq`` is
     required when ``amsgrad``. Raises TypeError/ValueError, changing nothing, on bad input.
     """
-    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
-    _check_flags(decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                 maximize=maximize, bias_correction=bias_correction)
-    if eps_mode != "paper" and eps_mode != "hat":
-        C.check_eps_mode(eps_mode)
-    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
+    s = _ADAM.setup(lr, betas, eps, weight_decay,
+                    dict(decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                         maximize=maximize, bias_correction=bias_correction),
+                    dict(eps_mode=eps_mode))
     if amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True "
                              "(an array of zeros before the first step)")
-        _check_buffers(param, None, (("max_exp_avg_sq", max_exp_avg_sq),))
+        _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
+                                     ("max_exp_avg_sq", max_exp_avg_sq)))
         vmax = max_exp_avg_sq
     else:
+        _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
         vmax = param[:0]
-    wd_mode = K.WD_NONE if weight_decay == 0.0 else (
-        K.WD_DECOUPLED if decoupled_weight_decay else K.WD_L2)
-    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
-                             weight_decay=weight_decay, bias_correction=bias_correction,
-                             eps_mode=eps_mode, maximize=maximize))
-    kernels = _kernels(_adam, wd_mode, amsgrad, maximize)
-    _launch(kernels, param, grad, exp_avg, exp_avg_sq, vmax, h, step, "exp_avg_sq")
+    _launch(s, param, grad, exp_avg, exp_avg_sq, vmax, step, _NO_GROUP_SCALARS,
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
 
 def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
@@ -69,81 +191,58 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
         param  -= lr / (1 - beta1**t) * exp_avg / exp_inf
 
     Same array rules and errors as :func:`adam_step`."""
-    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
-    _check_flags(maximize=maximize)
+    s = _ADAMAX.setup(lr, betas, eps, weight_decay, dict(maximize=maximize), {})
     _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_inf", exp_inf)))
-    wd_mode = K.WD_NONE if weight_decay == 0.0 else K.WD_L2
-    h = np.array(K.hyper_row(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
-                             weight_decay=weight_decay, maximize=maximize))
-    kernels = _kernels(_adamax, wd_mode, False, maximize)
-    _launch(kernels, param, grad, exp_avg, exp_inf, param[:0], h, step, "exp_inf")
+    _launch(s, param, grad, exp_avg, exp_inf, param[:0], step, _NO_GROUP_SCALARS,
+            ("exp_avg", "exp_inf", ""))
 
 
-def _check_hyper(step, lr, betas, eps, weight_decay):
-    # Fast acceptance of the common cases; the checkers in _checks produce the messages.
-    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
-        step = C.check_step(step)
-    if not (type(lr) is float and 0.0 <= lr < _INF):
-        lr = C.check_lr(lr)
-    if not (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
-            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-        betas = C.check_betas(betas)
-    if not (type(eps) is float and 0.0 <= eps < _INF):
-        eps = C.check_eps(eps)
-    if not (type(weight_decay) is float and 0.0 <= weight_decay < _INF):
-        weight_decay = C.check_weight_decay(weight_decay)
-    return step, lr, betas, eps, weight_decay
+def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
+               betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, maximize=False):
+    r"""One NAdam step (Dozat, 2016; = torch.optim.NAdam), in place. Returns the new
+    ``mu_product`` (pass 1.0 at the first step, then what the previous call returned)::
+
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay));  mu_product *= mu_t
+        exp_avg    = beta1 * exp_avg    + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
+        param -= lr * (1 - mu_t) / (1 - mu_product) * g / denom
+               + lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * exp_avg / denom
+
+    Weight decay is L2, or decoupled (``param *= 1 - lr * weight_decay``) with
+    ``decoupled_weight_decay``. Same array rules and errors as :func:`adam_step`."""
+    s = _NADAM.setup(lr, betas, eps, weight_decay,
+                     dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
+                     dict(momentum_decay=momentum_decay))
+    mp = C._number("mu_product", mu_product)
+    if not (0.0 <= mp <= 1.0):
+        raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
+                         f"{mu_product!r}")
+    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
+    gs = np.array([mp, 0.0])
+    _launch(s, param, grad, exp_avg, exp_avg_sq, param[:0], step, gs,
+            ("exp_avg", "exp_avg_sq", ""))
+    return float(gs[0])
 
 
-def _check_flags(**flags):
-    for name, flag in flags.items():
-        if flag is not True and flag is not False:
-            C.check_bool(name, flag)
+def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    r"""One RAdam step (Liu et al., 2020; = torch.optim.RAdam), in place. With
+    rho_inf = 2 / (1 - beta2) - 1 and rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)::
 
+        exp_avg    = beta1 * exp_avg    + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        rho_t > 5: r = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))
+                   param -= lr * r * sqrt(1 - beta2**t) / (1 - beta1**t)
+                            * exp_avg / (sqrt(exp_avg_sq) + eps)
+        otherwise: param -= lr / (1 - beta1**t) * exp_avg
 
-def _ok(a, dtype, shape, writable):
-    """Cheap acceptance test; False sends the array through C.check_array."""
-    if type(a) is not np.ndarray:
-        return False
-    if dtype is None:
-        if a.dtype not in _FLOAT_DTYPES:
-            return False
-    elif a.dtype is not dtype or a.shape != shape:
-        return False
-    f = a.flags
-    return f.c_contiguous and (f.writeable or not writable)
-
-
-def _check_buffers(param, grad, states):
-    if not _ok(param, None, None, True) or param.ndim != 1:
-        C.check_array("param", param, writable=True, one_d=True)
-    dt, shape = param.dtype, param.shape
-    if grad is not None and not _ok(grad, dt, shape, False):
-        C.check_array("grad", grad, writable=False, dtype=dt, shape=shape)
-    for name, a in states:
-        if not _ok(a, dt, shape, True):
-            C.check_array(name, a, writable=True, dtype=dt, shape=shape)
-
-
-_KERNELS = {}
-
-
-def _kernels(module, wd_mode, amsgrad, maximize):
-    key = (module.__name__, wd_mode, amsgrad, maximize)
-    k = _KERNELS.get(key)
-    if k is None:
-        k = _KERNELS[key] = module.make_kernels(wd_mode, amsgrad, maximize, False)
-    return k
-
-
-def _launch(kernels, param, grad, m, v, vmax, h, step, v_name):
-    if config.use_parallel(param.shape[0]):
-        with config.launch_lock():
-            bad = kernels[1](param, grad, m, v, vmax, param[:0], h, step)
-    else:
-        bad = kernels[0](param, grad, m, v, vmax, param[:0], h, step)
-    if bad >= 0:
-        names = list(K.ARRAY_NAMES)
-        names[3] = v_name
-        raise ValueError(f"{names[bad // 6]} and {names[bad % 6]} share memory; every "
-                         "parameter, gradient and state buffer must be a separate array")
+    Weight decay is L2, or decoupled with ``decoupled_weight_decay``. Same array rules
+    and errors as :func:`adam_step`."""
+    s = _RADAM.setup(lr, betas, eps, weight_decay,
+                     dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
+                     {})
+    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
+    _launch(s, param, grad, exp_avg, exp_avg_sq, param[:0], step, _NO_GROUP_SCALARS,
+            ("exp_avg", "exp_avg_sq", ""))

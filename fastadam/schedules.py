@@ -37,7 +37,7 @@ import numbers
 import types
 from bisect import bisect_right
 
-from .optimizer import Optimizer
+from .optim import Optimizer
 
 __all__ = ["LRScheduler", "LambdaLR", "StepLR", "ExponentialLR", "CosineAnnealingLR",
            "LinearLR", "OneCycleLR", "SequentialLR", "InverseSqrtLR"]

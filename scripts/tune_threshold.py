@@ -20,8 +20,11 @@ import numpy as np
 import fastadam as fa
 from fastadam import config
 from fastadam.bench import measure
-from fastadam.kernels import adam as K
-from fastadam.kernels import common as C
+from fastadam.kernels import registry
+from fastadam.kernels.launch import build_launchers
+from fastadam.kernels.memory import LENGTH
+from fastadam.kernels.norms import split_blocks
+from fastadam.kernels.spec import H_ALG, H_CLIP, H_LR, H_SIGN, N_GROUP_SCALARS, N_HYPER, N_SCALARS
 
 SIZES = [2**k for k in range(11, 22)] + [3 * 2**k for k in range(10, 20)]
 SIZES.sort()
@@ -35,11 +38,15 @@ def kernels_for(n, dtype):
     state = np.zeros((2, n), dtype)
     state[1] = 1e-3
     m, v = state[0].copy(), state[1].copy()
-    h = np.array(C.hyper_row(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0))
+    adam = registry.get("adam")
+    h = np.zeros(N_HYPER)
+    h[[H_LR, H_SIGN, H_CLIP]] = (1e-3, 1.0, 1.0)
+    h[H_ALG:H_ALG + 5] = (0.9, 0.999, 1e-8, 1.0, 0.0)
     hyper = h.reshape(1, -1)
     steps = np.array([10], np.int64)
-    sc = np.zeros((1, C.N_SCALARS), dtype)
-    flat_s, flat_p, tab_s, tab_p = K.make_kernels(C.WD_NONE, False, False, False)
+    gscal = np.zeros((1, N_GROUP_SCALARS))
+    sc = np.zeros((1, N_SCALARS), dtype)
+    flat_s, flat_p, tab_s, tab_p = build_launchers(adam.id, 0, 2, 0, False, False)
     # Table kernels: the buffer as 4 separate chunks, gradients by data address.
     params = [p[i::4].copy() for i in range(4)]
     grads = [g[i::4].copy() for i in range(4)]
@@ -48,7 +55,7 @@ def kernels_for(n, dtype):
     for k, (a, b) in enumerate(zip(params, grads)):
         plan[k] = (a.ctypes.data, b.ctypes.data, a.size, off, 0)
         off += a.size
-    blocks = C.split_blocks(plan[:, C.LENGTH])
+    blocks = split_blocks(plan[:, LENGTH])
     forbid = np.zeros((0, 2), np.int64)
     keep = (params, grads)  # the plan holds raw addresses: keep the arrays alive
 
@@ -59,11 +66,11 @@ def kernels_for(n, dtype):
         return call
 
     return keep, {
-        "flat serial": lambda: flat_s(p, g, m, v, v[:0], p[:0], h, 10),
-        "flat parallel": locked(flat_p, p, g, m, v, v[:0], p[:0], h, 10),
-        "table serial": lambda: tab_s(plan, False, blocks, forbid, state, hyper, steps, sc,
+        "flat serial": lambda: flat_s(p, g, m, v, v[:0], p[:0], h, 10, gscal[0]),
+        "flat parallel": locked(flat_p, p, g, m, v, v[:0], p[:0], h, 10, gscal[0]),
+        "table serial": lambda: tab_s(plan, False, blocks, forbid, state, hyper, steps, gscal, sc,
                                       False),
-        "table parallel": locked(tab_p, plan, False, blocks, forbid, state, hyper, steps, sc,
+        "table parallel": locked(tab_p, plan, False, blocks, forbid, state, hyper, steps, gscal, sc,
                                  False),
     }
 

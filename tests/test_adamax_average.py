@@ -153,7 +153,9 @@ def test_averaging_runs_inside_the_update_kernel():
     opt = fa.Adam([np.zeros(10, np.float32)], average=0.9)
     opt.step()
     (b, L), = opt._launches
-    assert L.kernels is fa.optimizer._adam_kernels.make_kernels(0, False, False, True)
+    from fastadam.kernels import registry
+    # (algorithm, variant, state rows, weight decay mode, scale_grad, average)
+    assert L.key == (registry.get("adam").id, 0, 2, 0, False, True)
     assert b.state.shape[0] == 3   # m, v, average: one state block
 
 

@@ -109,7 +109,7 @@ def test_round_trip_is_exact_and_readable_without_pickle(tmp_path):
 class FakeOptimizer:
     """Stands for future algorithms: any ndarray keys per parameter, extra top-level
     entries, empty and 0-d arrays, int and str keys."""
-    _algorithm = "future"
+    algorithm = "future"
 
     def __init__(self, sd):
         self.sd = sd

@@ -11,19 +11,24 @@ import pytest
 
 PROBE = r"""
 import json, re, itertools, numpy as np
-from fastadam.kernels import adam as A, adamax as X, common as K
+from fastadam.kernels import registry
+from fastadam.kernels.launch import build_launchers
+from fastadam.kernels.spec import N_HYPER, N_GROUP_SCALARS
 out = {}
-cases = [("adam", A, wd, ams, sg, avg) for wd, ams, sg, avg in
-         itertools.product([0, 1, 2], [False, True], [False, True], [False, True])]
-cases += [("adamax", X, wd, False, sg, avg) for wd, sg, avg in
-          itertools.product([0, 1], [False, True], [False, True])]
-for alg, mod, wd, ams, sg, avg in cases:
-    ser = mod.make_kernels(wd, ams, sg, avg)[0]
+cases = []
+for alg in registry.BY_ID:
+    wds = [0, 2] if alg.name == "adamw" else ([0, 1] if alg.name == "adamax" else [0, 1, 2])
+    variants = [(0, 2), (1, 3)] if alg.name in ("adam", "adamw") else [(0, len(alg.state))]
+    for wd, (var, ns), sg, avg in itertools.product(wds, variants, [False, True], [False, True]):
+        cases.append((alg, wd, var, ns, sg, avg))
+for alg, wd, var, ns, sg, avg in cases:
+    ser = build_launchers(alg.id, var, ns, wd, sg, avg)[0]
     for dt in (np.float32, np.float64):
         a = np.zeros(64, dt)
-        ser(a, a.copy(), a.copy(), a.copy() + 1, a.copy(), a.copy(), np.zeros(K.N_HYPER), 1)
+        h = np.zeros(N_HYPER); h[5:8] = (0.9, 0.999, 1e-8)
+        ser(a, a.copy(), a.copy(), a.copy() + 1, a.copy(), a.copy(), h, 1, np.ones(N_GROUP_SCALARS))
         asm = "\n".join(ser.inspect_asm().values())
-        key = f"{alg}-{wd}-{ams}-{sg}-{avg}-{np.dtype(dt).name}"
+        key = f"{alg.name}-{wd}-{var}-{sg}-{avg}-{np.dtype(dt).name}"
         out[key] = {
             "packed_sqrt": len(re.findall(r"\bv?sqrtp[sd]\b", asm)),
             "packed_div": len(re.findall(r"\bv?divp[sd]\b", asm)),
@@ -39,9 +44,10 @@ def test_hot_loop_is_vectorised_and_float32_is_not_promoted(tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(out) == 2 * (24 + 8)
+    # adam 24, adamw 16, adamax 8, nadam 12, radam 12 kernel keys, two dtypes each
+    assert len(out) == 2 * (24 + 16 + 8 + 12 + 12)
     for key, r in out.items():
-        if key.startswith("adam-"):   # AdaMax has no sqrt
+        if not key.startswith("adamax-"):   # AdaMax has no sqrt
             assert r["packed_sqrt"] > 0, f"{key}: sqrt is not vectorised"
         assert r["packed_div"] > 0, f"{key}: division is not vectorised"
         if key.endswith("float32"):

@@ -1,77 +1,137 @@
-"""Fused Adam / AdamW / AMSGrad update (Kingma & Ba, Algorithm 1; Loshchilov & Hutter).
+"""Adam (Kingma & Ba, 2014, Algorithm 1), AdamW (Loshchilov & Hutter) and AMSGrad:
+everything that defines them.
 
-One pass per step: read p, g, m, v (and vmax, pbar when used) once, write them once.
-With the step's scalars computed once in float64 and rounded to the buffer dtype
-(:func:`common.step_scalars`)::
+With g the gradient after maximize/clipping and L2 weight decay (or p after decoupled
+decay, both applied by the shared loop), t the step, bc1 = 1 - b1**t, bc2 = 1 - b2**t::
 
-    g  = g * grad_scale                       # maximize (-1) and clipping; if scale_grad
-    g  = g + wd * p                           # WD_L2
-    p  = p * decay                            # WD_DECOUPLED, decay = 1 - lr * weight_decay
-    m  = b1 * m + (1 - b1) * g
-    v  = b2 * v + (1 - b2) * g * g
-    vm = max(vm, v); v = vm                   # amsgrad (NaN propagates, like torch.maximum)
-    p  = p - step_size * (m / (sqrt(v) + eps_eff))
-    pbar = ab * pbar + (1 - ab) * p           # average (temporal averaging, paper 7.2)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    d = vmax = max(vmax, v) if amsgrad else v          (NaN propagates, like torch)
+    "paper": p -= lr / bc1 * m / (sqrt(d) / sqrt(bc2) + eps)     # Algorithm 1, PyTorch
+    "hat":   p -= lr * sqrt(bc2) / bc1 * m / (sqrt(d) + eps)      # TensorFlow, sklearn
 
-Both eps modes are this one formula: with bc1 = 1 - b1**t, bc2 = 1 - b2**t,
-step_size = lr * sqrt(bc2) / bc1 and eps_eff = eps * sqrt(bc2) ("paper", Algorithm 1,
-= PyTorch: lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), multiplied through by sqrt(bc2)) or
-eps_eff = eps ("hat", = TensorFlow / scikit-learn). One sqrt and one division per element.
-
-Flags are compile-time constants of a generated kernel (closure variables are frozen by
-numba), so the loop has no per-element branches on them.
+Both eps modes are one formula: step_size = lr * sqrt(bc2) / bc1 and eps_eff =
+eps * sqrt(bc2) ("paper", multiplied through by sqrt(bc2)) or eps ("hat"): one sqrt and
+one divide per element. ``bias_correction=False`` makes bc1 = bc2 = 1.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from .. import _checks as C
 from ..config import JIT_OPTIONS
-from .common import (ADAM, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, OMB2,
-                     STEP_SIZE, WD, WD_DECOUPLED, WD_L2)
+from .approx import div_sqrt_eps
+from .spec import H_LR, Algorithm, Option, hyper_fields, scalar_fields
+
+BETA1, BETA2, EPS, BIAS_CORRECTION, EPS_HAT = hyper_fields(5)
+S_B1, S_OMB1, S_B2, S_OMB2, S_STEP, S_EPS = scalar_fields(6)
+PLAIN, AMSGRAD = 0, 1       # variants
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def update(p, g, m, v, vmax, pbar, sc, wd_mode, amsgrad, scale_grad, average):
-    # Arrays of equal length, looped from 0: LLVM then proves indices non-negative and
-    # vectorises (a range(lo, hi) loop keeps wraparound checks and runs 8x slower). The
-    # flags are constants of the calling kernel; inlined, their branches disappear.
-    b1 = sc[B1]
-    omb1 = sc[OMB1]
-    b2 = sc[B2]
-    omb2 = sc[OMB2]
-    step_size = sc[STEP_SIZE]
-    eps = sc[EPS_EFF]
-    wd = sc[WD]
-    gs = sc[GRAD_SCALE]
-    ab = sc[AVG_B]
-    omab = sc[OMAVG_B]
-    for i in range(p.shape[0]):
-        gi = g[i]
-        pi = p[i]
-        if scale_grad:
-            gi = gi * gs
-        if wd_mode == WD_L2:
-            gi = gi + wd * pi
-        elif wd_mode == WD_DECOUPLED:
-            pi = pi * wd
-        mi = b1 * m[i] + omb1 * gi
-        vi = b2 * v[i] + omb2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        if amsgrad:
-            vm = vmax[i]
-            vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
-            vmax[i] = vi
-        pi = pi - step_size * (mi / (np.sqrt(vi) + eps))
-        p[i] = pi
-        if average:
-            pbar[i] = ab * pbar[i] + omab * pi
+def scalars(h, t, gs, out):
+    b1 = h[BETA1]
+    b2 = h[BETA2]
+    bc1 = 1.0
+    bc2_sqrt = 1.0
+    if h[BIAS_CORRECTION] != 0.0:
+        tf = float(t)
+        bc1 = 1.0 - b1 ** tf
+        bc2_sqrt = np.sqrt(1.0 - b2 ** tf)
+    out[S_B1] = b1
+    out[S_OMB1] = 1.0 - b1
+    out[S_B2] = b2
+    out[S_OMB2] = 1.0 - b2
+    out[S_STEP] = h[H_LR] * bc2_sqrt / bc1
+    out[S_EPS] = h[EPS] if h[EPS_HAT] != 0.0 else h[EPS] * bc2_sqrt
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def consts(sc):
+    return sc[S_B1], sc[S_OMB1], sc[S_B2], sc[S_OMB2], sc[S_STEP], sc[S_EPS]
 
-def make_kernels(wd_mode, amsgrad, scale_grad, average):
-    """(flat_serial, flat_parallel, table_serial, table_parallel) for one flag set; see
-    :func:`launch.build_launchers` for their arguments."""
-    from .launch import build_launchers
-    return build_launchers(ADAM, wd_mode, amsgrad, scale_grad, average)
+
+@njit(inline="always", **JIT_OPTIONS)
+def element(variant, p, g, m, v, vmax, k):
+    b1, omb1, b2, omb2, step_size, eps = k
+    m = b1 * m + omb1 * g
+    v = b2 * v + omb2 * (g * g)
+    d = v
+    if variant == AMSGRAD:
+        vmax = v if (v > vmax or v != v) else vmax
+        d = vmax
+    p = p - step_size * div_sqrt_eps(m, d, eps)
+    return p, m, v, vmax
+
+
+def reference(param, grad, state, step, hp):
+    """Slow float64 step (numpy), in place on ``state``; returns the new parameter."""
+    p = param.astype(np.float64)
+    g = grad.astype(np.float64)
+    if hp["maximize"]:
+        g = -g
+    wd = hp["weight_decay"]
+    if hp["decoupled"]:
+        p = p * (1.0 - hp["lr"] * wd)
+    else:
+        g = g + wd * p
+    b1, b2 = hp["betas"]
+    state["exp_avg"] = b1 * state["exp_avg"] + (1.0 - b1) * g
+    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1.0 - b2) * g * g
+    v = state["exp_avg_sq"]
+    if hp.get("amsgrad"):
+        state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
+        v = state["max_exp_avg_sq"]
+    if hp.get("bias_correction", True):
+        bc1, bc2 = 1.0 - b1 ** step, 1.0 - b2 ** step
+    else:
+        bc1 = bc2 = 1.0
+    if hp.get("eps_mode", "paper") == "paper":
+        return p - hp["lr"] / bc1 * state["exp_avg"] / (np.sqrt(v) / np.sqrt(bc2) + hp["eps"])
+    return p - hp["lr"] * np.sqrt(bc2) / bc1 * state["exp_avg"] / (np.sqrt(v) + hp["eps"])
+
+
+def _bool(v, name):
+    return C.check_bool(name, v)
+
+
+_OPTIONS = (
+    Option("betas", (0.9, 0.999), C.check_betas),
+    Option("eps", 1e-8, C.check_eps),
+    Option("amsgrad", False, _bool),
+    Option("bias_correction", True, _bool),
+    Option("eps_mode", "paper", C.check_eps_mode),
+)
+
+
+def _hyper(g):
+    return (g["betas"][0], g["betas"][1], g["eps"],
+            1.0 if g["bias_correction"] else 0.0, 1.0 if g["eps_mode"] == "hat" else 0.0)
+
+
+def _variant(g):
+    return AMSGRAD if g["amsgrad"] else PLAIN
+
+
+def _n_state(g):
+    return 3 if g["amsgrad"] else 2
+
+
+_COMMON = dict(state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), n_state=_n_state,
+               variant=_variant, hyper=_hyper, scalars=scalars, consts=consts,
+               element=element, reference=reference)
+
+#: Adam: L2 weight decay unless the group sets decoupled_weight_decay (torch.optim.Adam).
+ADAM = Algorithm(
+    name="adam",
+    options=_OPTIONS + (Option("decoupled_weight_decay", False, _bool),),
+    decoupled=lambda g: g["decoupled_weight_decay"],
+    doc="Adam (Kingma & Ba, Algorithm 1) = torch.optim.Adam", **_COMMON)
+
+#: AdamW: always decoupled weight decay (torch.optim.AdamW).
+ADAMW = Algorithm(
+    name="adamw", options=_OPTIONS, decoupled=lambda g: True,
+    doc="AdamW (Loshchilov & Hutter) = torch.optim.AdamW", **_COMMON)
+
+ALGORITHMS = (ADAM, ADAMW)

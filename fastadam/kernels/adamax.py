@@ -1,59 +1,75 @@
-"""Fused AdaMax update (Kingma & Ba, section 7.1; PyTorch semantics).
+"""AdaMax (Kingma & Ba, section 7.1; = torch.optim.Adamax): everything that defines it.
 
-    g = g * grad_scale                     # maximize (-1) and clipping; if scale_grad
-    g = g + wd * p                         # WD_L2 (the only weight decay AdaMax has)
+With g the gradient after maximize/clipping and L2 weight decay (the only decay AdaMax
+has), t the step::
+
     m = b1 * m + (1 - b1) * g
-    u = max(b2 * u, |g| + eps)             # NaN propagates, like torch.amax
-    p = p - lr / (1 - b1**t) * (m / u)
-    pbar = ab * pbar + (1 - ab) * p        # average (temporal averaging, paper 7.2)
+    u = max(b2 * u, |g| + eps)                 (NaN propagates, like torch.amax)
+    p -= lr / (1 - b1**t) * m / u
 
-u (``exp_inf``) lives in the state row of v; there is no bias correction for u (the
-paper shows it is not needed). One division per element, no sqrt.
+u (``exp_inf``) needs no bias correction (the paper shows why). One divide per element.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
+from .. import _checks as C
 from ..config import JIT_OPTIONS
-from .common import (ADAMAX, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, STEP_SIZE,
-                     WD, WD_L2)
+from .approx import div
+from .spec import H_LR, Algorithm, Option, hyper_fields, scalar_fields
+
+BETA1, BETA2, EPS = hyper_fields(3)
+S_B1, S_OMB1, S_B2, S_STEP, S_EPS = scalar_fields(5)
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def update(p, g, m, u, vmax, pbar, sc, wd_mode, scale_grad, average):
-    b1 = sc[B1]
-    omb1 = sc[OMB1]
-    b2 = sc[B2]
-    step_size = sc[STEP_SIZE]
-    eps = sc[EPS_EFF]
-    wd = sc[WD]
-    gs = sc[GRAD_SCALE]
-    ab = sc[AVG_B]
-    omab = sc[OMAVG_B]
-    for i in range(p.shape[0]):
-        gi = g[i]
-        pi = p[i]
-        if scale_grad:
-            gi = gi * gs
-        if wd_mode == WD_L2:
-            gi = gi + wd * pi
-        mi = b1 * m[i] + omb1 * gi
-        ui = b2 * u[i]
-        a = abs(gi) + eps
-        ui = a if (a > ui or a != a) else ui          # NaN-propagating max
-        m[i] = mi
-        u[i] = ui
-        pi = pi - step_size * (mi / ui)
-        p[i] = pi
-        if average:
-            pbar[i] = ab * pbar[i] + omab * pi
+def scalars(h, t, gs, out):
+    b1 = h[BETA1]
+    out[S_B1] = b1
+    out[S_OMB1] = 1.0 - b1
+    out[S_B2] = h[BETA2]
+    out[S_STEP] = h[H_LR] / (1.0 - b1 ** float(t))
+    out[S_EPS] = h[EPS]
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def consts(sc):
+    return sc[S_B1], sc[S_OMB1], sc[S_B2], sc[S_STEP], sc[S_EPS]
 
-def make_kernels(wd_mode, amsgrad, scale_grad, average):
-    """(flat_serial, flat_parallel, table_serial, table_parallel); ``amsgrad`` must be
-    False (it is part of the signature so every algorithm is keyed alike)."""
-    if amsgrad:
-        raise ValueError("AdaMax has no amsgrad variant")
-    from .launch import build_launchers
-    return build_launchers(ADAMAX, wd_mode, False, scale_grad, average)
+
+@njit(inline="always", **JIT_OPTIONS)
+def element(variant, p, g, m, u, unused, k):
+    b1, omb1, b2, step_size, eps = k
+    m = b1 * m + omb1 * g
+    u = b2 * u
+    a = abs(g) + eps
+    u = a if (a > u or a != a) else u
+    p = p - step_size * div(m, u)
+    return p, m, u, unused
+
+
+def reference(param, grad, state, step, hp):
+    """Slow float64 step (numpy), in place on ``state``; returns the new parameter."""
+    p = param.astype(np.float64)
+    g = grad.astype(np.float64)
+    if hp["maximize"]:
+        g = -g
+    g = g + hp["weight_decay"] * p
+    b1, b2 = hp["betas"]
+    state["exp_avg"] = b1 * state["exp_avg"] + (1.0 - b1) * g
+    state["exp_inf"] = np.maximum(b2 * state["exp_inf"], np.abs(g) + hp["eps"])
+    return p - hp["lr"] / (1.0 - b1 ** step) * state["exp_avg"] / state["exp_inf"]
+
+
+ADAMAX = Algorithm(
+    name="adamax",
+    options=(Option("betas", (0.9, 0.999), C.check_betas),
+             Option("eps", 1e-8, C.check_eps)),
+    state=("exp_avg", "exp_inf"),
+    n_state=lambda g: 2, variant=lambda g: 0, decoupled=lambda g: False,
+    hyper=lambda g: (g["betas"][0], g["betas"][1], g["eps"]),
+    scalars=scalars, consts=consts, element=element, reference=reference,
+    doc="AdaMax (Kingma & Ba, section 7.1) = torch.optim.Adamax")
+
+ALGORITHMS = (ADAMAX,)

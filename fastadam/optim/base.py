@@ -1,0 +1,409 @@
+"""The optimizer object: param groups, state buffers, the step, copy and pickle.
+
+An optimizer is an algorithm of the registry (``kernels/registry.py``) plus this one class:
+nothing here knows an algorithm by name. It owns the state in one aligned block per
+parameter dtype and steps every parameter of a dtype in one kernel launch per kernel key
+through a chunk plan of data addresses.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .. import _checks as C
+from .. import config
+from ..flat import forbidden_ranges
+from ..kernels import registry
+from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
+                            N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
+from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
+from .groups import TORCH_SWITCHES, ParamGroup, Validator
+from .guard import grad_norms
+from .plan import Bucket, Launch
+from .state import StateDictMixin
+
+_NO_RANGES = np.zeros((0, 2), dtype=np.int64)
+# From this many gradients on, step() checks them in compiled code (one call, ~ns per
+# array) rather than in Python (~0.25 us per array).
+_COMPILED_CHECK_FROM = 8
+
+
+class Optimizer(StateDictMixin):
+    """Base class of the optimizer objects. A subclass names its algorithm
+    (``algorithm = "adam"``) and gives the constructor torch's signature; everything else
+    comes from the registry entry."""
+
+    algorithm = "adam"
+
+    def __init__(self, params, *, average=None, nonfinite="propagate", **defaults):
+        self._alg = registry.get(self.algorithm)
+        self._validate = Validator(self._alg)
+        self._lock = threading.Lock()
+        self._average = C.check_average(average)
+        self.nonfinite = C.check_nonfinite(nonfinite)
+        for k in TORCH_SWITCHES & set(defaults):
+            del defaults[k]
+        self.defaults = self._validate(self._validate.defaults(defaults), where="")
+        unknown = set(defaults) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected option(s) "
+                            f"{sorted(unknown)}")
+        groups = self._normalize_groups(params)
+        self.param_groups = []
+        for i, g in enumerate(groups):
+            full = dict(self.defaults)
+            full.update(g)
+            full.update(self._validate(full, where=f"param_groups[{i}]"))
+            self.param_groups.append(ParamGroup(full))
+        #: Steps skipped because a gradient was not finite (nonfinite="skip").
+        self.skipped_steps = 0
+        #: Global gradient norm of each group at the last step, where it was computed
+        #: (max_grad_norm set or nonfinite != "propagate"); else None.
+        self.last_grad_norms = [None] * len(self.param_groups)
+        self._build([None] * len(self._params), [0] * len(self.param_groups), None)
+
+    # ------------------------------------------------------------------ construction
+    def _normalize_groups(self, params):
+        if isinstance(params, np.ndarray):
+            raise TypeError("params must be a list of arrays or of param-group dicts, "
+                            "not a single array; wrap it: [param]")
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError("params must be a list of arrays or of param-group dicts, got "
+                            f"{type(params).__name__}") from None
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(p, dict) for p in params):
+            groups = [dict(g) for g in params]
+        elif any(isinstance(p, dict) for p in params):
+            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+        else:
+            groups = [{"params": params}]
+        all_params, names = [], []
+        for gi, g in enumerate(groups):
+            if "params" not in g:
+                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
+            ps = g["params"]
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+            if not ps:
+                raise ValueError(f"param_groups[{gi}]['params'] is empty")
+            for pi, p in enumerate(ps):
+                names.append(f"param_groups[{gi}]['params'][{pi}]")
+                C.check_array(names[-1], p, writable=True)
+            for k in TORCH_SWITCHES & set(g):
+                del g[k]
+            g["params"] = ps
+            all_params.extend(ps)
+        C.check_no_overlap(list(zip(names, all_params)))
+        self._params = all_params
+        return groups
+
+    def _build(self, saved_state, steps, group_scalars):
+        """Lay out buckets (one per dtype) and copy ``saved_state[i]`` (dict or None)."""
+        alg = self._alg
+        self._group_of = []
+        for gi, g in enumerate(self.param_groups):
+            self._group_of.extend([gi] * len(g["params"]))
+        by_dtype = {}
+        for i, p in enumerate(self._params):
+            by_dtype.setdefault(p.dtype, []).append((i, self._group_of[i], p))
+        n_rows = max(alg.n_state(g) for g in self.param_groups)
+        self._buckets = [Bucket(dt, mem, len(self.param_groups), n_rows,
+                                self._average is not None)
+                         for dt, mem in by_dtype.items()]
+        self._where = [None] * len(self._params)   # param index -> (bucket, row)
+        self.grads = [None] * len(self._params)
+        for b in self._buckets:
+            for r, (i, _, _) in enumerate(b.members):
+                self._where[i] = (b, r)
+                self.grads[i] = b.grad_views[r]
+        # What an acceptable gradient object looks like, for first_unlike.
+        self._expect = np.array([(id(np.ndarray), id(p.dtype), p.ndim, 0) for p in self._params],
+                                dtype=np.int64).reshape(-1, 4)
+        self._expect[:, 3] = np.cumsum([0] + [p.ndim for p in self._params])[:-1]
+        self._expect_dims = np.array([d for p in self._params for d in p.shape], dtype=np.int64)
+        self._steps = np.array(steps, dtype=np.int64)        # per group, bumped by kernels
+        self._hyper = np.zeros((len(self.param_groups), N_HYPER))
+        self._gscal = np.zeros((len(self.param_groups), N_GROUP_SCALARS))
+        for j, (_, init) in enumerate(alg.group_scalars):
+            self._gscal[:, j] = init
+        if group_scalars is not None:
+            self._gscal[:len(group_scalars)] = group_scalars
+        self._norm_sq = np.zeros(len(self.param_groups))
+        self._group_params = [g["params"] for g in self.param_groups]
+        self._refresh_layout()
+        for i, st in enumerate(saved_state):
+            if st:
+                self._write_param_state(i, st)
+
+    def _refresh_layout(self):
+        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+        self._groups_seen = None                        # re-read groups at next step
+        self._launch_keys = None                        # and rebuild the launches
+
+    # ------------------------------------------------------------------ state views
+    def _state_rows(self, b):
+        """[(state_dict name, row index)] of bucket ``b``'s rows."""
+        rows = [(name, r) for r, name in enumerate(self._alg.state[:b.n_rows])]
+        if b.has_avg:
+            rows.append(("param_avg", b.state.shape[0] - 1))
+        return rows
+
+    def _param_state_views(self, i):
+        b, r = self._where[i]
+        lo, hi = b.offsets[r], b.offsets[r + 1]
+        shape = self._params[i].shape
+        return {name: b.state[row, lo:hi].reshape(shape) for name, row in self._state_rows(b)}
+
+    def _write_param_state(self, i, st):
+        b, _ = self._where[i]
+        names = self._alg.state
+        need = max((names.index(k) + 1 for k in st if k in names), default=0)
+        if b.ensure_rows(need):
+            self._refresh_layout()
+        views = self._param_state_views(i)
+        for k, arr in st.items():
+            if k in views:
+                views[k][...] = arr
+
+    # ------------------------------------------------------------------ per step
+    def _groups_changed(self):
+        groups = self.param_groups
+        if groups is not self._groups_seen or len(groups) != len(self._group_params):
+            return True
+        for g in groups:
+            if type(g) is not ParamGroup or g.dirty:
+                return True
+        return False
+
+    def _refresh_groups(self):
+        """Validate edited param groups and rebuild the launches when kernel keys changed.
+        Raises before anything is modified: an invalid edit makes every step raise the
+        same error until it is undone."""
+        groups = self.param_groups
+        if not isinstance(groups, list) or len(groups) != len(self._group_params):
+            raise ValueError("param_groups must stay a list of the optimizer's "
+                             f"{len(self._group_params)} groups (use add_param_group)")
+        normalised = []
+        for gi, g in enumerate(groups):
+            if not isinstance(g, dict):
+                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
+            if g.get("params") is not self._group_params[gi]:
+                raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
+                                 "are fixed at construction (use add_param_group)")
+            normalised.append(self._validate(g, where=f"param_groups[{gi}]"))
+        alg = self._alg
+        avg = 0.0 if self._average is None else self._average
+        for gi, (g, values) in enumerate(zip(groups, normalised)):   # all valid: adopt them
+            if type(g) is not ParamGroup:
+                g = groups[gi] = ParamGroup(g)
+            g.update(values)
+            g.dirty = False
+            h = self._hyper[gi]
+            h[H_LR] = values["lr"]
+            h[H_WEIGHT_DECAY] = values["weight_decay"]
+            h[H_SIGN] = -1.0 if values["maximize"] else 1.0
+            h[H_CLIP] = 1.0
+            h[H_AVERAGE] = avg
+            own = alg.hyper(values)
+            h[H_ALG:H_ALG + len(own)] = own
+        n_rows = max(alg.n_state(g) for g in groups)
+        grew = [b.ensure_rows(n_rows) for b in self._buckets]
+        if any(grew):                         # a new state block: new ranges, new launches
+            self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+            self._launch_keys = None
+        self._clipping = [g["max_grad_norm"] is not None for g in groups]
+        # a norm pass before the update: clipping or a non-finite policy
+        self._checked_pass = any(self._clipping) or self.nonfinite != "propagate"
+        self._groups_seen = groups
+        keys = [self._kernel_key(g) for g in groups]
+        if keys == self._launch_keys:
+            return        # only scalars changed (a schedule editing lr): launches stay
+        self._launch_keys = keys
+        for b in self._buckets:
+            by_key = {}
+            for gi in b.groups:
+                by_key.setdefault(keys[gi], set()).add(gi)
+            b.launches = [Launch(b, key, gids, len(self._params))
+                          for key, gids in by_key.items()]
+        self._launches = [(b, L) for b in self._buckets for L in b.launches]
+
+    def _kernel_key(self, g):
+        alg = self._alg
+        wd_mode = WD_NONE
+        if g["weight_decay"] != 0.0:
+            wd_mode = WD_DECOUPLED if alg.decoupled(g) else WD_L2
+        scale = g["maximize"] or g["max_grad_norm"] is not None
+        return (alg.id, alg.variant(g), alg.n_state(g), wd_mode, scale,
+                self._average is not None)
+
+    def _check_grads(self, grads):
+        """Validate ``grads``; return their references for the kernels (array object
+        addresses, or data addresses without the compiled layout)."""
+        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+            raise TypeError("grads must be a list of arrays, one per parameter, got "
+                            f"{type(grads).__name__}")
+        n = len(self._params)
+        if len(grads) != n:
+            raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
+                             "(one per parameter, in param_groups order)")
+        if not HAVE_ARRAY_DATA_OFFSET:
+            self._check_grads_python(grads, 0)
+            return np.array([g.ctypes.data for g in grads], dtype=np.int64)
+        refs = np.fromiter(map(id, grads), np.int64, n)
+        if n >= _COMPILED_CHECK_FROM:
+            first = first_unlike(refs, self._expect, self._expect_dims)
+            if first >= 0:
+                self._check_grads_python(grads, first)
+        else:
+            self._check_grads_python(grads, 0)
+        return refs
+
+    def _check_grads_python(self, grads, start):
+        nd = np.ndarray
+        params = self._params
+        for i in range(start, len(params)):
+            g, p = grads[i], params[i]
+            if not (type(g) is nd and g.dtype is p.dtype and g.shape == p.shape
+                    and g.flags.c_contiguous):
+                C.check_array(f"grads[{i}]", g, writable=False, dtype=p.dtype, shape=p.shape)
+
+    def step(self, grads=None):
+        """One optimisation step for every parameter.
+
+        ``grads``: a list of arrays, one per parameter in param_groups order, each of its
+        parameter's shape and dtype and C-contiguous; or None to use ``self.grads`` (the
+        preallocated gradient views, filled in place by the caller). Parameters change in
+        place. Raises TypeError/ValueError, changing nothing, on bad input.
+
+        Thread-safe: concurrent calls on one optimizer run one after another.
+
+        With ``nonfinite="skip"`` a step whose gradients hold NaN or inf changes nothing
+        (parameters, moments and step count stay bit-identical) and counts in
+        ``skipped_steps``; with ``"raise"`` it raises ValueError instead. Groups with
+        ``max_grad_norm`` scale their gradients by min(1, max_grad_norm / (norm + 1e-6))
+        (torch.nn.utils.clip_grad_norm_ over the group) inside the update."""
+        with self._lock:
+            self._step(grads)
+
+    def _step(self, grads):
+        if self._groups_changed():
+            self._refresh_groups()
+        launches = self._launches
+        forbid = _NO_RANGES
+        g_refs = None
+        if grads is not None:
+            g_refs = self._check_grads(grads)
+            if len(launches) == 1 and not self._checked_pass:
+                forbid = self._forbid      # checked inside the one launch, before writes
+            else:
+                self._check_aliasing(g_refs)
+        obj = g_refs is not None and HAVE_ARRAY_DATA_OFFSET
+        if self._checked_pass and not grad_norms(self, grads, g_refs, obj):
+            return
+        hyper, steps, gscal = self._hyper, self._steps, self._gscal
+        last = launches[-1][1]
+        for b, L in launches:
+            plan, blocks = L.tables(g_refs)
+            if config.use_parallel(L.size):
+                with config.launch_lock():
+                    bad = L.parallel(plan, obj, blocks, forbid, b.state, hyper, steps, gscal,
+                                     b.sc, L is last)
+            else:
+                bad = L.serial(plan, obj, blocks, forbid, b.state, hyper, steps, gscal, b.sc,
+                               L is last)
+            if bad >= 0:
+                raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
+                                 "parameter or the optimizer's state; pass a separate "
+                                 "gradient array")
+
+    def _check_aliasing(self, g_refs):
+        from ..kernels.memory import first_alias
+        for b, L in self._launches:
+            plan, _ = L.tables(g_refs)
+            bad = first_alias(plan, HAVE_ARRAY_DATA_OFFSET, self._forbid, b.dtype.itemsize)
+            if bad >= 0:
+                raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
+                                 "parameter or the optimizer's state; pass a separate "
+                                 "gradient array")
+
+    # ------------------------------------------------------------------ conveniences
+    @property
+    def grad_buffers(self):
+        """The flat gradient buffers behind ``self.grads``, one per parameter dtype (in
+        order of first appearance): one array to scale, clip or zero at once."""
+        return [b.grad_flat for b in self._buckets]
+
+    def zero_grad(self):
+        """Set the preallocated gradients ``self.grads`` to zero."""
+        for b in self._buckets:
+            b.grad_flat.fill(0)
+
+    def averaged_params(self):
+        """Temporal averages of the parameters (paper section 7.2), bias-corrected:
+        pbar / (1 - average**t), as new arrays of the parameters' shapes and dtypes. Before
+        the first step, copies of the parameters. Needs ``average=beta``."""
+        if self._average is None:
+            raise ValueError("averaged_params() needs the optimizer built with "
+                             "average=beta (e.g. average=0.999)")
+        out = []
+        for i, p in enumerate(self._params):
+            t = int(self._steps[self._group_of[i]])
+            if t == 0:
+                out.append(p.copy())
+                continue
+            avg = self._param_state_views(i)["param_avg"]
+            out.append((avg / (1.0 - self._average ** t)).astype(p.dtype))
+        return out
+
+    def save(self, path):
+        """Write the state to ``path`` (.npz, no pickle, checksummed) atomically: a
+        temporary file in the same folder is fsynced, then renamed over ``path``. The file
+        format lives in :mod:`fastadam.checkpoint`."""
+        from .. import checkpoint
+        checkpoint.save(self, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by :meth:`save`. The file is verified (format,
+        algorithm, checksum) and the state checked fully before anything is written; on
+        error (ValueError/TypeError) the optimizer is unchanged."""
+        from .. import checkpoint
+        checkpoint.load(self, path)
+
+    # ------------------------------------------------------------------ copy / pickle
+    def __getstate__(self):
+        # The plans hold raw data addresses: never copy them. A copy (copy.deepcopy,
+        # pickle) is rebuilt from the parameters and the state_dict.
+        return {"param_groups": self.param_groups, "defaults": self.defaults,
+                "average": self._average, "nonfinite": self.nonfinite,
+                "state_dict": self.state_dict()}
+
+    def __setstate__(self, st):
+        self._alg = registry.get(self.algorithm)
+        self._validate = Validator(self._alg)
+        self._lock = threading.Lock()
+        self._average = st["average"]
+        self.nonfinite = st["nonfinite"]
+        self.defaults = st["defaults"]
+        groups = self._normalize_groups(st["param_groups"])
+        self.param_groups = [ParamGroup(g) for g in groups]
+        self.skipped_steps = 0
+        self.last_grad_norms = [None] * len(groups)
+        self._build([None] * len(self._params), [0] * len(groups), None)
+        self.load_state_dict(st["state_dict"])
+
+    def __copy__(self):
+        raise TypeError("a shallow copy of an optimizer would share its state buffers; "
+                        "use copy.deepcopy(opt) (copies parameters and state) or build a new "
+                        "optimizer and load_state_dict(opt.state_dict())")
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,72 @@
+"""The optimizer's memory and launches: one state block per parameter dtype (a bucket),
+and the kernel launches that step it (one per kernel key among the bucket's groups)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..flat import aligned_zeros, make_plan, merge_contiguous
+from ..kernels.launch import build_launchers
+from ..kernels.memory import LENGTH, G_REF
+from ..kernels.norms import split_blocks
+from ..kernels.spec import N_SCALARS
+from ..kernels.unsafe import Entry
+
+
+class Bucket:
+    """All parameters of one dtype: their state block (rows: the algorithm's state rows,
+    then the parameter average when averaging), gradient buffer and scalars scratch."""
+
+    def __init__(self, dtype, members, n_groups, n_rows, average):
+        self.dtype = dtype
+        self.members = members              # [(flat index, group index, param array)]
+        sizes = [p.size for _, _, p in members]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.size = int(self.offsets[-1])
+        self.n_rows, self.has_avg = int(n_rows), bool(average)
+        self.state = aligned_zeros(self.size, dtype, rows=self.n_rows + self.has_avg)
+        self.grad_flat = aligned_zeros(self.size, dtype)
+        self.grad_views = [self.grad_flat[o:o + p.size].reshape(p.shape)
+                           for o, (_, _, p) in zip(self.offsets, members)]
+        self.sc = np.zeros((n_groups, N_SCALARS), dtype=dtype)
+        self.groups = sorted({g for _, g, _ in members})
+        self.launches = []
+
+    def ensure_rows(self, n_rows):
+        """Grow to ``n_rows`` algorithm rows (a group turned amsgrad on): new rows start at
+        zero; the average, if any, stays last. Returns whether the block was replaced."""
+        if n_rows <= self.n_rows:
+            return False
+        new = aligned_zeros(self.size, self.dtype, rows=n_rows + self.has_avg)
+        new[:self.n_rows] = self.state[:self.n_rows]
+        if self.has_avg:
+            new[-1] = self.state[-1]
+        self.state, self.n_rows = new, n_rows
+        return True
+
+
+class Launch:
+    """One kernel launch: the chunks of a bucket's groups that share a kernel key."""
+
+    def __init__(self, bucket, key, group_ids, n_params):
+        rows = [i for i, (_, g, _) in enumerate(bucket.members) if g in group_ids]
+        self.param_index = [bucket.members[i][0] for i in rows]
+        # True when this launch covers every parameter in order: grads map 1:1 to rows.
+        self.all_rows = self.param_index == list(range(n_params))
+        params = [bucket.members[i][2] for i in rows]
+        self.size = sum(p.size for p in params)
+        self.plan = make_plan(params, bucket.offsets[rows], [bucket.members[i][1] for i in rows])
+        self.blocks = split_blocks(self.plan[:, LENGTH])
+        g_addr = [bucket.grad_views[i].ctypes.data for i in rows]
+        self.flat_plan = merge_contiguous(self.plan, g_addr, bucket.dtype.itemsize)
+        self.flat_blocks = split_blocks(self.flat_plan[:, LENGTH])
+        self.key = key
+        kernels = build_launchers(*key)
+        self.serial, self.parallel = Entry(kernels[2]), Entry(kernels[3])
+
+    def tables(self, g_refs):
+        """(plan, blocks) for this step: the per-array plan holding this step's gradient
+        references, or (g_refs None) the merged plan over the preallocated opt.grads."""
+        if g_refs is None:
+            return self.flat_plan, self.flat_blocks
+        self.plan[:, G_REF] = g_refs if self.all_rows else g_refs[self.param_index]
+        return self.plan, self.blocks

@@ -1,0 +1,202 @@
+"""state_dict / load_state_dict / add_param_group: the optimizer's state as plain dicts of
+numbers and NumPy arrays in PyTorch's layout, checked whole before anything is written."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _checks as C
+from .groups import ParamGroup
+
+
+def _int(value, where, lo, hi, what):
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not lo <= value < hi:
+        raise ValueError(f"{where} must be an int >= {lo} and < {what}, got {value!r}")
+    return int(value)
+
+
+class StateDictMixin:
+    """The state methods of :class:`~fastadam.optim.base.Optimizer`."""
+
+    @property
+    def state(self):
+        """{param index: {"step", state buffers..., group scalars...}} as views of the
+        live state (read them; write through load_state_dict)."""
+        out = {}
+        names = [n for n, _ in self._alg.group_scalars]
+        for i in range(len(self._params)):
+            gi = self._group_of[i]
+            st = {"step": int(self._steps[gi])}
+            st.update(self._param_state_views(i))
+            for j, n in enumerate(names):
+                st[n] = float(self._gscal[gi, j])
+            out[i] = st
+        return out
+
+    def state_dict(self):
+        """A plain dict of numbers, strings and numpy arrays (copies), torch layout:
+        {"state": {i: {...}}, "param_groups": [{hyperparameters..., "params": [i, ...]}]},
+        plus "algorithm", "average", "skipped_steps"."""
+        with self._lock:
+            alg = self._alg
+            state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                     for i, s in self.state.items()}
+            for i, st in state.items():   # a row a group switched on since the last step
+                for name in alg.state[:alg.n_state(self.param_groups[self._group_of[i]])]:
+                    if name not in st:
+                        st[name] = np.zeros_like(self._params[i])  # as step would start it
+            groups, k = [], 0
+            for g in self.param_groups:
+                d = {key: (tuple(val) if key == "betas" else val)
+                     for key, val in g.items() if key != "params"}
+                d["params"] = list(range(k, k + len(g["params"])))
+                k += len(g["params"])
+                groups.append(d)
+            return {"algorithm": self.algorithm, "state": state, "param_groups": groups,
+                    "average": self._average, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict):
+        """Restore a state_dict() of an optimizer of the same algorithm over parameters of
+        the same shapes and dtypes. Everything is checked before anything is written."""
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} entry")
+        alg_name = state_dict.get("algorithm", self.algorithm)
+        if alg_name != self.algorithm:
+            raise ValueError(f"state_dict is from a {alg_name!r} optimizer, not "
+                             f"{self.algorithm!r}")
+        if "average" in state_dict and state_dict["average"] != self._average:
+            raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
+                             f"optimizer average={self._average!r}")
+        skipped = state_dict.get("skipped_steps", 0)
+        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
+                or skipped < 0:
+            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+        groups, state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError("state_dict['param_groups'] must have "
+                             f"{len(self.param_groups)} groups, got "
+                             f"{len(groups) if isinstance(groups, (list, tuple)) else groups!r}")
+        if not isinstance(state, dict):
+            raise TypeError("state_dict['state'] must be a dict")
+        alg = self._alg
+        new_groups, k = [], 0
+        for gi, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(g, dict):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
+            n = len(mine["params"])
+            if list(g.get("params", [])) != list(range(k, k + n)):
+                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
+                                 f"{list(range(k, k + n))} (parameter counts differ)")
+            merged = {key: val for key, val in mine.items() if key != "params"}
+            merged.update({key: val for key, val in g.items() if key != "params"})
+            merged.update(self._validate(merged, where=f"state_dict['param_groups'][{gi}]"))
+            new_groups.append(merged)
+            k += n
+        avg = ["param_avg"] if self._average else []
+        gnames = [n for n, _ in alg.group_scalars]
+        new_steps = [None] * len(self.param_groups)
+        new_gscal = self._gscal.copy()
+        seen_gscal = [False] * len(self.param_groups)
+        new_state = [None] * len(self._params)
+        for i, p in enumerate(self._params):
+            gi = self._group_of[i]
+            st = state.get(i, state.get(str(i)))
+            where = f"state_dict['state'][{i}]"
+            if st is None:
+                st = {"step": 0}
+            if not isinstance(st, dict):
+                raise TypeError(f"{where} must be a dict")
+            step = _int(st.get("step", 0), f"{where}['step']", 0, C.MAX_STEP, "2**63 - 1")
+            if new_steps[gi] is None:
+                new_steps[gi] = step
+            elif new_steps[gi] != step:
+                raise ValueError(f"{where}['step'] is {step} but other parameters of "
+                                 f"param_groups[{gi}] are at step {new_steps[gi]}")
+            arrays = {}
+            for key in list(alg.state) + avg:
+                if key not in st:
+                    continue
+                a = st[key]
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got "
+                                    f"{type(a).__name__}")
+                if a.dtype != p.dtype:
+                    raise TypeError(f"{where}[{key!r}] must have dtype {p.dtype}, got {a.dtype}")
+                if a.shape != p.shape:
+                    raise ValueError(f"{where}[{key!r}] must have shape {p.shape}, got {a.shape}")
+                arrays[key] = a
+            required = list(alg.state[:alg.n_state(new_groups[gi])]) + avg
+            missing = [key for key in required if key not in arrays]
+            if step > 0 and missing:
+                raise ValueError(f"{where} has step {step} but lacks {'/'.join(missing)}")
+            for j, name in enumerate(gnames):
+                if name in st and not seen_gscal[gi]:
+                    v = st[name]
+                    if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
+                        v = v.item()
+                    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating)) \
+                            or not math.isfinite(v):
+                        raise ValueError(f"{where}[{name!r}] must be a finite number, got {v!r}")
+                    new_gscal[gi, j] = float(v)
+                elif name not in st and step > 0:
+                    raise ValueError(f"{where} has step {step} but lacks {name!r}")
+            seen_gscal[gi] = True
+            full = {key: np.zeros_like(p) for key in required}
+            full.update(arrays)
+            new_state[i] = full
+        for gi, s in enumerate(new_steps):       # a group whose params all start over
+            if s == 0:
+                for j, (_, init) in enumerate(alg.group_scalars):
+                    new_gscal[gi, j] = init
+        # ---- everything valid: write.
+        for gi, g in enumerate(new_groups):
+            self.param_groups[gi].update(g)
+        for i, st in enumerate(new_state):
+            self._write_param_state(i, st)
+            views = self._param_state_views(i)
+            for name, view in views.items():
+                if name not in st:
+                    view[...] = 0
+        self._steps[:] = [s or 0 for s in new_steps]
+        self._gscal[:] = new_gscal
+        self.skipped_steps = int(skipped)
+
+    def add_param_group(self, param_group):
+        """Add a param-group dict (torch semantics): its parameters start at step 0."""
+        with self._lock:
+            self._add_param_group(param_group)
+
+    def _add_param_group(self, param_group):
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if self._groups_changed():
+            self._refresh_groups()           # an invalid pending edit raises here, as in step
+        old_params, old_groups = list(self._params), list(self.param_groups)
+        saved = [{k: v.copy() for k, v in self._param_state_views(i).items()}
+                 for i in range(len(old_params))]
+        gi = len(old_groups)
+        g = dict(param_group)
+        if g.get("params") is None:
+            raise ValueError("param_group has no 'params' entry")
+        full = dict(self.defaults)
+        full.update(g)
+        full.update(self._validate(full, where=f"param_groups[{gi}]"))
+        self._normalize_groups([dict(x) for x in old_groups] + [full])  # validates; sets _params
+        full["params"] = self._params[len(old_params):]
+        self.param_groups = old_groups + [ParamGroup(full)]
+        self.last_grad_norms = self.last_grad_norms + [None]
+        self._build(saved + [None] * len(full["params"]), list(self._steps) + [0],
+                    self._gscal.copy())
