@@ -49,31 +49,34 @@ class _Setup:
 
 
 class _Front:
-    """The functional step of one algorithm: validation and a cache of setups keyed by
-    the option values (type-checked first, so that a cached key is a valid one)."""
+    """The functional step of one algorithm: validation and a cache of setups.
 
-    def __init__(self, name):
+    ``flags`` names the options after (lr, betas, eps, weight_decay), in call order, with
+    the exact type a valid value has (bool, str or float). A call whose options all have
+    exactly those types is looked up directly; any other call is validated first
+    (TypeError/ValueError naming the argument) and looked up in normalised form. Only
+    validated keys enter the cache, so a hit is a valid call."""
+
+    def __init__(self, name, **flags):
         self.alg = registry.get(name)
         self.validate = Validator(self.alg)
+        self.names = tuple(flags)
+        self.kinds = tuple(flags.values())
         self.cache = {}
 
-    def setup(self, lr, betas, eps, weight_decay, bools, others):
-        """The _Setup of these options. Options of the exact types a valid key holds
-        (floats, a tuple of two floats, bools) are looked up directly; anything else is
-        validated first (TypeError/ValueError naming the argument) and then looked up in
-        its normalised form, so a cached key is always a valid one."""
-        if _fast_options(lr, betas, eps, weight_decay, bools):
-            key = (lr, betas, eps, weight_decay, tuple(bools.values()),
-                   tuple((type(v), v) for v in others.values()))
-            s = self.cache.get(key)
+    def setup(self, lr, betas, eps, weight_decay, *flags):
+        if (type(lr) is float and type(eps) is float and type(weight_decay) is float
+                and type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+                and type(betas[1]) is float
+                and all(type(f) is k for f, k in zip(flags, self.kinds))):
+            s = self.cache.get((lr, betas, eps, weight_decay) + flags)
             if s is not None:
                 return s
-        group = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                     max_grad_norm=None, **bools, **others)
+        group = dict(zip(self.names, flags), lr=lr, betas=betas, eps=eps,
+                     weight_decay=weight_decay, max_grad_norm=None)
         values = self.validate(group, where="")
-        key = (values["lr"], tuple(values["betas"]), values["eps"], values["weight_decay"],
-               tuple(values[k] for k in bools),
-               tuple((type(values[k]), values[k]) for k in others))
+        key = (values["lr"], tuple(values["betas"]), values["eps"],
+               values["weight_decay"]) + tuple(values[k] for k in self.names)
         s = self.cache.get(key)
         if s is None:
             s = _Setup(self.alg, values)
@@ -81,22 +84,6 @@ class _Front:
                 self.cache.clear()
             self.cache[key] = s
         return s
-
-
-def _is_float(x):
-    return type(x) is float and 0.0 <= x < _INF
-
-
-def _fast_options(lr, betas, eps, weight_decay, bools):
-    if not (_is_float(lr) and _is_float(eps) and _is_float(weight_decay)
-            and type(betas) is tuple and len(betas) == 2
-            and type(betas[0]) is float and type(betas[1]) is float
-            and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-        return False
-    for f in bools.values():
-        if f is not True and f is not False:
-            return False
-    return True
 
 
 def _ok(a, dtype, shape, writable):
@@ -139,8 +126,11 @@ def _launch(s, param, grad, s0, s1, s2, step, gs, names):
                          "be a separate array")
 
 
-_ADAM, _ADAMW = _Front("adam"), _Front("adamw")
-_ADAMAX, _NADAM, _RADAM = _Front("adamax"), _Front("nadam"), _Front("radam")
+_ADAM = _Front("adam", decoupled_weight_decay=bool, amsgrad=bool, maximize=bool,
+               bias_correction=bool, eps_mode=str)
+_ADAMAX = _Front("adamax", maximize=bool)
+_NADAM = _Front("nadam", momentum_decay=float, decoupled_weight_decay=bool, maximize=bool)
+_RADAM = _Front("radam", decoupled_weight_decay=bool, maximize=bool)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
@@ -163,10 +153,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     ``"hat"`` is the "epsilon hat" variant of the end of section 2. ``max_exp_avg_sq`` is
     required when ``amsgrad``. Raises TypeError/ValueError, changing nothing, on bad input.
     """
-    s = _ADAM.setup(lr, betas, eps, weight_decay,
-                    dict(decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, bias_correction=bias_correction),
-                    dict(eps_mode=eps_mode))
+    s = _ADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+                    bias_correction, eps_mode)
     if amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True "
@@ -191,7 +179,7 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
         param  -= lr / (1 - beta1**t) * exp_avg / exp_inf
 
     Same array rules and errors as :func:`adam_step`."""
-    s = _ADAMAX.setup(lr, betas, eps, weight_decay, dict(maximize=maximize), {})
+    s = _ADAMAX.setup(lr, betas, eps, weight_decay, maximize)
     _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_inf", exp_inf)))
     _launch(s, param, grad, exp_avg, exp_inf, param[:0], step, _NO_GROUP_SCALARS,
             ("exp_avg", "exp_inf", ""))
@@ -212,9 +200,8 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
 
     Weight decay is L2, or decoupled (``param *= 1 - lr * weight_decay``) with
     ``decoupled_weight_decay``. Same array rules and errors as :func:`adam_step`."""
-    s = _NADAM.setup(lr, betas, eps, weight_decay,
-                     dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
-                     dict(momentum_decay=momentum_decay))
+    s = _NADAM.setup(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+                     maximize)
     mp = C._number("mu_product", mu_product)
     if not (0.0 <= mp <= 1.0):
         raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
@@ -240,9 +227,7 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
 
     Weight decay is L2, or decoupled with ``decoupled_weight_decay``. Same array rules
     and errors as :func:`adam_step`."""
-    s = _RADAM.setup(lr, betas, eps, weight_decay,
-                     dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
-                     {})
+    s = _RADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
     _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
     _launch(s, param, grad, exp_avg, exp_avg_sq, param[:0], step, _NO_GROUP_SCALARS,
             ("exp_avg", "exp_avg_sq", ""))

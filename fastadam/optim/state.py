@@ -47,8 +47,14 @@ class StateDictMixin:
             alg = self._alg
             state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                      for i, s in self.state.items()}
-            for i, st in state.items():   # a row a group switched on since the last step
-                for name in alg.state[:alg.n_state(self.param_groups[self._group_of[i]])]:
+            rows = []
+            for gi, g in enumerate(self.param_groups):
+                try:     # an edit since the last step may have switched a row on
+                    rows.append(alg.n_state(self._validate(g, where=f"param_groups[{gi}]")))
+                except (TypeError, ValueError):   # an invalid pending edit: as stepped
+                    rows.append(0)
+            for i, st in state.items():
+                for name in alg.state[:rows[self._group_of[i]]]:
                     if name not in st:
                         st[name] = np.zeros_like(self._params[i])  # as step would start it
             groups, k = [], 0
