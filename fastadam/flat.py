@@ -72,7 +72,7 @@ def forbidden_ranges(arrays):
 def make_plan(params, offsets, groups):
     """Chunk plan (int64, n x 5) for the table kernels: one row per parameter, G_REF
     left for the caller to fill each step."""
-    plan = np.zeros((len(params), 5), dtype=np.int64)
+    plan = np.zeros((len(params), PLAN_COLUMNS), dtype=np.int64)
     for k, (p, off, grp) in enumerate(zip(params, offsets, groups)):
         plan[k, P_ADDR] = p.ctypes.data
         plan[k, LENGTH] = p.size
@@ -99,7 +99,7 @@ def merge_contiguous(plan, g_addr, itemsize):
                 last[LENGTH] += row[LENGTH]
                 continue
         rows.append(row)
-    return np.array(rows, dtype=np.int64).reshape(-1, 5)
+    return np.array(rows, dtype=np.int64).reshape(-1, PLAN_COLUMNS)
 
 
 __all__ = ["flatten", "aligned_empty", "aligned_zeros"]
