@@ -7,6 +7,8 @@ kernels of its settings (cached), and launches the serial or parallel kernel, wh
 computes the step's scalars in float64 and rounds them once to the buffers' dtype."""
 from __future__ import annotations
 
+from operator import is_
+
 import numpy as np
 
 from . import _checks as C
@@ -14,6 +16,7 @@ from . import config
 from .kernels import registry
 from .kernels.launch import build_launchers
 from .kernels.memory import ARRAY_NAMES
+from .kernels.unsafe import OBJECT_CALLS, Entry
 from .kernels.spec import (H_ALG, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY, N_GROUP_SCALARS,
                            N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from .optim.groups import Validator
@@ -27,7 +30,7 @@ class _Setup:
     """What one (algorithm, options) pair needs for a call: the hyperparameter row and
     the serial/parallel flat kernels."""
 
-    __slots__ = ("h", "serial", "parallel", "n_state")
+    __slots__ = ("h", "serial", "parallel", "obj", "n_state")
 
     def __init__(self, alg, values):
         wd_mode = WD_NONE
@@ -46,6 +49,7 @@ class _Setup:
         k = build_launchers(alg.id, alg.variant(values), self.n_state, wd_mode,
                             values["maximize"], False)
         self.serial, self.parallel = k[0], k[1]
+        self.obj = Entry(k[4]) if OBJECT_CALLS else None
 
 
 class _Front:
@@ -63,8 +67,18 @@ class _Front:
         self.names = tuple(flags)
         self.kinds = tuple(flags.values())
         self.cache = {}
+        self.last = (None,) * 6
 
     def setup(self, lr, betas, eps, weight_decay, *flags):
+        last = self.last        # the same objects as the last call: its setup
+        if (lr is last[0] and betas is last[1] and eps is last[2] and weight_decay is last[3]
+                and all(map(is_, flags, last[4]))):
+            return last[5]
+        s = self._lookup(lr, betas, eps, weight_decay, flags)
+        self.last = (lr, betas, eps, weight_decay, flags, s)
+        return s
+
+    def _lookup(self, lr, betas, eps, weight_decay, flags):
         if (type(lr) is float and type(eps) is float and type(weight_decay) is float
                 and type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
                 and type(betas[1]) is float
@@ -110,9 +124,37 @@ def _check_buffers(param, grad, states):
             C.check_array(name, a, writable=True, dtype=dt, shape=shape)
 
 
-def _launch(s, param, grad, s0, s1, s2, step, gs, names):
+_ND = id(np.ndarray)
+_D32, _D64 = id(np.dtype(np.float32)), id(np.dtype(np.float64))
+_LIKE32, _LIKE64 = np.zeros(0, np.float32), np.zeros(0, np.float64)
+
+
+def _call(s, param, grad, s0, s1, s2, step, gs, names):
+    """The step, through the object-reading launcher when it accepts the arrays
+    (kernels/unsafe.py, shortcut 3), else checked in Python and launched."""
     if not (type(step) is int and 1 <= step <= C.MAX_STEP):
         step = C.check_step(step)
+    if s.obj is not None:
+        bad = s.obj(id(param), id(grad), id(s0), id(s1) if s1 is not None else 0,
+                    id(s2) if s2 is not None else 0, s.h, step, gs, _ND, _D32, _D64,
+                    config.PARALLEL_THRESHOLD, _LIKE32, _LIKE64)
+        if bad == -1:
+            return
+        if bad >= 0:
+            _overlap_error(bad, names)
+    _check_buffers(param, grad, [(n, a) for n, a in zip(names, (s0, s1, s2)) if a is not None])
+    _launch(s, param, grad, s0, s1 if s1 is not None else param[:0],
+            s2 if s2 is not None else param[:0], step, gs, names)
+
+
+def _overlap_error(bad, names):
+    labels = dict(zip(ARRAY_NAMES, ("param", "grad") + names + ("",)))
+    raise ValueError(f"{labels[ARRAY_NAMES[bad // 6]]} and {labels[ARRAY_NAMES[bad % 6]]}"
+                     " share memory; every parameter, gradient and state buffer must "
+                     "be a separate array")
+
+
+def _launch(s, param, grad, s0, s1, s2, step, gs, names):
     empty = param[:0]
     if config.use_parallel(param.shape[0]):
         with config.launch_lock():
@@ -120,10 +162,7 @@ def _launch(s, param, grad, s0, s1, s2, step, gs, names):
     else:
         bad = s.serial(param, grad, s0, s1, s2, empty, s.h, step, gs)
     if bad >= 0:
-        labels = dict(zip(ARRAY_NAMES, ("param", "grad") + names + ("",)))
-        raise ValueError(f"{labels[ARRAY_NAMES[bad // 6]]} and {labels[ARRAY_NAMES[bad % 6]]}"
-                         " share memory; every parameter, gradient and state buffer must "
-                         "be a separate array")
+        _overlap_error(bad, names)
 
 
 _ADAM = _Front("adam", decoupled_weight_decay=bool, amsgrad=bool, maximize=bool,
@@ -155,18 +194,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     """
     s = _ADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
                     bias_correction, eps_mode)
-    if amsgrad:
-        if max_exp_avg_sq is None:
-            raise ValueError("max_exp_avg_sq is required when amsgrad=True "
-                             "(an array of zeros before the first step)")
-        _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
-                                     ("max_exp_avg_sq", max_exp_avg_sq)))
-        vmax = max_exp_avg_sq
-    else:
-        _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
-        vmax = param[:0]
-    _launch(s, param, grad, exp_avg, exp_avg_sq, vmax, step, _NO_GROUP_SCALARS,
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError("max_exp_avg_sq is required when amsgrad=True "
+                         "(an array of zeros before the first step)")
+    _call(s, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, step,
+          _NO_GROUP_SCALARS, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
 
 def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
@@ -180,9 +212,8 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
 
     Same array rules and errors as :func:`adam_step`."""
     s = _ADAMAX.setup(lr, betas, eps, weight_decay, maximize)
-    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_inf", exp_inf)))
-    _launch(s, param, grad, exp_avg, exp_inf, param[:0], step, _NO_GROUP_SCALARS,
-            ("exp_avg", "exp_inf", ""))
+    _call(s, param, grad, exp_avg, exp_inf, None, step, _NO_GROUP_SCALARS,
+          ("exp_avg", "exp_inf", ""))
 
 
 def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
@@ -206,10 +237,8 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
     if not (0.0 <= mp <= 1.0):
         raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
                          f"{mu_product!r}")
-    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
     gs = np.array([mp, 0.0])
-    _launch(s, param, grad, exp_avg, exp_avg_sq, param[:0], step, gs,
-            ("exp_avg", "exp_avg_sq", ""))
+    _call(s, param, grad, exp_avg, exp_avg_sq, None, step, gs, ("exp_avg", "exp_avg_sq", ""))
     return float(gs[0])
 
 
@@ -228,6 +257,5 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
     Weight decay is L2, or decoupled with ``decoupled_weight_decay``. Same array rules
     and errors as :func:`adam_step`."""
     s = _RADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
-    _check_buffers(param, grad, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)))
-    _launch(s, param, grad, exp_avg, exp_avg_sq, param[:0], step, _NO_GROUP_SCALARS,
-            ("exp_avg", "exp_avg_sq", ""))
+    _call(s, param, grad, exp_avg, exp_avg_sq, None, step, _NO_GROUP_SCALARS,
+          ("exp_avg", "exp_avg_sq", ""))

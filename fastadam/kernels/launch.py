@@ -19,9 +19,10 @@ from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
 from .loop import advance, step_scalars, update
-from .memory import (GROUP, LENGTH, OFFSET, P_ADDR, address_as_pointer, first_alias,
-                     first_overlap, grad_address)
+from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, address_as_pointer,
+                     first_alias, first_overlap, grad_address)
 from .spec import N_SCALARS, WD_DECOUPLED
+from .unsafe import descr_of, first_unlike, view_1d
 
 
 def _source_hash():
@@ -43,13 +44,13 @@ SOURCE_HASH = _source_hash()
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _chunk(plan, k, lo, hi, g_from_object, state, sc, alg, variant, n_state, wd_mode,
+def _chunk(plan, k, lo, hi, grefs, g_mode, state, sc, alg, variant, n_state, wd_mode,
            scale_grad, average):
     n = hi - lo
     s0 = state[0]
     item = s0.itemsize
     p = numba.carray(address_as_pointer(plan[k, P_ADDR] + lo * item, s0), n)
-    g = numba.carray(address_as_pointer(grad_address(plan, k, g_from_object) + lo * item,
+    g = numba.carray(address_as_pointer(grad_address(plan, k, grefs, g_mode) + lo * item,
                                         s0), n)
     s = plan[k, OFFSET] + lo
     e = s + n
@@ -60,8 +61,13 @@ def _chunk(plan, k, lo, hi, g_from_object, state, sc, alg, variant, n_state, wd_
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _prepare(plan, g_from_object, forbid, state, hyper, steps, gscal, sc, alg, decoupled):
-    bad = first_alias(plan, g_from_object, forbid, state.itemsize)
+def _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps, gscal, sc,
+             alg, decoupled):
+    if g_mode == G_OBJECTS and expect.shape[0] > 0:
+        k = first_unlike(grefs, expect, expect_dims)
+        if k >= 0:
+            return -10 - k
+    bad = first_alias(plan, grefs, g_mode, forbid, state.itemsize)
     if bad < 0:
         for gi in range(hyper.shape[0]):
             step_scalars(alg, hyper[gi], steps[gi] + 1, gscal[gi], decoupled, sc[gi])
@@ -75,6 +81,35 @@ def _finish(hyper, steps, gscal, alg):
         steps[gi] += 1
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, descr, threshold, like, alg, variant,
+             n_state, wd_mode, scale_grad, average, decoupled):
+    pa, n = view_1d(pr, nd_type, descr, -1, True)
+    if pa == 0:
+        return -3
+    if n >= threshold:
+        return -4
+    ga, _ = view_1d(gr, nd_type, descr, n, False)
+    a0, _ = view_1d(r0, nd_type, descr, n, True)
+    a1, _ = view_1d(r1, nd_type, descr, n, True) if n_state > 1 else (pa, n)
+    a2, _ = view_1d(r2, nd_type, descr, n, True) if n_state > 2 else (pa, n)
+    if ga == 0 or a0 == 0 or a1 == 0 or a2 == 0:
+        return -3
+    p = numba.carray(address_as_pointer(pa, like), n)
+    g = numba.carray(address_as_pointer(ga, like), n)
+    s0 = numba.carray(address_as_pointer(a0, like), n)
+    s1 = numba.carray(address_as_pointer(a1, like), n) if n_state > 1 else p[:0]
+    s2 = numba.carray(address_as_pointer(a2, like), n) if n_state > 2 else p[:0]
+    bad = first_overlap(p, g, s0, s1, s2, p[:0])
+    if bad >= 0:
+        return bad
+    sc = np.empty(N_SCALARS, like.dtype)
+    step_scalars(alg, h, t, gs, decoupled, sc)
+    update(alg, variant, n_state, wd_mode, scale_grad, average, p, g, s0, s1, s2, p[:0], sc)
+    advance(alg, h, t, gs)
+    return -1
+
+
 @lru_cache(maxsize=None)
 def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
     """(flat_serial, flat_parallel, table_serial, table_parallel) for one kernel key.
@@ -84,14 +119,24 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
     in place); s1 / s2 / pbar are touched only when the key uses them (pass empty arrays
     of the dtype otherwise). Returns -1, or first_overlap's code having written nothing.
 
-    table_*(plan, g_from_object, blocks, forbid, state, hyper, steps, gscal, sc, bump)
-    -> int: chunk k of ``plan`` (memory.py columns) is LENGTH elements at data address
-    P_ADDR, its gradient at G_REF, its state at OFFSET in the rows of ``state`` (the
+    obj_serial(pr, gr, r0, r1, r2, h, t, gs, ndarray_type, d32, d64, threshold, like32,
+    like64) -> int: flat_serial on the arrays whose object addresses are pr, gr, r0..r2
+    (0 for a row the key does not use), read from the objects (kernels/unsafe.py,
+    shortcut 3); float32 when their dtype object is d32, float64 when d64. Returns -1
+    done, an overlap code >= 0, -3 when an array fails the checks, -4 when the length is
+    >= threshold (use the parallel kernel); nothing is written unless it returns -1.
+
+    table_*(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper, steps,
+    gscal, sc, bump) -> int: chunk k of ``plan`` (memory.py columns) is LENGTH elements
+    at data address P_ADDR, its gradient where G_REF and ``g_mode`` say (memory.G_DATA
+    etc.), its state at OFFSET in the rows of ``state`` (the
     averaged parameter in the last row); its group's hyperparameters are hyper[GROUP],
     its step steps[GROUP] + 1 and its group scalars gscal[GROUP]. ``sc`` (groups x
     N_SCALARS, buffer dtype) is scratch, ``blocks`` the parallel split. ``bump`` advances
-    every group (step count and group scalars) at the end. Returns -1, or the first chunk
-    whose gradient overlaps a ``forbid`` byte range, having written nothing.
+    every group (step count and group scalars) at the end. With G_OBJECTS and a non-empty
+    ``expect``, the gradient objects are first checked as unsafe.first_unlike does.
+    Returns -1; or, having written nothing, the first chunk whose gradient overlaps a
+    ``forbid`` byte range, or -10 - k when gradient k fails the check.
     """
     alg, variant, n_state, wd_mode = int(alg), int(variant), int(n_state), int(wd_mode)
     scale_grad, average = bool(scale_grad), bool(average)
@@ -133,35 +178,49 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
         return -1
 
     @njit(**JIT_OPTIONS)
-    def table_serial(plan, g_from_object, blocks, forbid, state, hyper, steps, gscal, sc,
-                     bump):
+    def table_serial(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper,
+                     steps, gscal, sc, bump):
         if source < 0:       # never: see SOURCE_HASH
             return -2
-        bad = _prepare(plan, g_from_object, forbid, state, hyper, steps, gscal, sc, alg,
-                       decoupled)
-        if bad >= 0:
+        bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
+                       gscal, sc, alg, decoupled)
+        if bad != -1:
             return bad
         for k in range(plan.shape[0]):
-            _chunk(plan, k, 0, plan[k, LENGTH], g_from_object, state, sc, alg, variant,
+            _chunk(plan, k, 0, plan[k, LENGTH], grefs, g_mode, state, sc, alg, variant,
                    n_state, wd_mode, scale_grad, average)
         if bump:
             _finish(hyper, steps, gscal, alg)
         return -1
 
     @njit(parallel=True, **JIT_OPTIONS)
-    def table_parallel(plan, g_from_object, blocks, forbid, state, hyper, steps, gscal, sc,
-                       bump):
+    def table_parallel(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper,
+                       steps, gscal, sc, bump):
         if source < 0:       # never: see SOURCE_HASH
             return -2
-        bad = _prepare(plan, g_from_object, forbid, state, hyper, steps, gscal, sc, alg,
-                       decoupled)
-        if bad >= 0:
+        bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
+                       gscal, sc, alg, decoupled)
+        if bad != -1:
             return bad
         for b in prange(blocks.shape[0]):
-            _chunk(plan, blocks[b, 0], blocks[b, 1], blocks[b, 2], g_from_object, state, sc,
+            _chunk(plan, blocks[b, 0], blocks[b, 1], blocks[b, 2], grefs, g_mode, state, sc,
                    alg, variant, n_state, wd_mode, scale_grad, average)
         if bump:
             _finish(hyper, steps, gscal, alg)
         return -1
 
-    return flat_serial, flat_parallel, table_serial, table_parallel
+    @njit(**JIT_OPTIONS)
+    def obj_serial(pr, gr, r0, r1, r2, h, t, gs, nd_type, d32, d64, threshold, like32,
+                   like64):
+        if source < 0:       # never: see SOURCE_HASH
+            return -2
+        descr = descr_of(pr)
+        if descr == d32:
+            return _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, d32, threshold, like32,
+                            alg, variant, n_state, wd_mode, scale_grad, False, decoupled)
+        if descr == d64:
+            return _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, d64, threshold, like64,
+                            alg, variant, n_state, wd_mode, scale_grad, False, decoupled)
+        return -3
+
+    return flat_serial, flat_parallel, table_serial, table_parallel, obj_serial

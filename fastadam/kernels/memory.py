@@ -32,18 +32,26 @@ def address_as_pointer(typingctx, addr, like):
     return sig, codegen
 
 
+#: Where a chunk's gradient is (the ``g_mode`` of the table kernels): G_REF is its data
+#: address (the optimizer's own gradient buffer); G_REF indexes ``grefs``, which holds
+#: data addresses; G_REF indexes ``grefs``, which holds ndarray object addresses (their
+#: data pointers read from the objects, see unsafe.py).
+G_DATA, G_INDEXED, G_OBJECTS = 0, 1, 2
+
+
 @njit(**JIT_OPTIONS)
-def grad_address(plan, k, g_from_object):
-    """Data address of chunk k's gradient: G_REF itself, or read from the ndarray object
-    at G_REF (see unsafe.py)."""
+def grad_address(plan, k, grefs, g_mode):
+    """Data address of chunk k's gradient (see G_DATA, G_INDEXED, G_OBJECTS)."""
     a = plan[k, G_REF]
-    if g_from_object:
-        a = load_int64(a + ARRAY_DATA_OFFSET)
+    if g_mode != G_DATA:
+        a = grefs[a]
+        if g_mode == G_OBJECTS:
+            a = load_int64(a + ARRAY_DATA_OFFSET)
     return a
 
 
 @njit(**JIT_OPTIONS)
-def first_alias(plan, g_from_object, forbid, itemsize):
+def first_alias(plan, grefs, g_mode, forbid, itemsize):
     """-1, or the first chunk whose gradient overlaps one of the sorted, disjoint
     [start, stop) byte ranges in ``forbid`` (parameters and state)."""
     if forbid.shape[0] == 0:
@@ -52,7 +60,7 @@ def first_alias(plan, g_from_object, forbid, itemsize):
         n = plan[k, LENGTH]
         if n == 0:
             continue
-        a = grad_address(plan, k, g_from_object)
+        a = grad_address(plan, k, grefs, g_mode)
         b = a + n * itemsize
         j = np.searchsorted(forbid[:, 0], b) - 1   # last range starting before b
         if j >= 0 and forbid[j, 1] > a:

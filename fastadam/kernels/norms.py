@@ -23,11 +23,11 @@ def _sumsq(g):
 
 
 @njit(**JIT_OPTIONS)
-def _block_sumsq(plan, blocks, b, g_from_object, like):
+def _block_sumsq(plan, blocks, b, grefs, g_mode, like):
     k = blocks[b, 0]
     lo = blocks[b, 1]
     n = blocks[b, 2] - lo
-    a = grad_address(plan, k, g_from_object) + lo * like.itemsize
+    a = grad_address(plan, k, grefs, g_mode) + lo * like.itemsize
     return _sumsq(numba.carray(address_as_pointer(a, like), n))
 
 
@@ -38,19 +38,19 @@ def _group_totals(plan, blocks, partial, out):
 
 
 @njit(**JIT_OPTIONS)
-def grad_sumsq_serial(plan, g_from_object, blocks, like, out):
+def grad_sumsq_serial(plan, grefs, g_mode, blocks, like, out):
     """Add each group's sum of squared gradients (float64) into ``out[group]``."""
     partial = np.empty(blocks.shape[0])
     for b in range(blocks.shape[0]):
-        partial[b] = _block_sumsq(plan, blocks, b, g_from_object, like)
+        partial[b] = _block_sumsq(plan, blocks, b, grefs, g_mode, like)
     _group_totals(plan, blocks, partial, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def grad_sumsq_parallel(plan, g_from_object, blocks, like, out):
+def grad_sumsq_parallel(plan, grefs, g_mode, blocks, like, out):
     partial = np.empty(blocks.shape[0])
     for b in prange(blocks.shape[0]):
-        partial[b] = _block_sumsq(plan, blocks, b, g_from_object, like)
+        partial[b] = _block_sumsq(plan, blocks, b, grefs, g_mode, like)
     _group_totals(plan, blocks, partial, out)
 
 

@@ -15,7 +15,16 @@ the environment variable ``FASTADAM_PORTABLE=1`` (read at import).
    call (object API step at 1e3: 1.7 -> 1.3 us). Off: every call goes through the
    dispatcher.
 
-Both are verified by the parity tests, which CI also runs with ``FASTADAM_PORTABLE=1``.
+3. **Functional calls read their arrays from the array objects** (:func:`view_1d`, the
+   ``obj_serial`` launcher of ``launch.py``): ``fa.adam_step`` and friends pass the
+   arrays' object addresses as integers to one compiled call that checks each array
+   (exact ndarray type, dtype, 1-D, length, C-contiguous, aligned, writable) and views it
+   by its data pointer, instead of checking four arrays in Python and typing them in
+   numba's dispatcher. Measured at 1e3 float32 (CPU time, loaded machine): 5.96 -> see
+   docs/architecture.md. A call that fails any check takes the ordinary checked path,
+   which accepts it or raises the usual error. Off: always the ordinary path.
+
+All are verified by the parity tests, which CI also runs with ``FASTADAM_PORTABLE=1``.
 """
 from __future__ import annotations
 
@@ -97,6 +106,10 @@ ARRAY_DATA_OFFSET = _layout["data"]
 _TYPE, _ND, _DIMS, _DESCR, _FLAGS = (_layout["type"], _layout["nd"], _layout["dimensions"],
                                      _layout["descr"], _layout["flags"])
 _C_CONTIGUOUS = 0x0001
+_ALIGNED_C = 0x0101              # NPY_ARRAY_ALIGNED | NPY_ARRAY_C_CONTIGUOUS
+_WRITABLE_ALIGNED_C = 0x0501     # ... | NPY_ARRAY_WRITEABLE
+#: Whether functional calls may use the object-reading launcher (shortcut 3).
+OBJECT_CALLS = HAVE_ARRAY_DATA_OFFSET
 
 
 @njit(**JIT_OPTIONS)
@@ -119,6 +132,28 @@ def first_unlike(refs, expect, dims):
             if load_int64(d + 8 * j) != dims[s + j]:
                 return k
     return -1
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def descr_of(ref):
+    """Address of the dtype object of the array object at ``ref`` (0 for ref 0)."""
+    return load_int64(ref + _DESCR) if ref != 0 else 0
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def view_1d(ref, ndarray_type, descr, n, writable):
+    """(data address, length) of the array object at address ``ref`` when it is exactly
+    an ndarray of dtype object ``descr``, 1-D, C-contiguous, aligned, writable if asked,
+    and of length ``n`` (any length when n < 0); else (0, -1)."""
+    if ref == 0 or load_int64(ref + _TYPE) != ndarray_type or load_int64(ref + _DESCR) != descr:
+        return 0, -1
+    need = _WRITABLE_ALIGNED_C if writable else _ALIGNED_C
+    if (load_int32(ref + _FLAGS) & need) != need or load_int32(ref + _ND) != 1:
+        return 0, -1
+    length = load_int64(load_int64(ref + _DIMS))
+    if n >= 0 and length != n:
+        return 0, -1
+    return load_int64(ref + ARRAY_DATA_OFFSET), length
 
 
 class Entry:

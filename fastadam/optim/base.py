@@ -17,6 +17,7 @@ from ..flat import forbidden_ranges
 from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
                             N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
+from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
 from .groups import TORCH_SWITCHES, ParamGroup, Validator
 from .guard import grad_norms
@@ -24,9 +25,9 @@ from .plan import Bucket, Launch
 from .state import StateDictMixin
 
 _NO_RANGES = np.zeros((0, 2), dtype=np.int64)
-# From this many gradients on, step() checks them in compiled code (one call, ~ns per
-# array) rather than in Python (~0.25 us per array).
-_COMPILED_CHECK_FROM = 8
+_NO_REFS = np.zeros(0, dtype=np.int64)
+_NO_EXPECT = np.zeros((0, 4), dtype=np.int64)
+_NO_DIMS = np.zeros(0, dtype=np.int64)
 
 
 class Optimizer(StateDictMixin):
@@ -239,29 +240,25 @@ class Optimizer(StateDictMixin):
         return (alg.id, alg.variant(g), alg.n_state(g), wd_mode, scale,
                 self._average is not None)
 
-    def _check_grads(self, grads):
-        """Validate ``grads``; return their references for the kernels (array object
-        addresses, or data addresses without the compiled layout)."""
-        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
-            raise TypeError("grads must be a list of arrays, one per parameter, got "
-                            f"{type(grads).__name__}")
+    def _grad_refs(self, grads):
+        """(grefs, g_mode, checked) for a list of gradients: their object addresses
+        (G_OBJECTS; ``checked`` False: the kernel checks them, see unsafe.first_unlike),
+        or, without that shortcut, their data addresses after checking them in Python."""
+        if type(grads) is not list and type(grads) is not tuple:
+            if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+                raise TypeError("grads must be a list of arrays, one per parameter, got "
+                                f"{type(grads).__name__}")
         n = len(self._params)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
                              "(one per parameter, in param_groups order)")
-        if not HAVE_ARRAY_DATA_OFFSET:
-            self._check_grads_python(grads, 0)
-            return np.array([g.ctypes.data for g in grads], dtype=np.int64)
-        refs = np.fromiter(map(id, grads), np.int64, n)
-        if n >= _COMPILED_CHECK_FROM:
-            first = first_unlike(refs, self._expect, self._expect_dims)
-            if first >= 0:
-                self._check_grads_python(grads, first)
-        else:
-            self._check_grads_python(grads, 0)
-        return refs
+        if HAVE_ARRAY_DATA_OFFSET:
+            return np.fromiter(map(id, grads), np.int64, n), G_OBJECTS, False
+        return self._data_refs(grads, 0), G_INDEXED, True
 
-    def _check_grads_python(self, grads, start):
+    def _data_refs(self, grads, start):
+        """Check grads[start:] in Python (grads[:start] passed already); their data
+        addresses."""
         nd = np.ndarray
         params = self._params
         for i in range(start, len(params)):
@@ -269,6 +266,7 @@ class Optimizer(StateDictMixin):
             if not (type(g) is nd and g.dtype is p.dtype and g.shape == p.shape
                     and g.flags.c_contiguous):
                 C.check_array(f"grads[{i}]", g, writable=False, dtype=p.dtype, shape=p.shape)
+        return np.array([g.ctypes.data for g in grads], dtype=np.int64)
 
     def step(self, grads=None):
         """One optimisation step for every parameter.
@@ -292,42 +290,62 @@ class Optimizer(StateDictMixin):
         if self._groups_changed():
             self._refresh_groups()
         launches = self._launches
-        forbid = _NO_RANGES
-        g_refs = None
+        if grads is None:
+            grefs, g_mode, checked = _NO_REFS, G_DATA, True
+        else:
+            grefs, g_mode, checked = self._grad_refs(grads)
+        forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
         if grads is not None:
-            g_refs = self._check_grads(grads)
             if len(launches) == 1 and not self._checked_pass:
-                forbid = self._forbid      # checked inside the one launch, before writes
+                # one launch checks the gradients and their overlap before it writes
+                forbid = self._forbid
+                if not checked:
+                    expect, dims = self._expect, self._expect_dims
             else:
-                self._check_aliasing(g_refs)
-        obj = g_refs is not None and HAVE_ARRAY_DATA_OFFSET
-        if self._checked_pass and not grad_norms(self, grads, g_refs, obj):
+                if not checked:
+                    first = first_unlike(grefs, self._expect, self._expect_dims)
+                    if first >= 0:
+                        grefs, g_mode = self._data_refs(grads, first), G_INDEXED
+                self._check_aliasing(grefs, g_mode)
+        if self._checked_pass and not grad_norms(self, grads, grefs, g_mode):
             return
+        bad = self._launch(launches, grefs, g_mode, forbid, expect, dims)
+        if bad <= -10:      # a gradient the compiled check did not accept (one launch,
+            # nothing written): checked in Python, which raises or accepts it
+            grefs = self._data_refs(grads, -10 - bad)
+            self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
+
+    def _launch(self, launches, grefs, g_mode, forbid, expect, dims):
+        """Run the launches; returns -1, or the code of a first launch that wrote nothing
+        because a gradient failed the compiled check (<= -10)."""
         hyper, steps, gscal = self._hyper, self._steps, self._gscal
         last = launches[-1][1]
         for b, L in launches:
-            plan, blocks = L.tables(g_refs)
+            plan, blocks = L.tables(g_mode)
+            args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper, steps,
+                    gscal, b.sc, L is last)
             if config.use_parallel(L.size):
                 with config.launch_lock():
-                    bad = L.parallel(plan, obj, blocks, forbid, b.state, hyper, steps, gscal,
-                                     b.sc, L is last)
+                    bad = L.parallel(*args)
             else:
-                bad = L.serial(plan, obj, blocks, forbid, b.state, hyper, steps, gscal, b.sc,
-                               L is last)
+                bad = L.serial(*args)
+            if bad <= -10:
+                return bad
             if bad >= 0:
-                raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
-                                 "parameter or the optimizer's state; pass a separate "
-                                 "gradient array")
+                self._alias_error(L, bad)
+        return -1
 
-    def _check_aliasing(self, g_refs):
-        from ..kernels.memory import first_alias
+    @staticmethod
+    def _alias_error(L, bad):
+        raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a parameter or "
+                         "the optimizer's state; pass a separate gradient array")
+
+    def _check_aliasing(self, grefs, g_mode):
         for b, L in self._launches:
-            plan, _ = L.tables(g_refs)
-            bad = first_alias(plan, HAVE_ARRAY_DATA_OFFSET, self._forbid, b.dtype.itemsize)
+            plan, _ = L.tables(g_mode)
+            bad = first_alias(plan, grefs, g_mode, self._forbid, b.dtype.itemsize)
             if bad >= 0:
-                raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a "
-                                 "parameter or the optimizer's state; pass a separate "
-                                 "gradient array")
+                self._alias_error(L, bad)
 
     # ------------------------------------------------------------------ conveniences
     @property

@@ -11,19 +11,19 @@ from ..kernels.norms import grad_sumsq_parallel, grad_sumsq_serial
 from ..kernels.spec import H_CLIP
 
 
-def grad_norms(opt, grads, g_refs, obj):
+def grad_norms(opt, grads, grefs, g_mode):
     """Per-group gradient norms (float64 sums in a fixed order), the non-finite policy, and
     this step's clipping factors (hyper[:, H_CLIP]). Returns False when the step is to be
     skipped; raises ValueError (nothing changed) under nonfinite="raise"."""
     sq = opt._norm_sq
     sq[:] = 0.0
     for b, L in opt._launches:
-        plan, blocks = L.tables(g_refs)
+        plan, blocks = L.tables(g_mode)
         if config.use_parallel(L.size):
             with config.launch_lock():
-                grad_sumsq_parallel(plan, obj, blocks, b.state[0], sq)
+                grad_sumsq_parallel(plan, grefs, g_mode, blocks, b.state[0], sq)
         else:
-            grad_sumsq_serial(plan, obj, blocks, b.state[0], sq)
+            grad_sumsq_serial(plan, grefs, g_mode, blocks, b.state[0], sq)
     norms = [math.sqrt(x) for x in sq.tolist()]      # NaN and inf stay as they are
     bad_groups = [gi for gi, n in enumerate(norms) if not math.isfinite(n)]
     if bad_groups:

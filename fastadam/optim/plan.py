@@ -6,7 +6,7 @@ import numpy as np
 
 from ..flat import aligned_zeros, make_plan, merge_contiguous
 from ..kernels.launch import build_launchers
-from ..kernels.memory import LENGTH, G_REF
+from ..kernels.memory import G_DATA, G_REF, LENGTH
 from ..kernels.norms import split_blocks
 from ..kernels.spec import N_SCALARS
 from ..kernels.unsafe import Entry
@@ -50,11 +50,10 @@ class Launch:
     def __init__(self, bucket, key, group_ids, n_params):
         rows = [i for i, (_, g, _) in enumerate(bucket.members) if g in group_ids]
         self.param_index = [bucket.members[i][0] for i in rows]
-        # True when this launch covers every parameter in order: grads map 1:1 to rows.
-        self.all_rows = self.param_index == list(range(n_params))
         params = [bucket.members[i][2] for i in rows]
         self.size = sum(p.size for p in params)
         self.plan = make_plan(params, bucket.offsets[rows], [bucket.members[i][1] for i in rows])
+        self.plan[:, G_REF] = self.param_index     # gradients given as a list: grads[i]
         self.blocks = split_blocks(self.plan[:, LENGTH])
         g_addr = [bucket.grad_views[i].ctypes.data for i in rows]
         self.flat_plan = merge_contiguous(self.plan, g_addr, bucket.dtype.itemsize)
@@ -63,10 +62,9 @@ class Launch:
         kernels = build_launchers(*key)
         self.serial, self.parallel = Entry(kernels[2]), Entry(kernels[3])
 
-    def tables(self, g_refs):
-        """(plan, blocks) for this step: the per-array plan holding this step's gradient
-        references, or (g_refs None) the merged plan over the preallocated opt.grads."""
-        if g_refs is None:
+    def tables(self, g_mode):
+        """(plan, blocks): the merged plan over the preallocated opt.grads (G_DATA), or
+        the per-array plan whose G_REF indexes the step's list of gradients."""
+        if g_mode == G_DATA:
             return self.flat_plan, self.flat_blocks
-        self.plan[:, G_REF] = g_refs if self.all_rows else g_refs[self.param_index]
         return self.plan, self.blocks
