@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # torch==2.13.0 is the CPU build available on these machines; any torch>=2.0 works.
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn,plot]" "torch==2.13.0"
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn,plot,mpi]" "torch==2.13.0"
 "$PY" -m pytest -q "$@"
