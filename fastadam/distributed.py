@@ -30,6 +30,7 @@ import math
 import os
 import re
 import secrets
+import time
 import zlib
 
 import numpy as np
@@ -244,9 +245,12 @@ class ShardedOptimizer:
         self._groups_seen = None
         self._hyper_hash = 0
         self._consolidated = None
-        #: Bytes this rank moved in the last step, by kind (ring-algorithm model: a
-        #: reduce-scatter or all-gather of S bytes sends (N-1)/N * S per rank).
+        #: Bytes this rank sent in the last step, by kind, for bandwidth-optimal (ring)
+        #: collectives: a reduce-scatter or all-gather of S bytes sends (N-1)/N * S per
+        #: rank; "control" counts the small allreduces (agreement, norms) as 2x payload.
         self.comm_bytes = {}
+        #: Seconds spent in each phase of the last step on this rank.
+        self.last_step_times = {}
         self._adopt_groups(self._validate_groups())
 
     def _normalize(self, params):
@@ -358,11 +362,18 @@ class ShardedOptimizer:
             if sp.dtype not in order:
                 order.append(sp.dtype)
         bufs = dict(zip(order, self._inner.grad_buffers))
+        first = {}
+        for j, (sp, _, _, _) in enumerate(self._inner_params):
+            first.setdefault(sp.dtype, j)
         for sp in self._spaces:
             sp.shard_grad = bufs.get(sp.dtype, np.zeros(0, sp.dtype))
-            if sp.shard_grad.size != sp.hi - sp.lo:    # the layout this module relies on
-                raise RuntimeError("inner optimizer's gradient buffer does not match the "
-                                   "shard layout")
+            # The layout this module relies on: per dtype, one flat gradient buffer whose
+            # views are the inner optimizer's grads, in order (so it is the shard's).
+            if sp.shard_grad.size != sp.hi - sp.lo or sp.shard_grad.dtype != sp.dtype or (
+                    sp.dtype in first and self._inner.grads[first[sp.dtype]].ctypes.data
+                    != sp.shard_grad.ctypes.data):
+                raise RuntimeError("the inner optimizer's gradient buffers do not match "
+                                   "the shard layout")
 
     # ------------------------------------------------------------------ agreement
     def _agree(self, exc):
@@ -448,8 +459,9 @@ class ShardedOptimizer:
         if grads is not None and len(grads) == len(self.grads) and all(
                 a is b for a, b in zip(grads, self.grads)):
             grads = None                                 # opt.grads passed explicitly
-        err, bad_rank = None, self._size
-        new_groups = None
+        clock = time.perf_counter
+        t0 = clock()
+        err = new_groups = None
         try:
             if self._groups_changed():
                 new_groups = self._validate_groups()
@@ -478,7 +490,10 @@ class ShardedOptimizer:
                              "param_groups (schedules) identically; nothing was updated")
         if new_groups is not None:
             self._adopt_groups(new_groups)
-        stats = {"reduce_scatter": 0, "allgather": 0, "control": 3 * 8}
+        times = self.last_step_times = {}
+        t1 = clock()
+        times["agree"] = t1 - t0
+        stats = {"reduce_scatter": 0, "allgather": 0, "control": 2 * flags.nbytes}
         n = self._size
         # ---- reduce-scatter the gradients into the inner optimizer's buffers
         for k, sp in enumerate(self._spaces):
@@ -494,14 +509,21 @@ class ShardedOptimizer:
             if self.grad_reduction == "mean" and n > 1:
                 np.divide(sp.shard_grad, sp.dtype.type(n), out=sp.shard_grad)
             stats["reduce_scatter"] += sp.size * sp.dtype.itemsize * (n - 1) // n
+        t2 = clock()
+        times["reduce_scatter"] = t2 - t1
         # ---- global norms: clipping and the non-finite policy
         if self.nonfinite != "propagate" or any(c is not None for c in self._clip):
             if not self._norms_and_clip(stats):
+                self.comm_bytes = stats
                 return
+        t3 = clock()
+        times["norms"] = t3 - t2
         if self._inner is not None:
             self._inner.step()
         self._steps += 1
         self._consolidated = None
+        t4 = clock()
+        times["local_step"] = t4 - t3
         # ---- all-gather the updated shards
         for sp in self._spaces:
             t = self._mpitype(sp.dtype)
@@ -509,6 +531,7 @@ class ShardedOptimizer:
             if sp.own_copy:
                 sp.push()
             stats["allgather"] += sp.size * sp.dtype.itemsize * (n - 1) // n
+        times["allgather"] = clock() - t4
         self.comm_bytes = stats
 
     def _shard_sumsq(self, fn=_sumsq):
