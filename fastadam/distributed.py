@@ -974,6 +974,11 @@ class ShardedOptimizer:
         self._agree(err)
         self._install(rows, steps, new_groups, skipped)
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a ShardedOptimizer holds an MPI communicator and cannot be copied "
+                        "or pickled; checkpoint it with save_sharded() or "
+                        "consolidate_state_dict() + state_dict()")
+
     def __repr__(self):
         return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank {self._rank} of "
                 f"{self._size}, shards {self.shard_ranges})")

@@ -101,7 +101,7 @@ def test_checkpoint_across_world_sizes(tmp_path, n_save, n_load):
     out = run_mpi(n_load, "checkpoint.py", "load", str(tmp_path))
     found = cases(out, n_load)
     assert found == {k: n_load for k in ("load_sharded", "load_state_dict", "resume",
-                                         "refused")}, found
+                                         "refused", "torn-save")}, found
     # The consolidated state is a single-process checkpoint: fa.AdamW loads it.
     import fastadam as fa
     from fastadam import checkpoint

@@ -134,4 +134,24 @@ else:
     for i in range(len(SHAPES)):
         assert_close(f"after refused load {i}", params[i], ref_params[i])
     ok("refused")
+    # (5) a save that died before writing its manifest (a stray shard of another token,
+    # a temporary file) leaves the previous checkpoint loadable; the next save on this
+    # world size replaces every file and removes the strays.
+    COMM.Barrier()
+    if RANK == 0:
+        with open(os.path.join(d, "shard-00000000deadbeef-00000-of-00002.npz"), "wb") as f:
+            f.write(b"torn")
+        with open(os.path.join(d, ".manifest.npz.1.abcdef.tmp"), "wb") as f:
+            f.write(b"torn")
+    COMM.Barrier()
+    params3 = [p.copy() for p in saved]
+    opt3 = ShardedOptimizer(groups(params3), fa.AdamW, grad_reduction="sum", **KW)
+    opt3.load_sharded(d)
+    check_state(opt3, "after a torn save")
+    opt3.save_sharded(d)
+    shards = sorted(f for f in os.listdir(d) if f.startswith("shard-"))
+    assert len(shards) == SIZE and all(f.endswith(f"-of-{SIZE:05d}.npz") for f in shards), shards
+    opt3.load_sharded(d)
+    check_state(opt3, "after the next save")
+    ok("torn-save")
     done()
