@@ -40,6 +40,8 @@ def run(name, cls, dtypes, kw, *, split=None, hps=({}, {}), steps=6, flat=False,
     if reduction != "mean":
         sharded_kw["grad_reduction"] = reduction
     opt = ShardedOptimizer(groups_of(mine, split, hps), cls, **sharded_kw)
+    # one buffer per dtype is gathered into in place; separate arrays through a copy
+    assert [sp.own_copy for sp in opt._spaces] == [not flat] * len(opt._spaces)
     ref = cls(groups_of(ref_params, split, hps), **kw)
     scheds = [schedule(opt), schedule(ref)] if schedule else None
     for t in range(1, steps + 1):
