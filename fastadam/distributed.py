@@ -230,11 +230,9 @@ class ShardedOptimizer:
         for i, p in enumerate(self._params):
             by_dtype.setdefault(p.dtype, []).append((i, self._group_of[i], p))
         self._spaces = [_Space(dt, mem, self._rank, self._size) for dt, mem in by_dtype.items()]
-        self._where = {}
         self.grads = [None] * len(self._params)
         for sp in self._spaces:
             for k, (i, _, _) in enumerate(sp.members):
-                self._where[i] = (sp, k)
                 self.grads[i] = sp.grad_views[k]
         self._steps = np.zeros(len(self.param_groups), dtype=np.int64)
         #: Steps skipped on every rank because the gradient was not finite ("skip").
@@ -534,11 +532,12 @@ class ShardedOptimizer:
         times["allgather"] = clock() - t4
         self.comm_bytes = stats
 
-    def _shard_sumsq(self, fn=_sumsq):
+    def _shard_sumsq(self):
+        """Per-group float64 sums of squares of this rank's reduced gradient shard."""
         out = np.zeros(len(self.param_groups))
         for sp in self._spaces:
             for g, lo, hi in sp.pieces:
-                out[g] += fn(sp.shard_grad[lo - sp.lo:hi - sp.lo])
+                out[g] += _sumsq(sp.shard_grad[lo - sp.lo:hi - sp.lo])
         return out
 
     def _norms_and_clip(self, stats):

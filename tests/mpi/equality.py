@@ -3,7 +3,7 @@ shards, param groups, mixed dtypes, clipping, AMSGrad, averaging, schedules, ski
 import numpy as np
 
 from _common import (COMM, RANK, SIZE, assert_close, assert_same_everywhere, done, fa,
-                     local_grads, mean_grads, ok)
+                     mean_grads, ok)
 from fastadam.distributed import ShardedOptimizer
 from fastadam.schedules import CosineAnnealingLR, LinearLR
 
