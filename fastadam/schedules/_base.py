@@ -10,7 +10,8 @@ from ..optim import Optimizer
 
 # ---------------------------------------------------------------------------- checks
 def _check_optimizer(optimizer):
-    if not isinstance(optimizer, Optimizer):
+    from ..distributed import ShardedOptimizer    # no MPI import: mpi4py loads lazily
+    if not isinstance(optimizer, (Optimizer, ShardedOptimizer)):
         raise TypeError("optimizer must be a fastadam optimizer (fastadam.Adam, AdamW, ...), "
                         f"got {type(optimizer).__name__}")
     return optimizer

@@ -1,0 +1,993 @@
+"""ZeRO-sharded optimizers over MPI (ZeRO stage 1/2: Rajbhandari et al., 2020).
+
+Every rank holds the full parameters but the optimizer state of only one contiguous shard
+of the flat parameter space. One step:
+
+1. each rank validates its own input (gradient count, shapes, dtypes, hyperparameter
+   edits, NaN/inf under ``nonfinite="raise"``) and the ranks agree on the outcome in one
+   small allreduce, so bad input on one rank raises the same error on every rank instead
+   of leaving the others blocked in a collective; nothing has moved yet;
+2. the local gradients (one flat buffer per dtype, ``opt.grads`` are views of it) are
+   reduce-scattered: each rank receives the sum (or mean) over ranks of its own shard,
+   straight into the inner optimizer's gradient buffer;
+3. for clipping and the non-finite policy, per-group sums of squares of the reduced shard
+   are allreduced (the global norm of the mean gradient, as one process would compute it);
+   ``"skip"`` skips on every rank at once, clipping pre-scales the shard by the global
+   factor;
+4. each rank steps its shard with an ordinary fastadam optimizer (``optimizer_class``)
+   built over views of that shard: the fused kernels, param groups, AMSGrad, averaging;
+5. the updated shards are all-gathered in place, so every rank ends with identical
+   parameters.
+
+The result equals one process stepping on the mean gradient (see docs/distributed.md).
+mpi4py is imported when an optimizer is built; install it with ``pip install
+"fastadam[mpi]"`` (mpi4py and an MPI library from PyPI) or build mpi4py against a
+cluster's MPI.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import time
+import zlib
+
+import numpy as np
+from numba import njit
+
+from . import _checks as C
+from . import checkpoint as _ckpt
+from .config import JIT_OPTIONS
+from .flat import ALIGNMENT, aligned_empty
+from .optim import Adam, ParamGroup
+
+__all__ = ["ShardedOptimizer", "shard_bounds"]
+
+_MANIFEST = "manifest.npz"
+_SHARD_RE = re.compile(r"^shard-([0-9a-f]+)-(\d+)-of-(\d+)\.npz$")
+_ERRORS = {"TypeError": TypeError, "ValueError": ValueError, "OSError": OSError,
+           "FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError,
+           "MemoryError": MemoryError, "NotImplementedError": NotImplementedError}
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:   # pragma: no cover - depends on the environment
+        raise ImportError(
+            "fastadam.distributed needs mpi4py and an MPI library: pip install "
+            "'fastadam[mpi]' (mpi4py plus the MPICH wheel), or on a cluster build mpi4py "
+            "against the system MPI (pip install --no-binary mpi4py mpi4py)") from e
+    return MPI
+
+
+# --------------------------------------------------------------------------- numerics
+@njit(**JIT_OPTIONS)
+def _sumsq(x):
+    """Sum of squares of a 1-D array, accumulated in float64 (NaN/inf propagate)."""
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@njit(**JIT_OPTIONS)
+def _all_finite(x):
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v != v or v - v != 0:      # NaN, or +-inf (inf - inf is NaN)
+            return False
+    return True
+
+
+def shard_bounds(n, world_size, itemsize=8):
+    """Start offsets of the ``world_size`` contiguous shards of ``n`` elements (an int64
+    array of world_size + 1 entries, from 0 to n). Interior boundaries are rounded down
+    to multiples of ALIGNMENT bytes so that every shard starts on a cache line; shards
+    differ in size when n is not divisible, and may be empty when n is small."""
+    k = max(1, ALIGNMENT // int(itemsize))
+    b = np.array([(r * n // world_size) // k * k for r in range(world_size + 1)],
+                 dtype=np.int64)
+    b[0], b[-1] = 0, n
+    return b
+
+
+class _Space:
+    """One dtype's flat parameter space: its members, the flat parameter buffer (the
+    caller's memory when the parameters are consecutive views of one buffer, else an own
+    copy), the local gradient buffer and this rank's shard."""
+
+    def __init__(self, dtype, members, rank, size):
+        self.dtype = dtype
+        self.members = members                      # [(param index, group index, array)]
+        sizes = [p.size for _, _, p in members]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.size = int(self.offsets[-1])
+        self.bounds = shard_bounds(self.size, size, dtype.itemsize)
+        self.lo, self.hi = int(self.bounds[rank]), int(self.bounds[rank + 1])
+        self.counts = np.diff(self.bounds).astype(np.int64)
+        self.even = bool((self.counts == self.counts[0]).all())
+        self.flat = _flat_view([p for _, _, p in members], dtype, self.size)
+        self.own_copy = self.flat is None
+        if self.own_copy:
+            self.flat = aligned_empty(self.size, dtype)
+            self.pull()
+        self.grad_flat = aligned_empty(self.size, dtype)
+        self.grad_flat.fill(0)
+        self.grad_views = [self.grad_flat[o:o + p.size].reshape(p.shape)
+                           for o, (_, _, p) in zip(self.offsets, members)]
+        # the [lo, hi) range of each param group inside this space
+        self.group_range = {}
+        for (_, g, _), o, n in zip(members, self.offsets, sizes):
+            lo, hi = self.group_range.get(g, (o, o))
+            self.group_range[g] = (min(lo, o), max(hi, o + n))
+        self.shard_grad = None                     # the inner optimizer's gradient buffer
+        self.pieces = []                           # [(group, lo, hi)] of this rank's shard
+
+    def pull(self):
+        """Copy the parameters into the own flat buffer."""
+        for (_, _, p), o in zip(self.members, self.offsets):
+            self.flat[o:o + p.size] = p.reshape(-1)
+
+    def push(self):
+        """Copy the own flat buffer back into the parameters."""
+        for (_, _, p), o in zip(self.members, self.offsets):
+            p.reshape(-1)[...] = self.flat[o:o + p.size]
+
+
+def _flat_view(params, dtype, n):
+    """A 1-D view over ``params`` when they are consecutive in one buffer, else None."""
+    addr = params[0].ctypes.data
+    pos = addr
+    for p in params:
+        if not p.flags.c_contiguous or p.ctypes.data != pos:
+            return None
+        pos += p.nbytes
+    root = params[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    try:
+        flat = np.ndarray((n,), dtype=dtype, buffer=root, offset=addr - root.ctypes.data)
+    except (TypeError, ValueError, BufferError):
+        return None
+    if not flat.flags.writeable or flat.ctypes.data != addr:
+        return None
+    return flat
+
+
+class ShardedOptimizer:
+    """A fastadam optimizer whose state is sharded over the ranks of an MPI communicator
+    (ZeRO stage 1/2). Every rank calls every method (they are collective), with its own
+    local gradients; every rank ends each step with identical parameters, equal to one
+    process stepping on the mean of the ranks' gradients.
+
+    ``params``: arrays or param-group dicts, exactly as for ``optimizer_class``, the same
+    shapes, dtypes and hyperparameters on every rank (checked when built; rank 0's
+    parameter values are broadcast to the others, as data-parallel training requires).
+    ``optimizer_class``: any fastadam optimizer (``fa.Adam``, ``fa.AdamW``,
+    ``fa.Adamax``, ...); ``**defaults`` are its keyword arguments (``lr``, ``betas``,
+    ``max_grad_norm``, ``average``, ``nonfinite`` ...). ``comm``: an mpi4py
+    communicator, default ``MPI.COMM_WORLD``. ``grad_reduction``: "mean" (default) or
+    "sum" of the ranks' gradients.
+
+    Parameters that are consecutive views of one buffer (``fa.flatten``) are gathered
+    into in place; otherwise the optimizer keeps a flat copy and writes the parameters
+    back after each step.
+    """
+
+    def __init__(self, params, optimizer_class=Adam, comm=None, *, grad_reduction="mean",
+                 **defaults):
+        MPI = self._MPI = _mpi()
+        self._comm = MPI.COMM_WORLD if comm is None else comm
+        self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
+        self.optimizer_class = optimizer_class
+        self._inner = None
+        err = None
+        try:
+            self._setup(params, optimizer_class, grad_reduction, defaults)
+        except Exception as e:      # agree first: a rank that raises alone hangs the rest
+            err = e
+        self._agree(err)
+        self._check_same_everywhere()
+        for sp in self._spaces:     # rank 0's parameters everywhere, then the shards
+            self._comm.Bcast([sp.flat, self._mpitype(sp.dtype)], root=0)
+            if sp.own_copy:
+                sp.push()
+        err = None
+        try:
+            self._build_inner()
+        except Exception as e:
+            err = e
+        self._agree(err)
+
+    # ------------------------------------------------------------------ construction
+    def _setup(self, params, optimizer_class, grad_reduction, defaults):
+        if not (isinstance(optimizer_class, type) and hasattr(optimizer_class, "step")
+                and hasattr(optimizer_class, "load_state_dict")):
+            raise TypeError("optimizer_class must be a fastadam optimizer class (fa.Adam, "
+                            f"fa.AdamW, fa.Adamax, ...), got {optimizer_class!r}")
+        if grad_reduction not in ("mean", "sum"):
+            raise ValueError(f"grad_reduction must be 'mean' or 'sum', got {grad_reduction!r}")
+        self.grad_reduction = grad_reduction
+        defaults = dict(defaults)
+        self.nonfinite = C.check_nonfinite(defaults.pop("nonfinite", "propagate"))
+        self._average = C.check_average(defaults.pop("average", None))
+        self._user_defaults = defaults
+        # A one-element optimizer of the class: validates defaults and hyperparameter
+        # edits, and names the algorithm.
+        self._proto = optimizer_class([np.zeros(1)], average=self._average,
+                                      nonfinite="propagate", **defaults)
+        self.defaults = dict(self._proto.defaults)
+        self._hkeys = list(self.defaults)
+        self._algorithm = self._proto.state_dict()["algorithm"]
+        self.param_groups = [ParamGroup(g) for g in self._normalize(params)]
+        self._group_params = [g["params"] for g in self.param_groups]
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        by_dtype = {}
+        for i, p in enumerate(self._params):
+            by_dtype.setdefault(p.dtype, []).append((i, self._group_of[i], p))
+        self._spaces = [_Space(dt, mem, self._rank, self._size) for dt, mem in by_dtype.items()]
+        self.grads = [None] * len(self._params)
+        for sp in self._spaces:
+            for k, (i, _, _) in enumerate(sp.members):
+                self.grads[i] = sp.grad_views[k]
+        self._steps = np.zeros(len(self.param_groups), dtype=np.int64)
+        #: Steps skipped on every rank because the gradient was not finite ("skip").
+        self.skipped_steps = 0
+        #: Per-group global norm of the reduced gradient at the last step, when computed
+        #: (max_grad_norm set or nonfinite != "propagate"); else None.
+        self.last_grad_norms = [None] * len(self.param_groups)
+        self._groups_seen = None
+        self._hyper_hash = 0
+        self._consolidated = None
+        #: Bytes this rank sent in the last step, by kind, for bandwidth-optimal (ring)
+        #: collectives: a reduce-scatter or all-gather of S bytes sends (N-1)/N * S per
+        #: rank; "control" counts the small allreduces (agreement, norms) as 2x payload.
+        self.comm_bytes = {}
+        #: Seconds spent in each phase of the last step on this rank.
+        self.last_step_times = {}
+        self._adopt_groups(self._validate_groups())
+
+    def _normalize(self, params):
+        if isinstance(params, np.ndarray):
+            raise TypeError("params must be a list of arrays or of param-group dicts, "
+                            "not a single array; wrap it: [param]")
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError("params must be a list of arrays or of param-group dicts, got "
+                            f"{type(params).__name__}") from None
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(p, dict) for p in params):
+            groups = [dict(g) for g in params]
+        elif any(isinstance(p, dict) for p in params):
+            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+        else:
+            groups = [{"params": params}]
+        named = []
+        out = []
+        for gi, g in enumerate(groups):
+            if "params" not in g:
+                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
+            ps = g["params"]
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+            if not ps:
+                raise ValueError(f"param_groups[{gi}]['params'] is empty")
+            for pi, p in enumerate(ps):
+                named.append((f"param_groups[{gi}]['params'][{pi}]", p))
+                C.check_array(named[-1][0], p, writable=True)
+            full = dict(self.defaults)
+            full.update({k: v for k, v in g.items()
+                         if k not in ("params", "foreach", "fused", "capturable",
+                                      "differentiable")})
+            full.update(self._check_hparams(full, f"param_groups[{gi}]"))
+            full["params"] = ps
+            out.append(full)
+        C.check_no_overlap(named)
+        return out
+
+    def _check_hparams(self, h, where):
+        # The algorithm's own validation (the one place this module reaches into the
+        # optimizer class beyond its public interface).
+        return self._proto._validate(h, where=where)
+
+    def _check_same_everywhere(self):
+        """Every rank must describe the same optimizer: compare a hash of the layout and
+        hyperparameters (one allreduce); on a mismatch name the first differing rank."""
+        sig = repr((self._algorithm, self.grad_reduction, self.nonfinite, self._average,
+                    [(p.dtype.str, p.shape) for p in self._params],
+                    [len(g["params"]) for g in self.param_groups],
+                    [self._hparams_of(g) for g in self.param_groups]))
+        h = zlib.crc32(sig.encode())
+        mm = np.array([h, -h], dtype=np.int64)
+        self._comm.Allreduce(self._MPI.IN_PLACE, mm, op=self._MPI.MIN)
+        if mm[0] != -mm[1]:
+            sigs = self._comm.allgather(sig)
+            bad = next(r for r, s in enumerate(sigs) if s != sigs[0])
+            raise ValueError(f"rank {bad} built a different optimizer than rank 0 "
+                             "(parameter shapes/dtypes, param groups or hyperparameters "
+                             "differ); every rank must pass the same layout")
+
+    def _hparams_of(self, g, inner=False):
+        h = {k: g[k] for k in self._hkeys}
+        if inner:
+            h["max_grad_norm"] = None   # clipping is done here, with the global norm
+        return h
+
+    def _mpitype(self, dtype):
+        # Predefined types: reductions are defined on them (a duplicated type is not).
+        MPI = self._MPI
+        t = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}.get(dtype)
+        if t is None:
+            from mpi4py.util import dtlib
+            t = dtlib.from_numpy_dtype(dtype)
+        return t
+
+    def _build_inner(self):
+        """The inner optimizer over views of this rank's shard: one inner group per
+        outer group that has elements here, holding the pieces of every dtype."""
+        pieces_of = {}                    # outer group -> [1-D views]
+        self._inner_params = []           # (space, group, lo, hi) in inner order
+        for gi in range(len(self.param_groups)):
+            for sp in self._spaces:
+                if gi not in sp.group_range:
+                    continue
+                glo, ghi = sp.group_range[gi]
+                lo, hi = max(glo, sp.lo), min(ghi, sp.hi)
+                if hi > lo:
+                    pieces_of.setdefault(gi, []).append(sp.flat[lo:hi])
+                    self._inner_params.append((sp, gi, lo, hi))
+        for sp in self._spaces:
+            sp.pieces = [(g, lo, hi) for s, g, lo, hi in self._inner_params if s is sp]
+        self._inner_groups = sorted(pieces_of)        # outer index of each inner group
+        if not pieces_of:
+            self._inner = None
+            for sp in self._spaces:
+                sp.shard_grad = np.zeros(0, sp.dtype)
+            return
+        groups = [dict(self._hparams_of(self.param_groups[gi], inner=True),
+                       params=pieces_of[gi]) for gi in self._inner_groups]
+        kw = dict(self._user_defaults)
+        kw["max_grad_norm"] = None
+        self._inner = self.optimizer_class(groups, average=self._average,
+                                           nonfinite="propagate", **kw)
+        order = []
+        for sp, _, _, _ in self._inner_params:
+            if sp.dtype not in order:
+                order.append(sp.dtype)
+        bufs = dict(zip(order, self._inner.grad_buffers))
+        first = {}
+        for j, (sp, _, _, _) in enumerate(self._inner_params):
+            first.setdefault(sp.dtype, j)
+        for sp in self._spaces:
+            sp.shard_grad = bufs.get(sp.dtype, np.zeros(0, sp.dtype))
+            # The layout this module relies on: per dtype, one flat gradient buffer whose
+            # views are the inner optimizer's grads, in order (so it is the shard's).
+            if sp.shard_grad.size != sp.hi - sp.lo or sp.shard_grad.dtype != sp.dtype or (
+                    sp.dtype in first and self._inner.grads[first[sp.dtype]].ctypes.data
+                    != sp.shard_grad.ctypes.data):
+                raise RuntimeError("the inner optimizer's gradient buffers do not match "
+                                   "the shard layout")
+
+    # ------------------------------------------------------------------ agreement
+    def _agree(self, exc):
+        """Collective: if any rank holds an exception, every rank raises the first
+        failing rank's error (same type and message)."""
+        MPI = self._MPI
+        flag = np.array([self._rank if exc is not None else self._size], dtype=np.int64)
+        self._comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MIN)
+        self._raise_first(int(flag[0]), exc)
+
+    def _raise_first(self, first, exc):
+        if first >= self._size:
+            return
+        payload = (type(exc).__name__, str(exc)) if self._rank == first else None
+        kind, msg = self._comm.bcast(payload, root=first)
+        where = f" (on rank {first} of {self._size})" if self._size > 1 else ""
+        err = _ERRORS.get(kind, RuntimeError)(f"{msg}{where}")
+        if self._rank == first and exc is not None:
+            raise err from exc
+        raise err
+
+    # ------------------------------------------------------------------ param groups
+    def _groups_changed(self):
+        groups = self.param_groups
+        if groups is not self._groups_seen or len(groups) != len(self._group_params):
+            return True
+        return any(type(g) is not ParamGroup or g.dirty for g in groups)
+
+    def _validate_groups(self):
+        """Check edited param groups (no writes); return the validated values."""
+        groups = self.param_groups
+        if not isinstance(groups, list) or len(groups) != len(self._group_params):
+            raise ValueError("param_groups must stay a list of the optimizer's "
+                             f"{len(self._group_params)} groups")
+        out = []
+        for gi, g in enumerate(groups):
+            if not isinstance(g, dict):
+                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
+            if g.get("params") is not self._group_params[gi]:
+                raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
+                                 "are fixed at construction")
+            out.append(self._check_hparams(g, f"param_groups[{gi}]"))
+        return out
+
+    def _adopt_groups(self, values):
+        """Write validated hyperparameters into the groups and the inner groups."""
+        for gi, v in enumerate(values):
+            g = self.param_groups[gi]
+            if type(g) is not ParamGroup:
+                g = self.param_groups[gi] = ParamGroup(g)
+            g.update(v)
+            g.dirty = False
+        if self._inner is not None:
+            for j, gi in enumerate(self._inner_groups):
+                self._inner.param_groups[j].update(
+                    self._hparams_of(self.param_groups[gi], inner=True))
+        self._clip = [g["max_grad_norm"] for g in self.param_groups]
+        self._hyper_hash = self._hash(self.param_groups)
+        self._groups_seen = self.param_groups
+
+    def _hash(self, groups):
+        """A hash of the groups' hyperparameters, the same on ranks that agree."""
+        values = [{k: g[k] for k in self._hkeys} for g in groups]
+        return zlib.crc32(repr(values).encode()) & 0x3FFFFFFF
+
+    # ------------------------------------------------------------------ step
+    def _check_grads(self, grads):
+        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
+            raise TypeError("grads must be a list of arrays, one per parameter, got "
+                            f"{type(grads).__name__}")
+        if len(grads) != len(self._params):
+            raise ValueError(f"grads has {len(grads)} arrays, expected {len(self._params)} "
+                             "(one per parameter, in param_groups order)")
+        for i, (g, p) in enumerate(zip(grads, self._params)):
+            C.check_array(f"grads[{i}]", g, writable=False, dtype=p.dtype, shape=p.shape)
+
+    def step(self, grads=None):
+        """One step (collective). ``grads``: this rank's gradients, a list of arrays in
+        param_groups order (like ``fa.Adam.step``), or None to use ``self.grads``. Bad
+        input on any rank raises the same TypeError/ValueError on every rank, with
+        parameters and state unchanged everywhere."""
+        MPI, comm = self._MPI, self._comm
+        if grads is not None and len(grads) == len(self.grads) and all(
+                a is b for a, b in zip(grads, self.grads)):
+            grads = None                                 # opt.grads passed explicitly
+        clock = time.perf_counter
+        t0 = clock()
+        err = new_groups = None
+        try:
+            if self._groups_changed():
+                new_groups = self._validate_groups()
+            if grads is not None:
+                self._check_grads(grads)
+            if self.nonfinite == "raise":
+                arrays = self.grads if grads is None else grads
+                for i, g in enumerate(arrays):
+                    if not _all_finite(g.reshape(-1)):
+                        err = ValueError(f"grads[{i}] contains NaN or inf; nothing was "
+                                         "updated (nonfinite='raise')")
+                        break
+        except Exception as e:
+            err = e
+        if new_groups is not None and err is None:
+            h = self._hash(new_groups)
+        else:
+            h = self._hyper_hash
+        # One allreduce: first failing rank, and min/max of the hyperparameter hash.
+        flags = np.array([self._rank if err is not None else self._size, h, -h],
+                         dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MIN)
+        self._raise_first(int(flags[0]), err)
+        if flags[1] != -flags[2]:
+            raise ValueError("ranks disagree on hyperparameters: every rank must edit "
+                             "param_groups (schedules) identically; nothing was updated")
+        if new_groups is not None:
+            self._adopt_groups(new_groups)
+        times = self.last_step_times = {}
+        t1 = clock()
+        times["agree"] = t1 - t0
+        stats = {"reduce_scatter": 0, "allgather": 0, "control": 2 * flags.nbytes}
+        n = self._size
+        # ---- reduce-scatter the gradients into the inner optimizer's buffers
+        for k, sp in enumerate(self._spaces):
+            if grads is not None:
+                for (i, _, _), view in zip(sp.members, sp.grad_views):
+                    np.copyto(view, grads[i])
+            t = self._mpitype(sp.dtype)
+            if sp.even:
+                comm.Reduce_scatter_block([sp.grad_flat, t], [sp.shard_grad, t], op=MPI.SUM)
+            else:
+                comm.Reduce_scatter([sp.grad_flat, t], [sp.shard_grad, t],
+                                    recvcounts=sp.counts, op=MPI.SUM)
+            if self.grad_reduction == "mean" and n > 1:
+                np.divide(sp.shard_grad, sp.dtype.type(n), out=sp.shard_grad)
+            stats["reduce_scatter"] += sp.size * sp.dtype.itemsize * (n - 1) // n
+        t2 = clock()
+        times["reduce_scatter"] = t2 - t1
+        # ---- global norms: clipping and the non-finite policy
+        if self.nonfinite != "propagate" or any(c is not None for c in self._clip):
+            if not self._norms_and_clip(stats):
+                self.comm_bytes = stats
+                return
+        t3 = clock()
+        times["norms"] = t3 - t2
+        if self._inner is not None:
+            self._inner.step()
+        self._steps += 1
+        self._consolidated = None
+        t4 = clock()
+        times["local_step"] = t4 - t3
+        # ---- all-gather the updated shards
+        for sp in self._spaces:
+            t = self._mpitype(sp.dtype)
+            comm.Allgatherv(MPI.IN_PLACE, [sp.flat, (sp.counts, sp.bounds[:-1]), t])
+            if sp.own_copy:
+                sp.push()
+            stats["allgather"] += sp.size * sp.dtype.itemsize * (n - 1) // n
+        times["allgather"] = clock() - t4
+        self.comm_bytes = stats
+
+    def _shard_sumsq(self):
+        """Per-group float64 sums of squares of this rank's reduced gradient shard."""
+        out = np.zeros(len(self.param_groups))
+        for sp in self._spaces:
+            for g, lo, hi in sp.pieces:
+                out[g] += _sumsq(sp.shard_grad[lo - sp.lo:hi - sp.lo])
+        return out
+
+    def _norms_and_clip(self, stats):
+        """Global per-group norms of the reduced gradient; the non-finite policy; the
+        clipping factors, applied to the shard. False: skip this step."""
+        MPI, comm = self._MPI, self._comm
+        sq = self._shard_sumsq()
+        comm.Allreduce(MPI.IN_PLACE, sq, op=MPI.SUM)
+        stats["control"] += 2 * sq.nbytes
+        norms = [math.sqrt(x) for x in sq.tolist()]
+        bad_groups = [g for g, v in enumerate(norms) if not math.isfinite(v)]
+        if bad_groups:
+            # NaN/inf in the reduced gradient, or float64 overflow of finite values.
+            nonfin = np.zeros(len(self.param_groups))
+            for sp in self._spaces:
+                for g, lo, hi in sp.pieces:
+                    if g in bad_groups and not _all_finite(sp.shard_grad[lo - sp.lo:hi - sp.lo]):
+                        nonfin[g] = 1.0
+            comm.Allreduce(MPI.IN_PLACE, nonfin, op=MPI.MAX)
+            self.last_grad_norms = norms
+            if nonfin.any() and self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return False
+            if nonfin.any() and self.nonfinite == "raise":
+                raise ValueError("the reduced gradient contains NaN or inf (the sum over "
+                                 "ranks overflowed); nothing was updated (nonfinite='raise')")
+            overflow = [g for g in bad_groups if not nonfin[g]]
+            if overflow:
+                amax = np.zeros(len(self.param_groups))
+                for sp in self._spaces:
+                    for g, lo, hi in sp.pieces:
+                        x = sp.shard_grad[lo - sp.lo:hi - sp.lo]
+                        if x.size:
+                            amax[g] = max(amax[g], float(np.abs(x).max()))
+                comm.Allreduce(MPI.IN_PLACE, amax, op=MPI.MAX)
+                s = np.zeros(len(self.param_groups))
+                for sp in self._spaces:
+                    for g, lo, hi in sp.pieces:
+                        if g in overflow and amax[g] > 0:
+                            x = sp.shard_grad[lo - sp.lo:hi - sp.lo]
+                            s[g] += float(np.sum(np.square(x / amax[g])))
+                comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
+                for g in overflow:
+                    norms[g] = float(amax[g]) * math.sqrt(s[g])
+        self.last_grad_norms = norms
+        for sp in self._spaces:
+            for g, lo, hi in sp.pieces:
+                mgn = self._clip[g]
+                if mgn is None:
+                    continue
+                nrm = norms[g]
+                coef = min(1.0, mgn / (nrm + 1e-6)) if nrm == nrm else 1.0
+                if coef != 1.0:
+                    x = sp.shard_grad[lo - sp.lo:hi - sp.lo]
+                    np.multiply(x, sp.dtype.type(coef), out=x)
+        return True
+
+    # ------------------------------------------------------------------ grads, averages
+    def zero_grad(self):
+        """Set this rank's gradients ``self.grads`` to zero."""
+        for sp in self._spaces:
+            sp.grad_flat.fill(0)
+
+    @property
+    def grad_buffers(self):
+        """This rank's flat gradient buffers behind ``self.grads``, one per dtype."""
+        return [sp.grad_flat for sp in self._spaces]
+
+    @property
+    def local_optimizer(self):
+        """The optimizer stepping this rank's shard (None when the shard is empty)."""
+        return self._inner
+
+    @property
+    def shard_ranges(self):
+        """{dtype: (start, stop)} of this rank's shard in each dtype's flat space."""
+        return {sp.dtype: (sp.lo, sp.hi) for sp in self._spaces}
+
+    def averaged_params(self):
+        """Temporal averages of the parameters (collective), as ``Optimizer.averaged_params``:
+        new arrays of the parameters' shapes on every rank. Needs ``average=beta``."""
+        if self._average is None:
+            raise ValueError("averaged_params() needs the optimizer built with "
+                             "average=beta (e.g. average=0.999)")
+        local = self._inner.averaged_params() if self._inner is not None else []
+        out = [None] * len(self._params)
+        for sp in self._spaces:
+            full = np.empty(sp.size, sp.dtype)
+            mine = [a.reshape(-1) for a, (s, _, _, _) in zip(local, self._inner_params)
+                    if s is sp]
+            if mine:
+                full[sp.lo:sp.hi] = np.concatenate(mine)
+            t = self._mpitype(sp.dtype)
+            self._comm.Allgatherv(self._MPI.IN_PLACE, [full, (sp.counts, sp.bounds[:-1]), t])
+            for (i, _, p), o in zip(sp.members, sp.offsets):
+                out[i] = full[o:o + p.size].reshape(p.shape).copy()
+        return out
+
+    # ------------------------------------------------------------------ state
+    def _local_rows(self):
+        """{dtype: {state key: this rank's shard row (1-D copy)}}, with the same keys on
+        every rank (collective: the union of the keys; zeros where a rank lacks one)."""
+        local = {}
+        st = self._inner.state if self._inner is not None else {}
+        for j, (sp, _, lo, hi) in enumerate(self._inner_params):
+            for key, arr in st[j].items():
+                if key != "step":
+                    local.setdefault(sp.dtype.str, {}).setdefault(key, []).append(arr.reshape(-1))
+        names = self._comm.allgather({d: list(k) for d, k in local.items()})
+        rows = {}
+        for sp in self._spaces:
+            keys = []
+            for r in names:
+                for key in r.get(sp.dtype.str, []):
+                    if key not in keys:
+                        keys.append(key)
+            mine = local.get(sp.dtype.str, {})
+            rows[sp.dtype.str] = {
+                key: (np.concatenate(mine[key]) if key in mine
+                      else np.zeros(sp.hi - sp.lo, sp.dtype)) for key in keys}
+        return rows
+
+    def _groups_for_dict(self):
+        groups, k = [], 0
+        for g in self.param_groups:
+            d = {key: (tuple(val) if key == "betas" else val)
+                 for key, val in g.items() if key != "params"}
+            d["params"] = list(range(k, k + len(g["params"])))
+            k += len(g["params"])
+            groups.append(d)
+        return groups
+
+    def consolidate_state_dict(self, to=0):
+        """Gather the full optimizer state onto rank ``to`` (collective); afterwards
+        ``state_dict()`` on that rank returns it in the layout of a single-process
+        optimizer's ``state_dict()`` (so ``fa.Adam(...).load_state_dict`` accepts it)."""
+        if isinstance(to, bool) or not isinstance(to, (int, np.integer)) \
+                or not 0 <= to < self._size:
+            err = ValueError(f"to must be a rank in [0, {self._size}), got {to!r}")
+        else:
+            err = None
+        self._agree(err)
+        rows = self._local_rows()
+        root = self._rank == to
+        state = {i: {"step": int(self._steps[self._group_of[i]])}
+                 for i in range(len(self._params))} if root else None
+        for sp in self._spaces:
+            t = self._mpitype(sp.dtype)
+            for key, row in rows[sp.dtype.str].items():
+                full = np.empty(sp.size, sp.dtype) if root else None
+                self._comm.Gatherv([row, t], [full, (sp.counts, sp.bounds[:-1]), t]
+                                   if root else None, root=to)
+                if root:
+                    for (i, _, p), o in zip(sp.members, sp.offsets):
+                        state[i][key] = full[o:o + p.size].reshape(p.shape)
+        self._consolidated = None
+        if root:
+            self._consolidated = {"algorithm": self._algorithm, "state": state,
+                                  "param_groups": self._groups_for_dict(),
+                                  "average": self._average,
+                                  "skipped_steps": self.skipped_steps}
+
+    def state_dict(self):
+        """The full state gathered by the last ``consolidate_state_dict(to=rank)``, on
+        that rank; RuntimeError elsewhere or when a step has happened since (local, not
+        collective)."""
+        if self._consolidated is None:
+            raise RuntimeError("state_dict() needs consolidate_state_dict(to=this rank) "
+                               "first (called on every rank, after the last step); for a "
+                               "checkpoint without gathering use save_sharded()")
+        sd = self._consolidated
+        return {"algorithm": sd["algorithm"],
+                "state": {i: {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                              for k, v in s.items()} for i, s in sd["state"].items()},
+                "param_groups": [dict(g) for g in sd["param_groups"]],
+                "average": sd["average"], "skipped_steps": sd["skipped_steps"]}
+
+    def _check_full_groups(self, state_dict):
+        """Validated hyperparameters of a full state_dict's param groups, steps per group
+        and skipped_steps (no writes)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} entry")
+        alg = state_dict.get("algorithm", self._algorithm)
+        if alg != self._algorithm:
+            raise ValueError(f"state_dict is from a {alg!r} optimizer, not {self._algorithm!r}")
+        if "average" in state_dict and state_dict["average"] != self._average:
+            raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
+                             f"optimizer average={self._average!r}")
+        skipped = state_dict.get("skipped_steps", 0)
+        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
+                or skipped < 0:
+            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict['param_groups'] must have {len(self.param_groups)} "
+                             "groups")
+        new, k = [], 0
+        for gi, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(g, dict):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
+            n = len(mine["params"])
+            if list(g.get("params", [])) != list(range(k, k + n)):
+                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
+                                 f"{list(range(k, k + n))} (parameter counts differ)")
+            merged = {key: val for key, val in mine.items() if key != "params"}
+            merged.update({key: val for key, val in g.items() if key != "params"})
+            merged.update(self._check_hparams(merged, f"state_dict['param_groups'][{gi}]"))
+            new.append(merged)
+            k += n
+        return new, int(skipped)
+
+    def load_state_dict(self, state_dict):
+        """Load a full state (from ``state_dict()`` after ``consolidate_state_dict``, or
+        from a single-process optimizer over the same parameters) on every rank, each
+        taking its own shard (collective; any world size). Everything is checked, on
+        every rank, before anything is written; an error anywhere raises everywhere."""
+        err = rows = None
+        try:
+            new_groups, skipped = self._check_full_groups(state_dict)
+            state = state_dict["state"]
+            if not isinstance(state, dict):
+                raise TypeError("state_dict['state'] must be a dict")
+            steps = [None] * len(self.param_groups)
+            per_param = []
+            for i, p in enumerate(self._params):
+                st = state.get(i, state.get(str(i), {"step": 0}))
+                if not isinstance(st, dict):
+                    raise TypeError(f"state_dict['state'][{i}] must be a dict")
+                step = st.get("step", 0)
+                if isinstance(step, np.ndarray) and step.shape == ():
+                    step = step.item()
+                if isinstance(step, float) and step.is_integer():
+                    step = int(step)
+                if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) \
+                        or not 0 <= step < C.MAX_STEP:
+                    raise ValueError(f"state_dict['state'][{i}]['step'] must be an int >= 0, "
+                                     f"got {step!r}")
+                gi = self._group_of[i]
+                if steps[gi] is None:
+                    steps[gi] = int(step)
+                elif steps[gi] != step:
+                    raise ValueError(f"state_dict['state'][{i}]['step'] is {step} but other "
+                                     f"parameters of param_groups[{gi}] are at {steps[gi]}")
+                arrays = {}
+                for key, a in st.items():
+                    if key == "step":
+                        continue
+                    if not isinstance(a, np.ndarray):
+                        raise TypeError(f"state_dict['state'][{i}][{key!r}] must be a "
+                                        f"numpy.ndarray, got {type(a).__name__}")
+                    if a.dtype != p.dtype or a.shape != p.shape:
+                        raise ValueError(f"state_dict['state'][{i}][{key!r}] must have "
+                                         f"dtype {p.dtype} and shape {p.shape}, got "
+                                         f"{a.dtype} {a.shape}")
+                    arrays[key] = a
+                per_param.append(arrays)
+            rows = {}
+            for sp in self._spaces:
+                keys = []
+                for i, _, _ in sp.members:
+                    keys += [k for k in per_param[i] if k not in keys]
+                r = rows[sp.dtype.str] = {k: np.zeros(sp.hi - sp.lo, sp.dtype) for k in keys}
+                for (i, _, p), o in zip(sp.members, sp.offsets):
+                    lo, hi = max(o, sp.lo), min(o + p.size, sp.hi)
+                    if hi <= lo:
+                        continue
+                    for k, a in per_param[i].items():
+                        r[k][lo - sp.lo:hi - sp.lo] = a.reshape(-1)[lo - o:hi - o]
+        except Exception as e:
+            err = e
+        self._agree(err)
+        self._install(rows, [s or 0 for s in steps], new_groups, skipped)
+
+    def _install(self, rows, steps, new_groups, skipped):
+        """Load shard ``rows`` ({dtype str: {key: 1-D}}) into the inner optimizer,
+        collectively: if it fails on any rank, ranks that loaded roll back."""
+        err, backup = None, None
+        try:
+            if self._inner is not None:
+                sd = {"algorithm": self._algorithm, "average": self._average,
+                      "skipped_steps": 0, "state": {}, "param_groups": []}
+                k = 0
+                for j, gi in enumerate(self._inner_groups):
+                    h = self._hparams_of(new_groups[gi], inner=True)
+                    n = sum(1 for _, g, _, _ in self._inner_params if g == gi)
+                    h["params"] = list(range(k, k + n))
+                    k += n
+                    sd["param_groups"].append(h)
+                for j, (sp, gi, lo, hi) in enumerate(self._inner_params):
+                    st = {"step": steps[gi]}
+                    for key, row in rows[sp.dtype.str].items():
+                        st[key] = row[lo - sp.lo:hi - sp.lo]
+                    sd["state"][j] = st
+                backup = self._inner.state_dict()
+                self._inner.load_state_dict(sd)
+        except Exception as e:
+            err = e
+            backup = None       # load_state_dict changes nothing when it raises
+        flag = np.array([self._rank if err is not None else self._size], dtype=np.int64)
+        self._comm.Allreduce(self._MPI.IN_PLACE, flag, op=self._MPI.MIN)
+        if flag[0] < self._size and backup is not None:
+            self._inner.load_state_dict(backup)
+        self._raise_first(int(flag[0]), err)
+        for gi, g in enumerate(new_groups):
+            self.param_groups[gi].update(g)
+        self._steps[:] = steps
+        self.skipped_steps = skipped
+        self._consolidated = None
+        self._groups_seen = None
+
+    # ------------------------------------------------------------------ sharded files
+    def save_sharded(self, directory):
+        """Write the state to ``directory`` (collective; a filesystem every rank sees):
+        one checksummed file per rank holding its shard, then a manifest, written last.
+        Each file is written atomically (temporary file, fsync, rename) under a name
+        unique to this save, so a crash at any moment leaves the previous checkpoint
+        loadable; files of older saves are removed once the manifest is in place. Loads
+        with :meth:`load_sharded` on any number of ranks."""
+        directory = os.fspath(directory)
+        err = token = None
+        if self._rank == 0:
+            try:
+                os.makedirs(directory, exist_ok=True)
+                token = secrets.token_hex(8)
+            except Exception as e:
+                err = e
+        self._agree(err)
+        token = self._comm.bcast(token, root=0)
+        rows = self._local_rows()
+        n = self._size
+        names = [f"shard-{token}-{r:05d}-of-{n:05d}.npz" for r in range(n)]
+        err = None
+        try:
+            shard = {"algorithm": self._algorithm, "kind": "fastadam-shard", "token": token,
+                     "rank": self._rank, "world_size": n,
+                     "ranges": {sp.dtype.str: [sp.lo, sp.hi] for sp in self._spaces},
+                     "rows": rows}
+            _ckpt.save(_Holder(shard), os.path.join(directory, names[self._rank]))
+        except Exception as e:
+            err = e
+        self._agree(err)
+        err = None
+        if self._rank == 0:
+            try:
+                manifest = {
+                    "algorithm": self._algorithm, "kind": "fastadam-sharded-checkpoint",
+                    "token": token, "world_size": n, "files": names,
+                    "spaces": [[sp.dtype.str, sp.size, [int(b) for b in sp.bounds],
+                                list(rows[sp.dtype.str])] for sp in self._spaces],
+                    "params": [[p.dtype.str, list(p.shape)] for p in self._params],
+                    "steps": [int(s) for s in self._steps],
+                    "param_groups": self._groups_for_dict(), "average": self._average,
+                    "skipped_steps": self.skipped_steps}
+                _ckpt.save(_Holder(manifest), os.path.join(directory, _MANIFEST))
+                for f in os.listdir(directory):       # shards of older saves
+                    m = _SHARD_RE.match(f)
+                    if m and m.group(1) != token:
+                        try:
+                            os.unlink(os.path.join(directory, f))
+                        except OSError:
+                            pass
+            except Exception as e:
+                err = e
+        self._agree(err)
+
+    def load_sharded(self, directory):
+        """Load a checkpoint written by :meth:`save_sharded` on any number of ranks
+        (collective): each rank reads the shard files overlapping its own shard. Every
+        file is verified (checksum, save token, ranges) and everything is checked on
+        every rank before anything is written; an error anywhere raises everywhere."""
+        directory = os.fspath(directory)
+        err = rows = new_groups = steps = skipped = None
+        try:
+            path = os.path.join(directory, _MANIFEST)
+            if not os.path.exists(path):
+                raise ValueError(f"{directory} holds no sharded checkpoint (no {_MANIFEST})")
+            man = _ckpt.read_checkpoint(path)
+            if man.get("kind") != "fastadam-sharded-checkpoint":
+                raise ValueError(f"{path} is not a sharded checkpoint manifest")
+            if man.get("algorithm") != self._algorithm:
+                raise ValueError(f"checkpoint {directory} holds a {man.get('algorithm')!r} "
+                                 f"optimizer's state; this optimizer is {self._algorithm!r}")
+            mine = [[p.dtype.str, list(p.shape)] for p in self._params]
+            if man.get("params") != mine:
+                raise ValueError(f"checkpoint {directory} was written for other parameters "
+                                 "(shapes/dtypes differ)")
+            new_groups, skipped = self._check_full_groups(
+                {"algorithm": man["algorithm"], "state": {}, "average": man.get("average"),
+                 "param_groups": man["param_groups"],
+                 "skipped_steps": man.get("skipped_steps", 0)})
+            steps = man["steps"]
+            if not (isinstance(steps, list) and len(steps) == len(self.param_groups)
+                    and all(isinstance(s, int) and 0 <= s < C.MAX_STEP for s in steps)):
+                raise ValueError(f"checkpoint {directory}: malformed step counts")
+            files, token, old_n = man["files"], man["token"], man["world_size"]
+            spaces = {d: (size, np.array(b, dtype=np.int64), keys)
+                      for d, size, b, keys in man["spaces"]}
+            cache = {}
+            rows = {}
+            for sp in self._spaces:
+                size, b, keys = spaces[sp.dtype.str]
+                if size != sp.size or len(b) != old_n + 1 or b[0] != 0 or b[-1] != size \
+                        or (np.diff(b) < 0).any():
+                    raise ValueError(f"checkpoint {directory}: malformed shard bounds")
+                r = rows[sp.dtype.str] = {k: np.empty(sp.hi - sp.lo, sp.dtype) for k in keys}
+                for q in range(old_n):
+                    lo, hi = max(b[q], sp.lo), min(b[q + 1], sp.hi)
+                    if hi <= lo:
+                        continue
+                    if q not in cache:
+                        f = os.path.join(directory, files[q])
+                        sh = _ckpt.read_checkpoint(f)
+                        if (sh.get("kind") != "fastadam-shard" or sh.get("token") != token
+                                or sh.get("rank") != q or sh.get("world_size") != old_n):
+                            raise ValueError(f"{f} does not belong to the checkpoint in "
+                                             f"{directory} (a file from another save)")
+                        cache[q] = sh
+                    sh = cache[q]
+                    rng = sh["ranges"].get(sp.dtype.str)
+                    if rng != [int(b[q]), int(b[q + 1])]:
+                        raise ValueError(f"{files[q]}: shard range {rng} does not match "
+                                         "the manifest")
+                    for k in keys:
+                        src = sh["rows"][sp.dtype.str][k]
+                        if src.dtype != sp.dtype or src.shape != (b[q + 1] - b[q],):
+                            raise ValueError(f"{files[q]}: {k} has the wrong dtype or size")
+                        r[k][lo - sp.lo:hi - sp.lo] = src[lo - b[q]:hi - b[q]]
+        except Exception as e:
+            err = e
+        self._agree(err)
+        self._install(rows, steps, new_groups, skipped)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a ShardedOptimizer holds an MPI communicator and cannot be copied "
+                        "or pickled; checkpoint it with save_sharded() or "
+                        "consolidate_state_dict() + state_dict()")
+
+    def __repr__(self):
+        return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank {self._rank} of "
+                f"{self._size}, shards {self.shard_ranges})")
+
+
+class _Holder:
+    """Gives checkpoint.save a plain dict to write."""
+
+    def __init__(self, d):
+        self._d = d
+
+    def state_dict(self):
+        return self._d
