@@ -183,6 +183,41 @@ def test_users_layer_choice_is_honoured(code):
     _check_ok(proc, expect_layer="workqueue")
 
 
+NO_TBB_FALLBACK = """
+    import os, warnings
+    import numpy as np
+    import fastadam as fa
+    from fastadam import config
+    config._load_tbb = lambda: False               # as on a platform without tbb wheels
+    n = 2 * config.PARALLEL_THRESHOLD
+    p = np.zeros(n, np.float32); g = np.ones_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(1, 4):
+            fa.adam_step(p, g, m, v, step=t)
+            fa.Adam([p]).step([g])
+    slow = [str(w.message) for w in caught
+            if issubclass(w.category, config.SlowThreadingLayerWarning)]
+    user_chose = bool(os.environ.get("NUMBA_THREADING_LAYER"))
+    assert len(slow) == (0 if user_chose else 1), slow
+    for text in slow:
+        assert "'workqueue'" in text and "tbb" in text and "NUMBA_THREADING_LAYER" in text
+    assert config._launch_lock is not None
+    print("LAYER", fa.threading_layer(), "OK")
+"""
+
+
+@needs_two
+@pytest.mark.parametrize("chosen", ["", "workqueue"], ids=["fallback", "user-chose"])
+def test_without_tbb_workqueue_runs_and_warns_once_unless_chosen(chosen):
+    # Without TBB fastadam falls back to workqueue (locked) and says so once; a layer the
+    # user chose runs without a warning.
+    proc = run_python(NO_TBB_FALLBACK, env={"NUMBA_THREADING_LAYER": chosen,
+                                            "NUMBA_NUM_THREADS": "2"})
+    _check_ok(proc, expect_layer="workqueue")
+
+
 def test_thread_controls_settle_the_layer_first():
     # set_num_threads starts numba's pool; fastadam must have chosen the layer by then.
     proc = run_python("""
