@@ -658,8 +658,11 @@ def _worker_main(argv):
 
 
 if __name__ == "__main__":
+    # Only the internal worker protocol: the command line lives in cli.py, which imports
+    # this module (never the other way round).
     if len(sys.argv) >= 2 and sys.argv[1] == "worker":
         _worker_main(sys.argv[2:])
     else:
-        from .cli import main
-        sys.exit(main(["bench"] + sys.argv[1:]))
+        print("usage: python -m fastadam bench [options]  (or: fastadam bench)",
+              file=sys.stderr)
+        sys.exit(2)
