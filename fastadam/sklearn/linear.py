@@ -23,12 +23,26 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     ``classes_``, ``n_iter_`` (epochs), ``t_`` (samples seen), ``loss_``,
     ``loss_curve_``, ``best_loss_``, ``validation_scores_``, ``best_validation_score_``,
     ``optimizer_``, ``optimizer_time_``, ``n_features_in_``.
+
+    ``learning_rate_init`` defaults to 1e-2 for the linear estimators (the MLPs keep
+    scikit-learn's 1e-3). Adam moves each weight by about ``learning_rate_init`` per step,
+    and a linear model on standardised data needs weights of order 0.1-1 within the
+    default 200 epochs, which with small data are only a few hundred steps.
+    ``scripts/linear_defaults.py`` measures it (held-out score with all other defaults,
+    75/25 split; closed-form optimum in brackets): with 1e-2 ``AdamRegressor`` reaches
+    R^2 0.814 [0.821] on 200 x 10 regression data (1e-3: 0.113, still far from
+    converged after 200 epochs), 0.350 [0.359] on diabetes and 0.998 [0.998] on 2000 x 20
+    data in 21 epochs (1e-3: 108), with standardised targets; ``AdamClassifier`` reaches
+    0.972 / 0.962 / 1.000 / 0.894 accuracy on breast_cancer / digits / wine / 5000 x 20
+    synthetic data, at or above 1e-3's 0.951 / 0.938 / 0.956 / 0.894 and in 55 epochs
+    instead of 190 on the last. 1e-1 is faster still but overshoots (R^2 0.773 on the
+    first set).
     """
 
     _linear = True
 
     def __init__(self, loss="log_loss", *, alpha=1e-4, fit_intercept=True,
-                 learning_rate_init=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  random_state=None, warm_start=False, verbose=False):
@@ -78,12 +92,19 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     ``intercept_`` (1,) or (n_outputs,) - views of one flat buffer; ``n_iter_``, ``t_``,
     ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
     ``best_validation_score_``, ``optimizer_``, ``optimizer_time_``, ``n_features_in_``.
+
+    Defaults: see :class:`AdamClassifier` for the measurement behind
+    ``learning_rate_init=1e-2``. Standardise the targets as well as the features (e.g.
+    ``TransformedTargetRegressor(AdamRegressor(), transformer=StandardScaler())``):
+    Adam's steps do not grow with the size of the error, so with raw targets of mean
+    152 and spread 77 (diabetes) 200 epochs leave R^2 below 0 at any learning rate up
+    to 1e-1.
     """
 
     _linear = True
 
     def __init__(self, loss="squared_error", *, huber_delta=1.0, alpha=1e-4,
-                 fit_intercept=True, learning_rate_init=1e-3, beta_1=0.9, beta_2=0.999,
+                 fit_intercept=True, learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  shuffle=True, random_state=None, warm_start=False, verbose=False):
