@@ -218,6 +218,27 @@ def test_without_tbb_workqueue_runs_and_warns_once_unless_chosen(chosen):
     _check_ok(proc, expect_layer="workqueue")
 
 
+def test_use_parallel_follows_the_calling_threads_count(monkeypatch):
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 10)
+    with fa.threads(1):
+        assert not config.use_parallel(100)
+    if MAX_THREADS > 1:
+        with fa.threads(2):
+            assert config.use_parallel(100)
+    assert not config.use_parallel(9)
+
+
+def test_portable_mode_asks_numba_for_the_thread_count():
+    proc = run_python("""
+        import numba
+        from fastadam import config
+        config.ensure_threading()
+        assert config._thread_count is numba.get_num_threads, config._thread_count
+        print("OK")
+    """, env={"FASTADAM_PORTABLE": "1"})
+    _check_ok(proc)
+
+
 def test_thread_controls_settle_the_layer_first():
     # set_num_threads starts numba's pool; fastadam must have chosen the layer by then.
     proc = run_python("""
