@@ -16,7 +16,8 @@ Timing: after a warm-up (JIT compile, page faults), a sample is ``inner`` consec
 steps (``inner`` chosen so a sample lasts >= ~2 ms), repeated for a time budget that
 shrinks with size; we report the median time per step and the spread (25th-75th
 percentile). Cold start (import + first step in a fresh process, beyond ``import numba``)
-is measured by spawning fresh interpreters.
+is measured by spawning fresh interpreters. docs/performance.md (in the repository)
+explains the model, each figure and the targets checked by :func:`targets`.
 
 The worker protocol (``python -m fastadam.bench worker IMPL SPEC_JSON``) is internal.
 """
@@ -409,7 +410,8 @@ def _sec(d, *keys):
 
 
 def targets(res):
-    """Each target of PERFORMANCE.md with its measured ratio and whether it is met."""
+    """Each target of docs/performance.md ("Current targets") with its measured ratio and
+    whether it is met."""
     fa, peers = res["fastadam"], res["peers"]
     torch = peers.get("torch", {})
     rows = []
@@ -530,7 +532,7 @@ def format_report(res):
         if p in peers and "error" in peers[p]:
             lines.append(f"peer {p}: {peers[p]['error']}")
     lines.append("")
-    lines.append("Targets (shared/PERFORMANCE.md), measured in this run:")
+    lines.append("Targets (docs/performance.md in the fastadam repository), measured in this run:")
     for t in res["targets"]:
         if t["met"] is None:
             status = "info" if t["target"] == "-" and t["measured"] is not None else "not measured"
@@ -656,8 +658,11 @@ def _worker_main(argv):
 
 
 if __name__ == "__main__":
+    # Only the internal worker protocol: the command line lives in cli.py, which imports
+    # this module (never the other way round).
     if len(sys.argv) >= 2 and sys.argv[1] == "worker":
         _worker_main(sys.argv[2:])
     else:
-        from .cli import main
-        sys.exit(main(["bench"] + sys.argv[1:]))
+        print("usage: python -m fastadam bench [options]  (or: fastadam bench)",
+              file=sys.stderr)
+        sys.exit(2)

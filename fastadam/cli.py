@@ -34,7 +34,8 @@ def _parser():
                        "floor kernel (same bytes, trivial math), fastadam float32/float64, "
                        "NumPy and torch fused Adam (each in its own process), the object "
                        "API, many arrays, threads, cold start; then check the targets of "
-                       "PERFORMANCE.md. Progress goes to stderr.")
+                       "docs/performance.md (in the fastadam repository). Progress goes "
+                       "to stderr.")
     b.add_argument("--sizes", type=_sizes, default=None,
                    help="comma-separated parameter counts (default: 1e3,1e4,...,up to "
                    "--max-size)")

@@ -1,15 +1,23 @@
 """Runtime configuration: threads, threading layer, parallel threshold, cache, numba flags.
 
-One place for every knob that changes how kernels are compiled or launched. Importing
-this module chooses numba's threading layer (before any parallel kernel has run):
+One place for every knob that changes how kernels are compiled or launched.
 
-* ``tbb`` when the TBB runtime can be loaded: thread-safe and fork-safe.
+``import fastadam`` does not touch numba's threading configuration. The first time
+fastadam needs a parallel launch (a buffer of at least ``PARALLEL_THRESHOLD`` elements),
+or is asked about threads, :func:`ensure_threading` settles numba's threading layer once:
+
+* ``tbb`` when the TBB runtime can be loaded (a pip-installed libtbb is loaded by full
+  path first, since the dynamic loader does not search ``<prefix>/lib``): thread-safe
+  and fork-safe.
 * otherwise ``workqueue``, with a process-wide lock around parallel launches, because
-  that layer aborts the process when two Python threads launch kernels at once.
+  that layer aborts the process when two Python threads launch kernels at once; a
+  :class:`SlowThreadingLayerWarning` says so, once. (tbb is a core dependency wherever
+  PyPI has wheels for it, so this is the case only on other platforms.)
 
-``omp`` is never chosen by us (not fork-safe, and slow when the cores are busy); if the
-user forces it with ``NUMBA_THREADING_LAYER`` we honour it, serialise launches, and run
-serially in forked children.
+``omp`` is never chosen by us (not fork-safe, and slow when the cores are busy). A layer
+the user chose (``NUMBA_THREADING_LAYER``, ``numba.config.THREADING_LAYER``, or numba's
+pool already started by other code) is honoured: launches are serialised unless it is
+tbb, and with omp forked children run serially. See docs/threading.md.
 
 Kernels are compiled with ``cache=True``. Numba caches them in the package's
 ``kernels/__pycache__``; when that is not writable (a read-only install) numba itself
@@ -108,50 +116,142 @@ def cache_dir() -> str:
     return _CACHE_DIR
 
 
+def _tbb_library_dirs():
+    """Where a pip-installed TBB puts its shared library: ``<prefix>/lib`` (Linux, macOS)
+    or ``<prefix>/Library/bin`` (Windows), for the interpreter's prefixes, a conda
+    environment and the user scheme (``pip install --user``)."""
+    import site
+    prefixes = [sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")]
+    try:
+        prefixes.append(site.getuserbase())
+    except Exception:  # noqa: BLE001 - site may be stubbed out in embedded interpreters
+        pass
+    seen = []
+    for prefix in prefixes:
+        for sub in (("lib",), ("Library", "bin")):
+            d = os.path.join(prefix, *sub) if prefix else ""
+            if d and d not in seen and os.path.isdir(d):
+                seen.append(d)
+    return seen
+
+
+#: File names of the TBB runtime numba's tbb layer links against (ABI 12: oneTBB 2021+).
+_TBB_PATTERNS = ("libtbb.so.12*", "libtbb.12*.dylib", "tbb12.dll")
+
+
 def _load_tbb() -> bool:
-    """Make numba's tbb layer loadable: in a venv libtbb lives in <prefix>/lib, which the
-    dynamic loader does not search, so load it globally before numba's first launch."""
+    """Make numba's tbb layer loadable. pip puts libtbb in <prefix>/lib, which the dynamic
+    loader does not search, so load it globally (by full path) before numba's first
+    launch. Returns whether numba's tbb layer can now be imported."""
     try:
         from numba.np.ufunc import tbbpool  # noqa: F401  (succeeds when libtbb resolves)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not loadable this way"
         pass
-    for prefix in {sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")}:
-        if not prefix:
-            continue
-        for lib in sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.1[2-9]*"))):
-            try:
-                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-                from numba.np.ufunc import tbbpool  # noqa: F401,F811
-                return True
-            except Exception:
-                continue
+    for d in _tbb_library_dirs():
+        for pattern in _TBB_PATTERNS:
+            for lib in sorted(glob.glob(os.path.join(d, pattern))):
+                try:
+                    if os.name == "nt" and hasattr(os, "add_dll_directory"):
+                        os.add_dll_directory(d)
+                    ctypes.CDLL(lib, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+                    from numba.np.ufunc import tbbpool  # noqa: F401,F811
+                    return True
+                except Exception:  # noqa: BLE001
+                    continue
     return False
 
 
-def _choose_layer() -> str:
-    requested = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
-    if requested and requested != "default":
-        return requested
-    if _load_tbb():
-        layer = "tbb"
+# ---------------------------------------------------------------- threading layer, lazily
+# Nothing below runs at import: ``import fastadam`` leaves numba's configuration alone.
+# The first time fastadam needs a parallel launch (or is asked about threads),
+# ensure_threading() settles the layer once:
+#
+# * numba's pool already running (the user's own parallel code ran first): use its layer.
+# * NUMBA_THREADING_LAYER / numba.config.THREADING_LAYER set to anything but "default":
+#   the user's choice, honoured (libtbb is made loadable if the choice may pick tbb).
+# * otherwise tbb when its runtime can be loaded, else workqueue (never omp: it is not
+#   fork-safe and its spinning threads slow down by 10x and more on busy cores), and
+#   numba.config.THREADING_LAYER is set to that name.
+#
+# Layers that are not thread-safe get a process-wide lock around parallel launches.
+
+class SlowThreadingLayerWarning(RuntimeWarning):
+    """Issued once, at the first parallel launch, when TBB could not be loaded and
+    fastadam fell back to a slower threading layer the user did not choose."""
+
+
+_layer = None          # the layer in use, once ensure_threading() has run
+_user_chose = False    # whether the user chose the layer (no warning then)
+_state_lock = threading.Lock()
+# Serialise parallel launches for layers that are not thread-safe (None: no lock needed).
+_launch_lock = None
+# GNU OpenMP deadlocks in forked children; after a fork run everything serially.
+_forked_child = False
+# The calling thread's numba thread count, read once the pool runs (see _settle_threading).
+_thread_count = numba.get_num_threads
+
+
+def _requested_layer() -> str:
+    """The layer the user asked numba for ("default" when none)."""
+    env = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    cfg = str(getattr(numba.config, "THREADING_LAYER", "default") or "default").lower()
+    return cfg if cfg != "default" else (env or "default")
+
+
+def _settle_threading() -> str:
+    global _layer, _user_chose, _launch_lock, _thread_count
+    from numba.np.ufunc import parallel as numba_parallel
+    if numba_parallel._is_initialized:                  # someone launched before us
+        _user_chose = True
     else:
-        layer = "workqueue"
-    numba.config.THREADING_LAYER = layer
+        requested = _requested_layer()
+        _user_chose = requested != "default"
+        if requested in ("default", "tbb", "safe", "threadsafe", "forksafe"):
+            have_tbb = _load_tbb()
+        else:
+            have_tbb = False
+        if not _user_chose:
+            numba.config.THREADING_LAYER = "tbb" if have_tbb else "workqueue"
+        numba_parallel._launch_threads()                # raises if the choice cannot load
+    layer = numba.threading_layer()
+    _launch_lock = threading.Lock() if layer != "tbb" else None
+    # numba.get_num_threads() re-enters numba's pool start-up (a process-wide lock) on
+    # every call: 4.7-5.5 us measured here (2 busy cores), paid by every parallel launch.
+    # Once the pool runs, it ends in numba's own getter of the calling thread's count,
+    # which we call directly: use_parallel(1e6) 6.3 -> 1.2 us in the same run. A private
+    # numba name, so only when present, and not with FASTADAM_PORTABLE=1.
+    from .kernels.unsafe import PORTABLE          # shortcut 4 of kernels/unsafe.py
+    direct = getattr(numba_parallel, "_get_num_threads", None)
+    if callable(direct) and not PORTABLE:
+        _thread_count = direct
+    _layer = layer
+    if layer != "tbb" and not _user_chose:
+        import warnings
+        warnings.warn(
+            f"fastadam: numba's tbb threading layer is not available (no TBB runtime "
+            f"found; `pip install tbb` where wheels exist), so parallel steps run on "
+            f"{layer!r}: each parallel launch costs ~30 us more (steps of 1e5 float32 "
+            f"parameters 2-4x slower) and concurrent steps from several Python threads "
+            f"take turns. Set NUMBA_THREADING_LAYER to choose a layer and silence this "
+            f"warning; see docs/threading.md.", SlowThreadingLayerWarning, stacklevel=4)
     return layer
 
 
-THREADING_LAYER: str = _choose_layer()
-
-# Serialise parallel launches for layers that are not thread-safe.
-_launch_lock = threading.Lock() if THREADING_LAYER != "tbb" else None
-# omp (GNU) deadlocks in forked children; after a fork run everything serially.
-_forked_child = False
+def ensure_threading() -> str:
+    """Settle numba's threading layer for fastadam (once; later calls return at once) and
+    return its name. Called by every parallel launch and thread control."""
+    if _layer is not None:
+        return _layer
+    with _state_lock:
+        if _layer is not None:
+            return _layer
+        return _settle_threading()
 
 
 def _after_fork_in_child() -> None:
     global _forked_child, _launch_lock
-    _forked_child = THREADING_LAYER not in ("tbb", "workqueue")
+    _forked_child = _layer is not None and _layer not in ("tbb", "workqueue")
     if _launch_lock is not None:
         _launch_lock = threading.Lock()  # a lock held by a parent thread is gone
 
@@ -161,24 +261,32 @@ if hasattr(os, "register_at_fork"):
 
 
 def launch_lock():
-    """Context manager guarding a parallel launch (a no-op under tbb)."""
+    """Context manager guarding a parallel launch (a no-op under tbb). Valid after
+    :func:`use_parallel` returned True."""
     return _launch_lock if _launch_lock is not None else contextlib.nullcontext()
 
 
 def use_parallel(n: int) -> bool:
-    """Whether a buffer of ``n`` elements should run the parallel kernel."""
-    return n >= PARALLEL_THRESHOLD and not _forked_child and numba.get_num_threads() > 1
+    """Whether a buffer of ``n`` elements should run the parallel kernel. Settles the
+    threading layer on the first call that says yes (see :func:`ensure_threading`)."""
+    if n < PARALLEL_THRESHOLD or _forked_child:
+        return False
+    if _layer is None:
+        ensure_threading()
+        if _forked_child:
+            return False
+    return _thread_count() > 1
 
 
 def threading_layer() -> str:
-    """The threading layer numba uses (or will use) for fastadam's parallel kernels."""
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel launch yet
-        return THREADING_LAYER
+    """The threading layer fastadam's parallel kernels run on (settles it, see
+    :func:`ensure_threading`)."""
+    return ensure_threading()
 
 
 def get_num_threads() -> int:
+    """Threads a parallel kernel uses."""
+    ensure_threading()
     return numba.get_num_threads()
 
 
@@ -189,6 +297,7 @@ def set_num_threads(n: int) -> None:
     thread with the same arithmetic."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    ensure_threading()
     n = int(n)
     hi = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= hi:
@@ -200,6 +309,7 @@ def set_num_threads(n: int) -> None:
 def threads(n: int):
     """``with fastadam.threads(1): ...`` runs the block with ``n`` threads, then restores
     the previous count, even when the block raises."""
+    ensure_threading()
     old = numba.get_num_threads()
     set_num_threads(n)
     try:

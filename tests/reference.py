@@ -1,4 +1,4 @@
-"""The slow, obvious float64 oracle, written from the formulas in shared/DESIGN.md
+"""The slow, obvious float64 oracle, written from the formulas in docs/numerics.md
 (and Kingma & Ba, Algorithm 1 / end of section 2). No cleverness: every test compares
 fastadam against this."""
 import numpy as np

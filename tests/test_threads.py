@@ -91,7 +91,165 @@ def test_threads_context_invalid_count_changes_nothing():
 
 def test_threading_layer_is_reported():
     assert fa.threading_layer() in ("tbb", "workqueue", "omp")
-    assert config.THREADING_LAYER in ("tbb", "workqueue", "omp")
+    assert config.ensure_threading() == fa.threading_layer() == numba.threading_layer()
+
+
+# ---------------------------------------------------------------- no surprises at import
+IMPORT_LEAVES_NUMBA_ALONE = """
+    import os, sys
+    import numba
+    from numba.np.ufunc import parallel as P
+    before = numba.config.THREADING_LAYER
+
+    def tbb_mapped():
+        if not os.path.exists("/proc/self/maps"):
+            return False
+        with open("/proc/self/maps") as f:
+            return "libtbb" in f.read()
+
+    import numpy as np
+    import fastadam as fa
+    from fastadam import config
+    assert numba.config.THREADING_LAYER == before, numba.config.THREADING_LAYER
+    assert not P._is_initialized, "import fastadam started numba's thread pool"
+    assert not tbb_mapped(), "import fastadam loaded libtbb"
+    # Small buffers run serially and settle nothing either.
+    p = np.zeros(1000, np.float32); g = np.ones_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    fa.adam_step(p, g, m, v, step=1)
+    fa.Adam([p]).step([g])
+    assert not P._is_initialized and config._layer is None
+    assert numba.config.THREADING_LAYER == before
+    # The first parallel launch settles the layer, once.
+    n = 2 * config.PARALLEL_THRESHOLD
+    p = np.zeros(n, np.float32); g = np.ones_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    fa.adam_step(p, g, m, v, step=1)
+    assert P._is_initialized
+    layer = numba.threading_layer()
+    assert config._layer == layer == fa.threading_layer()
+    print("LAYER", layer, "MAPPED", tbb_mapped(), "OK")
+"""
+
+
+def test_import_does_not_touch_numba_threading():
+    proc = run_python(IMPORT_LEAVES_NUMBA_ALONE,
+                      env={"NUMBA_THREADING_LAYER": "", "FASTADAM_PARALLEL_THRESHOLD": ""})
+    _check_ok(proc)
+    if numba.config.NUMBA_NUM_THREADS > 1 and fa.threading_layer() == "tbb":
+        # tbb is loadable here, so the first parallel launch chose it (and loaded libtbb).
+        assert "LAYER tbb" in proc.stdout, proc.stdout
+        if sys.platform.startswith("linux"):
+            assert "MAPPED True" in proc.stdout, proc.stdout
+
+
+USER_LAYER_IN_CODE = """
+    import numpy as np
+    import numba
+    import fastadam as fa
+    from fastadam import config
+    numba.config.THREADING_LAYER = "workqueue"     # set in code after import fastadam
+    n = 2 * config.PARALLEL_THRESHOLD
+    p = np.zeros(n, np.float32); g = np.ones_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    fa.adam_step(p, g, m, v, step=1)
+    assert config._launch_lock is not None         # workqueue is not thread-safe
+    print("LAYER", fa.threading_layer(), "OK")
+"""
+
+POOL_STARTED_FIRST = """
+    import numpy as np
+    import numba
+    numba.config.THREADING_LAYER = "workqueue"
+
+    @numba.njit(parallel=True)
+    def user_kernel(x):
+        for i in numba.prange(x.shape[0]):
+            x[i] += 1.0
+
+    user_kernel(np.zeros(10))                      # the user's own pool starts first
+    import fastadam as fa
+    from fastadam import config
+    assert config.ensure_threading() == "workqueue"
+    assert config._launch_lock is not None
+    print("LAYER", fa.threading_layer(), "OK")
+"""
+
+
+@pytest.mark.parametrize("code", [USER_LAYER_IN_CODE, POOL_STARTED_FIRST],
+                         ids=["config-set-in-code", "pool-started-first"])
+def test_users_layer_choice_is_honoured(code):
+    proc = run_python(code, env={"NUMBA_THREADING_LAYER": ""})
+    _check_ok(proc, expect_layer="workqueue")
+
+
+NO_TBB_FALLBACK = """
+    import os, warnings
+    import numpy as np
+    import fastadam as fa
+    from fastadam import config
+    config._load_tbb = lambda: False               # as on a platform without tbb wheels
+    n = 2 * config.PARALLEL_THRESHOLD
+    p = np.zeros(n, np.float32); g = np.ones_like(p)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(1, 4):
+            fa.adam_step(p, g, m, v, step=t)
+            fa.Adam([p]).step([g])
+    slow = [str(w.message) for w in caught
+            if issubclass(w.category, config.SlowThreadingLayerWarning)]
+    user_chose = bool(os.environ.get("NUMBA_THREADING_LAYER"))
+    assert len(slow) == (0 if user_chose else 1), slow
+    for text in slow:
+        assert "'workqueue'" in text and "tbb" in text and "NUMBA_THREADING_LAYER" in text
+    assert config._launch_lock is not None
+    print("LAYER", fa.threading_layer(), "OK")
+"""
+
+
+@needs_two
+@pytest.mark.parametrize("chosen", ["", "workqueue"], ids=["fallback", "user-chose"])
+def test_without_tbb_workqueue_runs_and_warns_once_unless_chosen(chosen):
+    # Without TBB fastadam falls back to workqueue (locked) and says so once; a layer the
+    # user chose runs without a warning.
+    proc = run_python(NO_TBB_FALLBACK, env={"NUMBA_THREADING_LAYER": chosen,
+                                            "NUMBA_NUM_THREADS": "2"})
+    _check_ok(proc, expect_layer="workqueue")
+
+
+def test_use_parallel_follows_the_calling_threads_count(monkeypatch):
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 10)
+    with fa.threads(1):
+        assert not config.use_parallel(100)
+    if MAX_THREADS > 1:
+        with fa.threads(2):
+            assert config.use_parallel(100)
+    assert not config.use_parallel(9)
+
+
+def test_portable_mode_asks_numba_for_the_thread_count():
+    proc = run_python("""
+        import numba
+        from fastadam import config
+        config.ensure_threading()
+        assert config._thread_count is numba.get_num_threads, config._thread_count
+        print("OK")
+    """, env={"FASTADAM_PORTABLE": "1"})
+    _check_ok(proc)
+
+
+def test_thread_controls_settle_the_layer_first():
+    # set_num_threads starts numba's pool; fastadam must have chosen the layer by then.
+    proc = run_python("""
+        import numba
+        import fastadam as fa
+        from fastadam import config
+        fa.set_num_threads(1)
+        assert config._layer == numba.threading_layer()
+        print("LAYER", config._layer, "OK")
+    """, env={"NUMBA_THREADING_LAYER": ""})
+    _check_ok(proc)
 
 
 @pytest.mark.parametrize("text,expected", [("", 5), ("1000", 1000), ("1e5", 100000),
@@ -236,7 +394,7 @@ def _check_ok(proc, expect_layer=None):
 def test_concurrent_steps_from_python_threads_default_layer():
     # Threshold 0: every launch is parallel, the case that aborts an unguarded workqueue.
     proc = run_python(CONCURRENT, env={"FASTADAM_PARALLEL_THRESHOLD": "0"})
-    _check_ok(proc, expect_layer=config.THREADING_LAYER)
+    _check_ok(proc, expect_layer=fa.threading_layer())
 
 
 @needs_two

@@ -73,7 +73,7 @@ class Floor(_Threads):
 
 class PercentOfFloor:
     """Plain float32/float64 step as % of the floor kernel, timed interleaved in one
-    process (the ratio PERFORMANCE.md's targets are stated in). Higher is better."""
+    process (the ratio docs/performance.md's targets are stated in). Higher is better."""
     params = [[10**5, 10**6, 10**7], DTYPES]
     param_names = ["size", "dtype"]
     unit = "%"
@@ -126,7 +126,7 @@ class ManyArrays:
 
 class SmallObjectStep:
     """The per-call cost: Adam object over 1e3 float32 parameters in 2 arrays
-    (PERFORMANCE.md target: >= 25 x torch fused). 10 steps per call."""
+    (docs/performance.md target: >= 25 x torch fused). 10 steps per call."""
 
     def setup(self):
         self.params = [buffers(500, "float32", seed=i)[0] for i in range(2)]
@@ -142,7 +142,7 @@ class SmallObjectStep:
 
 class ColdStart:
     """A fresh interpreter: import numba, import fastadam, first adam_step (float32 1e3).
-    time_* include interpreter start-up; track_* is the PERFORMANCE.md figure (seconds
+    time_* include interpreter start-up; track_* is the docs/performance.md figure (seconds
     beyond ``import numba``, target <= 0.5 s with a warm cache)."""
     number = 1
     repeat = 3
