@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from ..config import JIT_OPTIONS
+from .approx import div
 from .common import (ADAM, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, OMB2,
                      STEP_SIZE, WD, WD_DECOUPLED, WD_L2)
 
@@ -63,7 +64,7 @@ def update(p, g, m, v, vmax, pbar, sc, wd_mode, amsgrad, scale_grad, average):
             vm = vmax[i]
             vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
             vmax[i] = vi
-        pi = pi - step_size * (mi / (np.sqrt(vi) + eps))
+        pi = pi - step_size * div(mi, np.sqrt(vi) + eps)
         p[i] = pi
         if average:
             pbar[i] = ab * pbar[i] + omab * pi
