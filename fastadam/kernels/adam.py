@@ -64,7 +64,7 @@ def update(p, g, m, v, vmax, pbar, sc, wd_mode, amsgrad, scale_grad, average):
             vm = vmax[i]
             vi = vi if (vi > vm or vi != vi) else vm   # NaN-propagating max
             vmax[i] = vi
-        pi = pi - step_size * div(mi, np.sqrt(vi) + eps)
+        pi = pi - step_size * div(mi, np.sqrt(vi) + eps, eps)
         p[i] = pi
         if average:
             pbar[i] = ab * pbar[i] + omab * pi

@@ -15,7 +15,6 @@ from __future__ import annotations
 from numba import njit
 
 from ..config import JIT_OPTIONS
-from .approx import div
 from .common import (ADAMAX, AVG_B, B1, B2, EPS_EFF, GRAD_SCALE, OMAVG_B, OMB1, STEP_SIZE,
                      WD, WD_L2)
 
@@ -44,7 +43,7 @@ def update(p, g, m, u, vmax, pbar, sc, wd_mode, scale_grad, average):
         ui = a if (a > ui or a != a) else ui          # NaN-propagating max
         m[i] = mi
         u[i] = ui
-        pi = pi - step_size * div(mi, ui)
+        pi = pi - step_size * (mi / ui)
         p[i] = pi
         if average:
             pbar[i] = ab * pbar[i] + omab * pi

@@ -1,32 +1,38 @@
 """Fast float32 division for the element updates: a hardware reciprocal estimate refined
 with fused multiply-adds, instead of an exact divide.
 
-``div(a, b)`` is ``a / b``. For float32 operands, on an x86 CPU with AVX2 and FMA (and
-unless ``FASTADAM_EXACT=1``), it is computed as::
+``div(a, b, lo)`` is ``a / b`` for a denominator ``b >= lo >= 0``. For float32
+operands, on an x86 CPU with AVX2 and FMA (and unless ``FASTADAM_EXACT=1``), it is::
 
     r0 = rcp(b)                    # vrcpps / vrcp14ps / vrcpss: >= 11.4 correct bits
     e  = 1 - b * r0                # one fma: r0's relative error, exactly
     r  = r0 + r0 * (e + e * e)     # two fmas: relative error ~ e**3 < 2**-33
     q  = a * r
 
-with explicit edge handling (below), so that an element update that divides with it is
-within 2 ulp of the same update with an exact divide (``tests/test_approx.py`` sweeps
-this). It replaces one ``vdivps`` (the slowest vector instruction after ``vsqrtps``) by
-one estimate and four multiply/fma operations, which run on the two FMA ports while the
-divider computes the square root. The square root itself stays exact: an estimate-based
-square root with the edge handling it needs (0, denormals, inf) measured slower here.
+plus edge handling (below), so that an update that divides with it is within 2 ulp of
+the same update with an exact divide (measured: within 1 ulp, about 1 element in 5 off
+by one; ``tests/test_approx.py`` sweeps it). That replaces one ``vdivps`` (the slowest
+vector instruction after ``vsqrtps``) by an estimate and six cheap vector operations
+that run beside the divider computing the square root. The square root stays exact:
+an estimate-based square root with the edge handling it needs (0, denormals, inf)
+measured slower than ``vsqrtps`` here.
 
-Edges, all handled without branches (the loop stays vectorised):
+Edges, handled without per-element branches (the loop stays vectorised):
 
-* ``b`` outside [2**-64, 2**64] (zero, denormal, huge): the estimate would flush or
-  overflow, so both operands are scaled by 2**64 or 2**-64 first (a / b is unchanged).
 * ``b`` = ±0 or ±inf: the refinement produces NaN (0 * inf); ``r`` is then the raw
   estimate (±inf for ±0, ±0 for ±inf), so ``a * r`` is exactly IEEE's ``a / b``
-  (±inf, ±0, or NaN for 0/0, inf/inf).
-* NaN in either operand propagates.
+  (±inf, ±0, or NaN for 0/0, inf/inf). NaN in either operand propagates.
+* ``b`` denormal: the estimate flushes it to zero. Only possible when ``lo`` < 2**-126
+  (eps = 0 or a denormal eps); then both operands below 2**-64 are first multiplied by
+  2**64 (exact, a / b unchanged). ``lo`` is loop-invariant, so LLVM hoists that test
+  out of the loop and compiles two loop versions: the usual eps > 0 never pays for it.
+* ``b`` must be >= 0 (or -0, inf, NaN), as the updates' are (``sqrt(v) + eps``,
+  AdaMax's ``u``), and at most 2**126 (8.5e37; above it the estimate flushes 1/b to
+  zero): ``sqrt(v) + eps`` is below 2**65 for every float32 ``v`` and eps <= 1, and
+  AdaMax's ``u`` exceeds 2**126 only for gradients that large.
 
-Float64 always divides exactly (x86 has no double-precision estimate before AVX-512,
-and ``rcp14pd`` plus the refinement it needs measured no faster than ``vdivpd``).
+Float64 always divides exactly (the double-precision estimate needs AVX-512 and more
+refinement; not attempted).
 
 How it is emitted: numba has no way to ask for an estimate, and LLVM's fast-math flags
 on a whole function also reorder the moment arithmetic and drop NaN semantics. The
@@ -55,7 +61,7 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import config as _nb_config
 from numba.extending import intrinsic, overload
 
@@ -89,6 +95,7 @@ _F32 = np.float32
 _TWO64 = _F32(2.0 ** 64)
 _TWOM64 = _F32(2.0 ** -64)
 _ONE = _F32(1.0)
+_MIN_NORMAL = _F32(2.0 ** -126)
 
 
 @intrinsic
@@ -126,28 +133,40 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
-def _div_estimate(a, b):
-    # a / b = (a * k) / (b * k): k (a power of two) brings b into [2**-64, 2**64], where
-    # the estimate neither flushes a denormal nor overflows. a * k overflows only when
-    # a / b does, and underflows only when a / b is denormal anyway.
-    ab = abs(b)
-    k = _TWO64 if ab < _TWOM64 else (_TWOM64 if ab > _TWO64 else _ONE)
-    bs = b * k
-    r0 = rcp_estimate(bs)
-    e = fma(-bs, r0, _ONE)              # relative error of r0, exactly
+@njit(inline="always", error_model="numpy", nogil=True, cache=True)
+def _refined_quotient(a, b):
+    r0 = rcp_estimate(b)
+    e = fma(-b, r0, _ONE)               # relative error of r0, exactly
     r = fma(r0, fma(e, e, e), r0)       # r0 * (1 + e + e**2): error ~ e**3
-    if r != r:                          # bs = 0 or inf (0 * inf above), or NaN
+    if r != r:                          # b = 0 or inf (0 * inf above), or NaN
         r = r0
-    return (a * k) * r
+    return a * r
 
 
-def div(a, b):
-    """``a / b``; in compiled code float32 uses the estimate path when :data:`FAST`."""
+def _div_estimate(a, b, lo):
+    if lo >= _MIN_NORMAL:
+        # b is normal (or inf / NaN). lo is loop-invariant, so LLVM hoists this test
+        # out of the loop ("unswitching") and this loop version has no scaling at all.
+        return _refined_quotient(a, b)
+    # b may be denormal: a / b = (a * 2**64) / (b * 2**64), exact scalings, so the
+    # estimate never sees a denormal (it would flush it to zero). a * 2**64 overflows
+    # only where a / b does.
+    if b < _TWOM64:
+        a = a * _TWO64
+        b = b * _TWO64
+    return _refined_quotient(a, b)
+
+
+def div(a, b, lo):
+    """``a / b`` where ``b >= lo >= 0`` (or b is inf or NaN) and ``lo`` is the same for
+    every element of a loop (Adam: b = sqrt(v) + eps >= eps; AdaMax: u >= eps). In
+    compiled code float32 uses the estimate path when :data:`FAST`; ``lo`` only chooses
+    between its two versions (``lo`` >= 2**-126: no denormal denominators)."""
     return a / b
 
 
 @overload(div, inline="always")
-def _div_overload(a, b):
+def _div_overload(a, b, lo):
     if FAST and a == types.float32 and b == types.float32:
         return _div_estimate
-    return lambda a, b: a / b
+    return lambda a, b, lo: a / b
