@@ -74,7 +74,7 @@ class Floor(_Threads):
 class PercentOfFloor:
     """Plain float32/float64 step as % of the floor kernel, timed interleaved in one
     process (the ratio PERFORMANCE.md's targets are stated in). Higher is better."""
-    params = [[10**5, 10**6, 10**7], DTYPES]
+    params = [[10**4, 10**5, 10**6, 10**7], DTYPES]
     param_names = ["size", "dtype"]
     unit = "%"
     timeout = 180
@@ -94,6 +94,41 @@ class PercentOfFloor:
                           "floor": lambda: self.floor(p, g, m, v)}, n)
         return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
 
+
+
+class KernelPercentOfFloor:
+    """The compiled serial Adam kernel alone (no Python-side validation or dispatch) as %
+    of the serial floor kernel, in cache: how close the element arithmetic is to moving
+    the bytes (float32 uses the reciprocal estimate of kernels/approx.py where the CPU
+    has it; float64 divides exactly). Beside PercentOfFloor, the gap between the two is
+    the per-call overhead. Higher is better."""
+    params = [[10**4, 5 * 10**4, 10**5], DTYPES]
+    param_names = ["size", "dtype"]
+    unit = "%"
+    timeout = 180
+
+    def setup(self, n, dtype):
+        try:
+            from fastadam.bench import measure
+            from fastadam.kernels import adam
+            from fastadam.kernels import common as K
+            from fastadam.kernels.floor import floor_serial
+        except ImportError:
+            raise NotImplementedError("this fastadam has no floor kernel / bench harness")
+        try:
+            self.kernel = adam.make_kernels(K.WD_NONE, False, False, False)[0]
+            self.h = np.array(K.hyper_row(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                                          weight_decay=0.0))
+        except (AttributeError, TypeError):
+            raise NotImplementedError("this fastadam has another kernel layout")
+        self.measure, self.floor = measure, floor_serial
+        self.p, self.g, self.m, self.v = buffers(n, dtype)
+
+    def track_kernel_percent_of_floor(self, n, dtype):
+        p, g, m, v, h, e = self.p, self.g, self.m, self.v, self.h, self.p[:0]
+        r = self.measure({"step": lambda: self.kernel(p, g, m, v, e, e, h, 10),
+                          "floor": lambda: self.floor(p, g, m, v)}, n)
+        return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
 
 class ManyArrays:
     """Object API over many separate arrays (one launch through the chunk table) against
