@@ -70,8 +70,8 @@ def _host_has_estimates() -> bool:
     """Whether numba compiles for this x86 CPU and it has AVX2 and FMA."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    if _nb_config.CPU_NAME:             # compiling for another (or generic) CPU
-        return False
+    if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
+        return False                    # compiling for another (or a generic) CPU
     try:
         import llvmlite.binding as llvm
         features = llvm.get_host_cpu_features()
