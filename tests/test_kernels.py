@@ -32,6 +32,7 @@ for alg, wd, var, ns, sg, avg in cases:
         out[key] = {
             "packed_sqrt": len(re.findall(r"\bv?sqrtp[sd]\b", asm)),
             "packed_div": len(re.findall(r"\bv?divp[sd]\b", asm)),
+            "packed_rcp": len(re.findall(r"\bv?rcp(?:14)?ps\s+[^\n]*%[yz]mm", asm)),
             "promote": len(re.findall(r"\bv?cvtps2pd\b", asm)),
         }
 from fastadam.kernels import approx
