@@ -84,6 +84,22 @@ def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+# ----------------------------------------------------------------------------- threads
+# torch's intra-op pool and numba's pool never run at once here (the step runs between
+# backward and the next forward), so both may use every core the user gave torch. What
+# must not happen is the optimizer using more threads than torch was allowed: when torch's
+# count changes (torch.set_num_threads), numba's is capped at it. A later
+# fastadam.set_num_threads(n) stands until torch's count changes again. See docs/torch.md.
+_threads_seen = [None]
+
+
+def _share_threads():
+    n = torch.get_num_threads()
+    _threads_seen[0] = n
+    if fa.get_num_threads() > n >= 1:
+        fa.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class Spec:
@@ -256,6 +272,8 @@ class FastadamTorchOptimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.get_num_threads() != _threads_seen[0]:
+            _share_threads()
         L = self._layout
         groups = self.param_groups
         if L is None or len(groups) != len(L.group_params):
