@@ -505,3 +505,13 @@ def test_import_fastadam_does_not_import_torch():
     code = "import sys, fastadam; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_benchmark_smoke():
+    """`fastadam bench --torch` machinery runs and reports both optimizers (no timing
+    is asserted: the machine may be busy)."""
+    from fastadam.torch import benchmark
+    rows = benchmark.run(cases=((2000, 10),), steps=2)
+    assert len(rows) == 1 and rows[0]["n_tensors"] == 10
+    assert rows[0]["fastadam_s"] > 0 and rows[0]["torch_fused_s"] > 0
+    assert "torch fused" in benchmark.format_rows(rows)
