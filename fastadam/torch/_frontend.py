@@ -152,8 +152,8 @@ def _fa_value(key, value):
 class _Layout:
     """The inner optimizers for one active set, and what the fast path needs."""
 
-    __slots__ = ("group_params", "active", "active_ids", "inactive", "ptrs", "inners", "single",
-                 "cells", "seen", "getter", "tensor_groups", "step_buf", "step_np")
+    __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
+                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf", "step_np")
 
 
 def _twin_defaults(twin):
@@ -281,7 +281,8 @@ class FastadamTorchOptimizer:
         # ---- hyperparameters: one tuple comparison per group
         get, seen = L.getter, L.seen
         for gi, g in enumerate(groups):
-            if g["params"] is not L.group_params[gi]:
+            gp = g["params"]
+            if gp is not L.group_params[gi] or len(gp) != L.group_lens[gi]:
                 L = self._rebuild()
                 break
             vals = get(g)
@@ -444,6 +445,7 @@ class FastadamTorchOptimizer:
             cells.setdefault(key, []).append(i)
         L = _Layout()
         L.group_params = [g["params"] for g in groups]
+        L.group_lens = [len(g["params"]) for g in groups]
         L.getter = operator.itemgetter(*(spec.hparams + spec.structural),
                                        *spec.optional_state.values(), *self._flag_keys)
         L.seen = [L.getter(g) for g in groups]
