@@ -465,9 +465,12 @@ class FastadamTorchOptimizer:
                                   **hp})
                 members.extend(cells[k])
             inner = getattr(fa, cls_name)(fa_groups)
-            sd = inner.state_dict()
-            sd["state"] = {j: {"step": steps[i], **saved[i]} for j, i in enumerate(members)}
-            inner.load_state_dict(sd)
+            index, pgroups = 0, []
+            for g in fa_groups:                  # hyperparameters: the groups' own
+                pgroups.append({"params": list(range(index, index + len(g["params"])))})
+                index += len(g["params"])
+            inner.load_state_dict({"param_groups": pgroups, "state": {
+                j: {"step": steps[i], **saved[i]} for j, i in enumerate(members)}})
             for k, ig in zip(keys, inner.param_groups):
                 L.cells[k[1]].append(ig)
             L.inners.append((inner, len(order), len(order) + len(members)))
