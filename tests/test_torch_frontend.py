@@ -515,3 +515,45 @@ def test_benchmark_smoke():
     assert len(rows) == 1 and rows[0]["n_tensors"] == 10
     assert rows[0]["fastadam_s"] > 0 and rows[0]["torch_fused_s"] > 0
     assert "torch fused" in benchmark.format_rows(rows)
+
+
+def test_future_algorithms_activate_when_fastadam_has_them():
+    """NAdam, RAdam, SparseAdam appear in fastadam.torch once fastadam has them (simulated
+    here with stand-ins: only the wiring is checked, not the numerics)."""
+    code = """
+import inspect, sys, fastadam, torch
+import fastadam.torch as before
+assert not hasattr(before, "NAdam")
+del sys.modules["fastadam.torch"], sys.modules["fastadam.torch._frontend"]
+fastadam.NAdam = fastadam.RAdam = fastadam.SparseAdam = fastadam.Adam
+import fastadam.torch as ft
+for name in ("NAdam", "RAdam", "SparseAdam"):
+    ours, theirs = getattr(ft, name), getattr(torch.optim, name)
+    assert issubclass(ours, theirs) and name in ft.__all__
+    assert inspect.signature(ours) == inspect.signature(theirs)
+    p = torch.zeros(3, requires_grad=True)
+    assert ours([p]).defaults == theirs([p]).defaults
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_param_appended_to_group_list_is_picked_up():
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2), torch.float64)
+    extra = torch.randn(4, dtype=torch.float64)
+    a, b = extra.clone().requires_grad_(), extra.clone().requires_grad_()
+    rng = np.random.default_rng(19)
+    for t in range(10):
+        if t == 4:
+            opt.param_groups[0]["params"].append(a)
+            topt.param_groups[0]["params"].append(b)
+        grads = random_grads(rng, torch.float64, t)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        g = torch.from_numpy(rng.standard_normal(4))
+        a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        topt.step()
+    for p, q in zip(ours + [a], theirs + [b]):
+        assert_close64(p, q)

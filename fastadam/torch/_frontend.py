@@ -370,20 +370,21 @@ class FastadamTorchOptimizer:
             if not active:
                 return None, None
             L = self._rebuild(have)
-        gl = []
-        for p in L.active:
-            g = p.grad
-            if g.layout != torch.strided and not self._spec.sparse_grads:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients"
-                                   + (", please consider SparseAdam instead"
-                                      if "Adam" in type(self).__name__ else ""))
-            g = g.detach()
-            if g.is_neg() or g.is_conj():
-                g = g.resolve_neg().resolve_conj()
-            if not g.is_contiguous():
-                g = g.contiguous()
-            gl.append(g.numpy())
-        return L, gl
+        return L, [self._grad_array(p.grad) for p in L.active]
+
+    def _grad_array(self, g):
+        """The gradient as the inner optimizer takes it: a C-contiguous NumPy array (a view
+        when possible)."""
+        if g.layout != torch.strided:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients"
+                               + (", please consider SparseAdam instead"
+                                  if "Adam" in type(self).__name__ else ""))
+        g = g.detach()
+        if g.is_neg() or g.is_conj():
+            g = g.resolve_neg().resolve_conj()
+        if not g.is_contiguous():
+            g = g.contiguous()
+        return g.numpy()
 
     def _read_state(self, p, name, group):
         """(step, {key: ndarray}) of parameter ``p`` from ``self.state`` (torch's dicts:
@@ -566,7 +567,18 @@ if hasattr(fa, "SparseAdam"):
     class SparseAdam(FastadamTorchOptimizer, torch.optim.SparseAdam):
         __doc__ = "torch.optim.SparseAdam with fastadam's CPU step.\n\n" + \
             (torch.optim.SparseAdam.__doc__ or "")
-        # Gradients are sparse COO tensors; they reach the inner optimizer through the
-        # slow-path conversion (to be matched to fastadam.SparseAdam's gradient format).
         _spec = Spec("SparseAdam", ("lr", "betas", "eps", "maximize"),
                      ("exp_avg", "exp_avg_sq"), sparse_grads=True)
+
+        def _grad_array(self, g):
+            # Assumed contract of fastadam.SparseAdam.step: per parameter, (rows, values)
+            # of a gradient sparse along dim 0 (torch.nn.Embedding(sparse=True)), rows
+            # int64 and unique, values of shape (len(rows), *param.shape[1:]).
+            if g.layout != torch.sparse_coo:
+                raise RuntimeError("SparseAdam does not support dense gradients, please "
+                                   "consider Adam instead")
+            g = g.detach().coalesce()
+            if g.sparse_dim() != 1:
+                raise ValueError("fastadam.torch.SparseAdam takes gradients sparse along "
+                                 f"dim 0 only, got sparse_dim={g.sparse_dim()}")
+            return g.indices()[0].numpy(), g.values().contiguous().numpy()
