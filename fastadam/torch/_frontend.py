@@ -41,7 +41,18 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.autograd.graph import increment_version
+try:
+    from torch.autograd.graph import increment_version as _increment_version
+except ImportError:                                   # torch < 2.1
+    raise ImportError("fastadam.torch needs torch >= 2.1 (pip install -U torch)") from None
+
+try:                         # one call for a list of tensors (torch >= 2.4), else a loop
+    _increment_version([torch.zeros(1)])
+    increment_version = _increment_version
+except TypeError:
+    def increment_version(tensors):
+        for t in tensors:
+            _increment_version(t)
 from torch.optim import optimizer as _opt_mod
 
 import fastadam as fa
@@ -169,6 +180,7 @@ class FastadamTorchOptimizer:
     _spec: Spec
     _twin_defaults: dict = {}
     _flag_keys: tuple = ()
+    _watched: tuple = ()
     _layout = None          # built at the first step (we need to know which grads exist)
 
     # GradScaler steps "amp-aware" optimizers with scaled gradients (torch.optim.Adam
@@ -190,6 +202,13 @@ class FastadamTorchOptimizer:
             cls.step = FastadamTorchOptimizer._hooked(FastadamTorchOptimizer.step)
         cls._flag_keys = tuple(k for k in _IMPL_FLAGS + tuple(_REFUSED_FLAGS)
                                if k in cls._twin_defaults)
+        # keys read every step: the forwarded hyperparameters first, then those whose
+        # change means a rebuild (only keys this torch version has)
+        spec = cls.__dict__.get("_spec")
+        if spec is not None:
+            later = [k for k in spec.structural + tuple(spec.optional_state.values())
+                     if k in cls._twin_defaults]
+            cls._watched = spec.hparams + tuple(later) + cls._flag_keys
 
     # ------------------------------------------------------------------ checks
     def _check_flags(self, g, gi):
@@ -447,8 +466,7 @@ class FastadamTorchOptimizer:
         L = _Layout()
         L.group_params = [g["params"] for g in groups]
         L.group_lens = [len(g["params"]) for g in groups]
-        L.getter = operator.itemgetter(*(spec.hparams + spec.structural),
-                                       *spec.optional_state.values(), *self._flag_keys)
+        L.getter = operator.itemgetter(*self._watched)
         L.seen = [L.getter(g) for g in groups]
         L.tensor_groups = {gi for gi, v in enumerate(L.seen)
                            if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
