@@ -122,7 +122,8 @@ class Spec:
     ``optional_state``: state key -> the group flag that makes it exist (AMSGrad's
     buffer). ``fa_class``: group -> name of the fastadam class (torch.optim.Adam with
     ``decoupled_weight_decay=True`` is AdamW). ``structural``: group keys whose change
-    needs a rebuild rather than a hyperparameter update."""
+    needs a rebuild rather than a hyperparameter update. ``sparse_grads``: the algorithm
+    takes sparse gradients (its class overrides ``_grad_array``)."""
 
     fa_name: str
     hparams: tuple
@@ -145,7 +146,6 @@ _REFUSED_FLAGS = {
     "differentiable": "differentiable=True (autograd through the optimizer step) is not "
                       "supported by fastadam.torch; use torch.optim for that",
 }
-_GROUP_EXTRA = ("params", "param_names")
 
 
 def _float(x):
@@ -164,7 +164,8 @@ class _Layout:
     """The inner optimizers for one active set, and what the fast path needs."""
 
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
-                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf", "step_np")
+                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf",
+                 "step_np")
 
 
 def _twin_defaults(twin):
