@@ -557,3 +557,22 @@ def test_param_appended_to_group_list_is_picked_up():
         topt.step()
     for p, q in zip(ours + [a], theirs + [b]):
         assert_close64(p, q)
+
+
+def test_train_script_smoke(tmp_path):
+    """scripts/train_torch.py runs end to end (3 steps of the digits MLP) and both
+    optimizers see the same losses at the start."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "scripts", "train_torch.py"),
+                          "mlp", "--steps", "3", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "mlp.json") as f:
+        d = json.load(f)
+    a, b = d["curves"]["fastadam"]["loss"], d["curves"]["torch_fused"]["loss"]
+    assert len(a) == 3 and a[0] == b[0] and abs(a[2] - b[2]) < 1e-5 * abs(b[2])
+    assert (tmp_path / "training.png").exists()
