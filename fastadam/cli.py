@@ -63,6 +63,10 @@ def _parser():
     b.add_argument("--plot", metavar="FILE.png", default=None,
                    help="save a throughput plot (needs matplotlib)")
 
+    b.add_argument("--torch", action="store_true",
+                   help="instead: time fastadam.torch.Adam.step() against torch fused Adam "
+                   "on models of 1e5-1e7 parameters in 10-100 tensors (needs torch)")
+
     sub.add_parser("info", help="versions, threading layer, threads, parallel threshold, "
                    "kernel cache directory")
     return ap
@@ -71,6 +75,9 @@ def _parser():
 def _bench(args):
     from . import bench
 
+    if args.torch:
+        print(bench.torch_frontend(quick=args.quick, threads=args.threads))
+        return 0
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in bench.BYTES_PER_PARAM]
     if not dtypes or bad:
