@@ -120,10 +120,10 @@ def step_scalars(step, lr, beta1, beta2, eps, maximize, dtype):
 
 
 def _partition_bits(k):
-    """log2 of the number of hash partitions of the parallel kernel: ~4 per thread (for
-    load balance under skewed indices), at least ~64 indices each. Any value gives the
-    same result."""
-    want = min(4 * numba.get_num_threads(), max(2, k // 64))
+    """log2 of the number of hash partitions of the parallel kernel: 2 per thread (some
+    balance under skewed indices; each partition reads all k indices), at least ~64
+    indices each. Any value gives the same result."""
+    want = min(2 * numba.get_num_threads(), max(2, k // 64))
     return max(1, int(want - 1).bit_length())
 
 

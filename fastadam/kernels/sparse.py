@@ -16,15 +16,17 @@ the paper's "epsilon hat" form), scalars rounded once to the buffers' dtype.
 
 Coalescing never copies the values and has no serial pass over them:
 
-* serial kernel (small work): one open-addressing hash table over the k indices chains
-  each row's occurrences (first occurrence -> next -> ...); then each distinct row is
-  summed along its chain and updated.
-* parallel kernel: the indices are bucketed by a hash of the row into ``2**pbits``
-  partitions with a stable parallel counting sort (chunks count, prefix sum over
-  (partition, chunk), chunks scatter), so each partition lists its positions in
-  occurrence order; then one parallel loop over partitions runs the serial routine on
-  each. A row lives in exactly one partition and its values are summed in occurrence
-  order in both kernels, so results are identical for any thread and partition count.
+* serial kernel (small work): an open-addressing hash table over the k indices gives
+  each distinct row an entry. Rows seen once (usually most) are updated straight from
+  their value row in one branch-free loop; rows seen several times get an accumulator
+  row, filled by streaming their value rows forward (so each row is summed in
+  occurrence order), then updated from it. Only duplicated rows' sums are stored.
+* parallel kernel: the rows are split by a hash into ``2**pbits`` partitions; one
+  parallel loop over partitions lets each pick its positions out of the indices (in
+  occurrence order) and run the serial routine on them.
+
+A row lives in exactly one partition and its values are summed in occurrence order in
+both kernels, so results are identical for any thread and partition count.
 """
 from __future__ import annotations
 
@@ -122,59 +124,56 @@ def _row_update(p, g, m, v, sc):
 
 @njit(**JIT_OPTIONS)
 def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
-    """Update the rows listed by positions ``pos`` (into idx / vals2, occurrence order).
+    """Update the rows listed by positions ``pos`` (into idx / vals2, increasing).
     Every occurrence of a row in ``idx`` must be in ``pos`` (the whole index set, or
     one hash partition of it: ``pbits`` top hash bits shared by all of ``pos``)."""
     cnt = pos.shape[0]
     if cnt == 0:
         return
+    # 1. Hash the rows: entry e per distinct row, in order of first occurrence.
     tbits = 1
     while (1 << tbits) < 2 * cnt:
         tbits += 1
     mask = (1 << tbits) - 1
-    table = np.full(1 << tbits, -1, np.int64)    # slot -> entry (distinct row)
+    table = np.full(1 << tbits, -1, np.int64)    # slot -> entry
     key = np.empty(cnt, np.int64)                # entry -> row
-    head = np.empty(cnt, np.int64)               # entry -> first occurrence (local q)
-    tail = np.empty(cnt, np.int64)               # entry -> last occurrence so far
-    nxt = np.empty(cnt, np.int64)                # occurrence -> next occurrence, or -1
+    first = np.empty(cnt, np.int64)              # entry -> position of its first value
+    count = np.zeros(cnt, np.int64)              # entry -> occurrences
+    ent = np.empty(cnt, np.int64)                # occurrence q -> entry
     sh1 = np.uint64(pbits)
     sh2 = np.uint64(64 - tbits)
     ne = 0
     for q in range(cnt):
         r = idx[pos[q]]
-        nxt[q] = -1
         s = np.int64((_hash(r) << sh1) >> sh2)
         while True:
             e = table[s]
             if e < 0:
-                table[s] = ne
-                key[ne] = r
-                head[ne] = q
-                tail[ne] = q
+                e = ne
+                table[s] = e
+                key[e] = r
+                first[e] = pos[q]
                 ne += 1
                 break
             if key[e] == r:
-                nxt[tail[e]] = q
-                tail[e] = q
                 break
             s = (s + 1) & mask
-    # Rows seen once (most of them) go to one branch-free loop, rows with duplicates to
-    # a second one (a branch on the duplicates inside the hot loop costs ~10%).
-    rows1 = np.empty(ne, np.int64)               # row seen once -> its row
-    at1 = np.empty(ne, np.int64)                 # and the position of its value row
-    rows2 = np.empty(ne, np.int64)               # row with duplicates -> row
-    head2 = np.empty(ne, np.int64)               # and its first occurrence (local q)
+        ent[q] = e
+        count[e] += 1
+    # 2. Rows seen once (usually most): one branch-free, prefetched loop.
+    rows1 = np.empty(ne, np.int64)
+    at1 = np.empty(ne, np.int64)
+    slot = np.empty(ne, np.int64)                # entry -> accumulator row, or -1
     n1 = 0
     n2 = 0
     for e in range(ne):
-        q = head[e]
-        if nxt[q] < 0:
+        if count[e] == 1:
             rows1[n1] = key[e]
-            at1[n1] = pos[q]
+            at1[n1] = first[e]
             n1 += 1
+            slot[e] = -1
         else:
-            rows2[n2] = key[e]
-            head2[n2] = q
+            slot[e] = n2
             n2 += 1
     for e in range(min(PREFETCH_DISTANCE, n1)):
         _prefetch(p2, m2, v2, vals2, rows1[e], at1[e])
@@ -186,25 +185,41 @@ def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
         _row_update(p2[r], vals2[at1[e]], m2[r], v2[r], sc)
     if n2 == 0:
         return
-    acc = np.empty(p2.shape[1], p2.dtype)
+    # 3. Rows with duplicates: sum their value rows into accumulators, streaming the
+    #    values forward (each row's sum in occurrence order: a fixed result), then update.
+    dim = p2.shape[1]
+    acc = np.empty((n2, dim), p2.dtype)
+    dq = np.empty(cnt, np.int64)                 # occurrences of duplicated rows, in order
+    nd = 0
+    for q in range(cnt):
+        if slot[ent[q]] >= 0:
+            dq[nd] = q
+            nd += 1
+    for i in range(nd):
+        if i + PREFETCH_DISTANCE < nd:
+            prefetch_row(vals2, pos[dq[i + PREFETCH_DISTANCE]], False)
+        q = dq[i]
+        e = ent[q]
+        a = acc[slot[e]]
+        g = vals2[pos[q]]
+        if pos[q] == first[e]:
+            for d in range(dim):
+                a[d] = g[d]
+        else:
+            for d in range(dim):
+                a[d] += g[d]
+    rows2 = np.empty(n2, np.int64)
+    for e in range(ne):
+        if slot[e] >= 0:
+            rows2[slot[e]] = key[e]
     for e in range(min(PREFETCH_DISTANCE, n2)):
-        _prefetch(p2, m2, v2, vals2, rows2[e], pos[head2[e]])
+        _prefetch(p2, m2, v2, acc, rows2[e], e)
     for e in range(n2):
         if e + PREFETCH_DISTANCE < n2:
             f = e + PREFETCH_DISTANCE
-            _prefetch(p2, m2, v2, vals2, rows2[f], pos[head2[f]])
-        q = head2[e]
-        g = vals2[pos[q]]
-        for d in range(acc.shape[0]):
-            acc[d] = g[d]
-        q = nxt[q]
-        while q >= 0:                            # occurrence order: a fixed sum
-            g = vals2[pos[q]]
-            for d in range(acc.shape[0]):
-                acc[d] += g[d]
-            q = nxt[q]
+            _prefetch(p2, m2, v2, acc, rows2[f], f)
         r = rows2[e]
-        _row_update(p2[r], acc, m2[r], v2[r], sc)
+        _row_update(p2[r], acc[e], m2[r], v2[r], sc)
 
 
 @njit(**JIT_OPTIONS)
@@ -214,39 +229,21 @@ def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
 
 @njit(parallel=True, **JIT_OPTIONS)
 def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, pbits):
-    """``2**pbits`` partitions (pbits >= 1) and as many index chunks."""
+    """``2**pbits`` hash partitions (pbits >= 1) in one parallel loop: each partition
+    picks its positions out of the k indices (a read of the indices per partition, in
+    exchange for a single fork/join: on a busy machine every extra parallel region waits
+    for its slowest thread) and coalesces and updates its rows."""
     k = idx.shape[0]
     n_part = 1 << pbits
-    csize = (k + n_part - 1) // n_part
-    counts = np.zeros((n_part, n_part), np.int64)    # [chunk, partition]
-    part = np.empty(k, np.int64)
     sh = np.uint64(64 - pbits)
-    for c in prange(n_part):
-        lo = c * csize
-        hi = min(lo + csize, k)
-        for j in range(lo, hi):
-            b = np.int64(_hash(idx[j]) >> sh)
-            part[j] = b
-            counts[c, b] += 1
-    offs = np.empty((n_part, n_part), np.int64)
-    starts = np.empty(n_part + 1, np.int64)
-    t = 0
-    for b in range(n_part):
-        starts[b] = t
-        for c in range(n_part):
-            offs[c, b] = t
-            t += counts[c, b]
-    starts[n_part] = t
-    order = np.empty(k, np.int64)
-    for c in prange(n_part):
-        lo = c * csize
-        hi = min(lo + csize, k)
-        for j in range(lo, hi):
-            b = part[j]
-            order[offs[c, b]] = j
-            offs[c, b] += 1
     for b in prange(n_part):
-        coalesce_update(p2, idx, vals2, m2, v2, order[starts[b]:starts[b + 1]], sc, pbits)
+        pos = np.empty(k, np.int64)
+        c = 0
+        for j in range(k):
+            if np.int64(_hash(idx[j]) >> sh) == b:
+                pos[c] = j
+                c += 1
+        coalesce_update(p2, idx, vals2, m2, v2, pos[:c], sc, pbits)
 
 
 @njit(**JIT_OPTIONS)
@@ -281,31 +278,40 @@ def _touch(p, g, m, v):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _floor_range(p2, idx, vals2, m2, v2, lo, hi):
-    # Prefetched like the update (same distance), so the ratio compares arithmetic and
-    # coalescing, not prefetching.
-    for j in range(lo, min(lo + PREFETCH_DISTANCE, hi)):
-        _prefetch(p2, m2, v2, vals2, idx[j], j)
-    for j in range(lo, hi):
-        if j + PREFETCH_DISTANCE < hi:
-            _prefetch(p2, m2, v2, vals2, idx[j + PREFETCH_DISTANCE], j + PREFETCH_DISTANCE)
-        r = idx[j]
+def _floor_range(p2, rows, vals2, m2, v2, acc, lo, hi):
+    # Value row j is read; for j < len(rows), row rows[j] of p, m, v is read and written
+    # with it. Prefetched like the update (same distance), so the ratio compares the
+    # arithmetic and the coalescing, not the prefetching.
+    top = min(hi, rows.shape[0])
+    for j in range(lo, min(lo + PREFETCH_DISTANCE, top)):
+        _prefetch(p2, m2, v2, vals2, rows[j], j)
+    for j in range(lo, top):
+        if j + PREFETCH_DISTANCE < top:
+            _prefetch(p2, m2, v2, vals2, rows[j + PREFETCH_DISTANCE], j + PREFETCH_DISTANCE)
+        r = rows[j]
         _touch(p2[r], vals2[j], m2[r], v2[r])
+    for j in range(max(lo, top), hi):          # the remaining (duplicates') value rows
+        g = vals2[j]
+        for d in range(acc.shape[0]):
+            acc[d] += g[d]
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def sparse_floor_parallel(p2, idx, vals2, m2, v2, n_chunks):
-    """Benchmark yardstick: read each value row, read and write the touched rows of p, m,
-    v, with trivial arithmetic (duplicate rows are touched once per occurrence; a
-    duplicate split across chunks may race, which a yardstick does not mind)."""
-    k = idx.shape[0]
+def sparse_floor_parallel(p2, rows, vals2, m2, v2, acc2):
+    """Benchmark yardstick for a step with gradient ``vals2`` (k rows) touching the
+    distinct rows ``rows``: reads every value row once and reads and writes each touched
+    row of p, m, v once, with trivial arithmetic; ``acc2`` (n_chunks, dim) receives the
+    value rows beyond len(rows) (so that their reads are not optimised away). Chunks of
+    value rows run in parallel."""
+    k = vals2.shape[0]
+    n_chunks = acc2.shape[0]
     csize = (k + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         lo = c * csize
         hi = min(lo + csize, k)
-        _floor_range(p2, idx, vals2, m2, v2, lo, hi)
+        _floor_range(p2, rows, vals2, m2, v2, acc2[c], lo, hi)
 
 
 @njit(**JIT_OPTIONS)
-def sparse_floor_serial(p2, idx, vals2, m2, v2):
-    _floor_range(p2, idx, vals2, m2, v2, 0, idx.shape[0])
+def sparse_floor_serial(p2, rows, vals2, m2, v2, acc2):
+    _floor_range(p2, rows, vals2, m2, v2, acc2[0], 0, vals2.shape[0])
