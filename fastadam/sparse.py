@@ -33,12 +33,20 @@ from . import config
 from .kernels import sparse as _K
 
 _INT_KINDS = "iu"
+_I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
+_FLOATS = C.FLOAT_DTYPES
+_INF = float("inf")
+_NAMES5 = ("param", "exp_avg", "exp_avg_sq", "values", "indices")
 _EXP_MASK = {np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000)),
              np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000))}
 
 
 # ----------------------------------------------------------------------------- checks
 def _check_param(name, p):
+    if type(p) is np.ndarray and p.dtype in _FLOATS and 1 <= p.ndim <= 2:
+        f = p.flags
+        if f.c_contiguous and f.writeable:
+            return p
     C.check_array(name, p, writable=True)
     if p.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D (n,) or 2-D (n_rows, dim), got shape {p.shape}")
@@ -48,6 +56,13 @@ def _check_param(name, p):
 def _check_indices(name, indices, n_rows):
     """``indices`` as a 1-D C-contiguous int64 or int32 array, every entry in
     [0, n_rows). Never writes; copies only when the dtype or layout needs it."""
+    if type(indices) is np.ndarray and (indices.dtype is _I64 or indices.dtype is _I32) \
+            and indices.ndim == 1 and indices.flags.c_contiguous:
+        if indices.shape[0]:
+            j = _K.first_bad_index(indices, n_rows)
+            if j >= 0:
+                _bad_index(name, indices, j, n_rows)
+        return indices
     if not isinstance(indices, np.ndarray):
         if isinstance(indices, (list, tuple)):
             indices = np.asarray(indices) if len(indices) else np.zeros(0, np.int64)
@@ -70,12 +85,20 @@ def _check_indices(name, indices, n_rows):
     if idx.size:
         j = _K.first_bad_index(idx, n_rows)
         if j >= 0:
-            raise ValueError(f"{name}[{j}] = {indices[j]} is out of range for a parameter "
-                             f"with {n_rows} rows (indices must be in [0, {n_rows}))")
+            _bad_index(name, indices, j, n_rows)
     return idx
 
 
+def _bad_index(name, indices, j, n_rows):
+    raise ValueError(f"{name}[{j}] = {indices[j]} is out of range for a parameter "
+                     f"with {n_rows} rows (indices must be in [0, {n_rows}))")
+
+
 def _check_values(name, values, param, k):
+    if type(values) is np.ndarray and values.dtype is param.dtype \
+            and values.shape[:1] == (k,) and values.shape[1:] == param.shape[1:] \
+            and values.flags.c_contiguous:
+        return values
     if not isinstance(values, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(values).__name__}")
     if values.dtype != param.dtype:
@@ -92,7 +115,8 @@ def _check_values(name, values, param, k):
 
 
 def _as_rows(a):
-    return a.reshape(a.shape[0], -1)
+    """2-D (rows, dim) view of a C-contiguous 1-D (dim 1) or 2-D array."""
+    return a if a.ndim == 2 else a.reshape(a.shape[0], 1)
 
 
 def count_nonfinite(values):
@@ -161,22 +185,39 @@ def sparse_adam_step(param, indices, values, exp_avg, exp_avg_sq, *, step, lr=1e
     nothing changed. NaN/inf in ``values`` propagate as in PyTorch (the optimizer object
     has a ``nonfinite`` policy).
     """
-    step = C.check_step(step)
-    lr = C.check_lr(lr)
-    beta1, beta2 = C.check_betas(betas)
-    eps = C.check_eps(eps)
-    maximize = C.check_bool("maximize", maximize)
+    step, lr, beta1, beta2, eps = _check_hyper(step, lr, betas, eps)
+    if maximize is not True and maximize is not False:
+        maximize = C.check_bool("maximize", maximize)
     _check_param("param", param)
+    dt, shape = param.dtype, param.shape
     for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-        C.check_array(name, a, writable=True, dtype=param.dtype, shape=param.shape)
-    idx = _check_indices("indices", indices, param.shape[0])
+        if not (type(a) is np.ndarray and a.dtype is dt and a.shape == shape
+                and a.flags.c_contiguous and a.flags.writeable):
+            C.check_array(name, a, writable=True, dtype=dt, shape=shape)
+    idx = _check_indices("indices", indices, shape[0])
     vals = _check_values("values", values, param, idx.shape[0])
-    C.check_no_overlap([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
-                        ("values", vals), ("indices", idx)])
+    p2, m2, v2, vals2 = _as_rows(param), _as_rows(exp_avg), _as_rows(exp_avg_sq), _as_rows(vals)
+    bad = _K.functional_overlap(p2, m2, v2, vals2, idx)
+    if bad >= 0:
+        raise ValueError(f"{_NAMES5[bad // 5]} and {_NAMES5[bad % 5]} share memory; the "
+                         "parameter, its moments and the gradient must be separate arrays")
     if idx.shape[0] == 0:
         return
-    sc = step_scalars(step, lr, beta1, beta2, eps, maximize, param.dtype)
-    launch(_as_rows(param), idx, _as_rows(vals), _as_rows(exp_avg), _as_rows(exp_avg_sq), sc)
+    launch(p2, idx, vals2, m2, v2, step_scalars(step, lr, beta1, beta2, eps, maximize, dt))
+
+
+def _check_hyper(step, lr, betas, eps):
+    # Fast acceptance of the common cases; the checkers in _checks produce the messages.
+    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
+        step = C.check_step(step)
+    if not (type(lr) is float and 0.0 <= lr < _INF):
+        lr = C.check_lr(lr)
+    if not (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        betas = C.check_betas(betas)
+    if not (type(eps) is float and 0.0 <= eps < _INF):
+        eps = C.check_eps(eps)
+    return step, lr, betas[0], betas[1], eps
 
 
 # ----------------------------------------------------------------------------- object
@@ -227,6 +268,7 @@ class SparseAdam:
         self._steps = [0] * len(self._params)
         self._m = [np.zeros_like(p) for p in self._params]
         self._v = [np.zeros_like(p) for p in self._params]
+        self._owned_spans()
         #: Steps skipped because a gradient value was not finite (nonfinite="skip").
         self.skipped_steps = 0
 
@@ -278,6 +320,20 @@ class SparseAdam:
         C.check_no_overlap(named)
         return groups
 
+    def _owned_spans(self):
+        """Sorted byte ranges of the parameters and moments, which no gradient may
+        overlap, with their names (checked per step in compiled code)."""
+        spans = []
+        for i, (p, m, v) in enumerate(zip(self._params, self._m, self._v)):
+            for what, a in ((f"parameter {i}", p), (f"exp_avg of parameter {i}", m),
+                            (f"exp_avg_sq of parameter {i}", v)):
+                if a.nbytes:
+                    lo, hi = C.data_range(a)
+                    spans.append((lo, hi, what))
+        spans.sort()
+        self._spans = np.array([s[:2] for s in spans], dtype=np.int64).reshape(-1, 2)
+        self._span_names = [s[2] for s in spans]
+
     def _checked_groups(self):
         """Hyperparameters of every group, validated (groups may be edited between
         steps, as in torch). Raises before anything is modified."""
@@ -292,7 +348,8 @@ class SparseAdam:
             if g.get("params") is not self._group_params[gi]:
                 raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
                                  "are fixed at construction (use add_param_group)")
-            out.append(self._check_hparams(g, where=f"param_groups[{gi}]"))
+            out.append(g if _plain_hparams(g) else
+                       self._check_hparams(g, where=f"param_groups[{gi}]"))
         return out
 
     def _checked_grads(self, grads):
@@ -304,7 +361,7 @@ class SparseAdam:
         if len(grads) != n:
             raise ValueError(f"grads must have one entry per parameter ({n}), got "
                              f"{len(grads)}")
-        out, named = [], []
+        out = []
         for i, (p, gr) in enumerate(zip(self._params, grads)):
             if gr is None:
                 continue
@@ -313,13 +370,13 @@ class SparseAdam:
                                 f"got {type(gr).__name__}")
             idx = _check_indices(f"grads[{i}] indices", gr[0], p.shape[0])
             vals = _check_values(f"grads[{i}] values", gr[1], p, idx.shape[0])
+            for what, a in (("values", vals), ("indices", idx)):
+                hit = _K.span_hit(self._spans, a)
+                if hit >= 0:
+                    raise ValueError(f"grads[{i}] {what} share memory with "
+                                     f"{self._span_names[hit]}; a gradient must be a "
+                                     "separate array")
             out.append((i, idx, vals))
-            named += [(f"grads[{i}] values", vals), (f"grads[{i}] indices", idx)]
-        if named:
-            owned = [(f"parameter {i}", p) for i, p in enumerate(self._params)]
-            owned += [(f"state exp_avg of parameter {i}", a) for i, a in enumerate(self._m)]
-            owned += [(f"state exp_avg_sq of parameter {i}", a) for i, a in enumerate(self._v)]
-            C.check_no_overlap(owned + named)
         return out
 
     # ------------------------------------------------------------------ step
@@ -341,9 +398,10 @@ class SparseAdam:
                                          "(nonfinite='raise')")
                     self.skipped_steps += 1
                     return
-        for gi, g in enumerate(self.param_groups):     # all valid: adopt normalised values
-            g.update(hyper[gi])
-        group_of = self._group_index()
+        for g, h in zip(self.param_groups, hyper):    # all valid: adopt normalised values
+            if h is not g:
+                g.update(h)
+        group_of = self._group_of
         for i, idx, vals in work:
             self._steps[i] += 1
             if idx.shape[0] == 0:
@@ -354,11 +412,10 @@ class SparseAdam:
             launch(_as_rows(p), idx, _as_rows(vals), _as_rows(self._m[i]),
                    _as_rows(self._v[i]), sc)
 
-    def _group_index(self):
-        out = []
-        for gi, ps in enumerate(self._group_params):
-            out += [gi] * len(ps)
-        return out
+    @property
+    def _group_of(self):
+        """Group index of each parameter."""
+        return [gi for gi, ps in enumerate(self._group_params) for _ in ps]
 
     # ------------------------------------------------------------------ state
     @property
@@ -488,6 +545,7 @@ class SparseAdam:
         self._steps.extend([0] * len(full["params"]))
         self._m.extend(np.zeros_like(p) for p in full["params"])
         self._v.extend(np.zeros_like(p) for p in full["params"])
+        self._owned_spans()
 
     def save(self, path):
         """Write the state to ``path`` atomically (no pickle, checksummed); the file
@@ -513,6 +571,17 @@ class SparseAdam:
                 if k != "params":
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines) + "\n)"
+
+
+def _plain_hparams(g):
+    """Fast acceptance of a group whose hyperparameters are already normalised (floats,
+    a tuple of floats, a bool) and in range; anything else goes through the checkers."""
+    lr, betas, eps, mx = g.get("lr"), g.get("betas"), g.get("eps"), g.get("maximize")
+    return (type(lr) is float and 0.0 <= lr < _INF and type(eps) is float
+            and 0.0 <= eps < _INF and (mx is True or mx is False)
+            and type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0
+            and 0.0 <= betas[1] < 1.0)
 
 
 def _step_scalars(step, h, dtype):
