@@ -626,3 +626,38 @@ def test_load_state_dict_bad_input_changes_nothing():
         with pytest.raises(exc, match=msg):
             opt.load_state_dict(sd)
         assert _same(_snapshot(opt, a, b), before)
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_sparse_floor_kernel_moves_the_touched_rows():
+    """The floor kernel adds each of the first len(rows) value rows to its row of p, m
+    and v, and sums the remaining value rows into acc; serial and parallel agree."""
+    rng = np.random.default_rng(13)
+    p0 = make_param(rng, 100, 8, np.float32)
+    rows = np.array([5, 70, 2])
+    vals = make_values(rng, 5, 8, np.float32)
+    out = []
+    for kernel, n_chunks in ((K.sparse_floor_serial, 1), (K.sparse_floor_parallel, 4)):
+        p, m, v = p0.copy(), p0.copy(), p0.copy()
+        acc = np.zeros((n_chunks, 8), np.float32)
+        kernel(p, rows, vals, m, v, acc)
+        for a in (p, m, v):
+            want = p0.copy()
+            want[rows] += vals[:3]
+            np.testing.assert_array_equal(a, want)
+        np.testing.assert_allclose(acc.sum(axis=0), vals[3:].sum(axis=0), rtol=1e-6)
+        out.append(p)
+    assert np.array_equal(out[0], out[1])
+
+
+def test_bench_sparse_quick_smoke():
+    """`fastadam bench --sparse --quick` machinery: runs and reports every ratio (no
+    timing is asserted)."""
+    from fastadam import bench_sparse
+    res = bench_sparse.run(quick=True, peers=(), rows=2000, dim=8, k=64)
+    (one,) = res["runs"]
+    for dist in bench_sparse.DISTRIBUTIONS:
+        r = one["ratios"][dist]
+        assert r["floor"] > 0 and r["dense"] > 0 and r["torch"] is None
+    text = bench_sparse.format_report(res)
+    assert "vs the floor kernel, zipf" in text and "x dense" in text
