@@ -563,6 +563,15 @@ class SparseAdam:
         raise TypeError("a shallow copy of an optimizer would share its state buffers; "
                         "use copy.deepcopy(opt)")
 
+    def __getstate__(self):
+        st = dict(self.__dict__)
+        del st["_spans"], st["_span_names"]         # memory addresses: rebuilt on load
+        return st
+
+    def __setstate__(self, st):
+        self.__dict__.update(st)
+        self._owned_spans()
+
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):

@@ -415,15 +415,33 @@ def test_save_load_roundtrip_and_algorithm_check(tmp_path):
     assert np.array_equal(after["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
 
 
-def test_deepcopy_is_independent():
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_are_independent_and_guard_their_own_memory(how):
+    import pickle
     p = np.zeros((4, 2))
     opt = fa.SparseAdam([p])
     opt.step([(np.array([1]), np.ones((1, 2)))])
-    c = copy.deepcopy(opt)
+    c = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     c.step([(np.array([1]), np.ones((1, 2)))])
     assert opt.state[0]["step"] == 1 and c.state[0]["step"] == 2
+    (q,) = c.param_groups[0]["params"]
+    assert q is not p and not np.shares_memory(q, p)
+    with pytest.raises(ValueError, match="share memory with parameter 0"):
+        c.step([(np.array([0]), q[1:2])])        # the copy's own parameter as gradient
+    opt.step([(np.array([0]), q[1:2])])          # the original does not own q
     with pytest.raises(TypeError):
         copy.copy(opt)
+
+
+def test_gradient_sharing_memory_with_state_is_rejected():
+    p = np.zeros((4, 2))
+    opt = fa.SparseAdam([p])
+    opt.step([(np.array([1]), np.ones((1, 2)))])
+    m = opt.state[0]["exp_avg"]
+    before = m.copy()
+    with pytest.raises(ValueError, match=r"grads\[0\] values share memory with exp_avg"):
+        opt.step([(np.array([2]), m[1:2])])
+    assert np.array_equal(m, before) and opt.state[0]["step"] == 1
 
 
 # ----------------------------------------------------------------------------- bad input
