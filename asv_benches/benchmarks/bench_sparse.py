@@ -40,7 +40,7 @@ class _Table:
         self.sets = bs.make_indices(rng, ROWS, K, dist, bs.POOL)
         self.uniq = [s[np.sort(np.unique(s, return_index=True)[1])] for s in self.sets]
         self.acc = np.zeros((1 << S._partition_bits(K), DIM), np.float32)
-        self.pool = bs.POOL
+        self.pool, self.vpool = bs.POOL, bs.VALUE_POOL
         self.i, self.t = 0, 0
         self.config, self.KS = config, KS
 
@@ -51,18 +51,17 @@ class _Table:
     def _sparse(self):
         self.i = (self.i + 1) % self.pool
         self.t += 1
-        fa.sparse_adam_step(self.p, self.sets[self.i], self.vals[self.i], self.m, self.v,
-                            step=self.t)
+        fa.sparse_adam_step(self.p, self.sets[self.i], self.vals[self.i % self.vpool],
+                            self.m, self.v, step=self.t)
 
     def _floor(self):
         self.i = (self.i + 1) % self.pool
         i = self.i
+        vals = self.vals[i % self.vpool]
         if self.config.use_parallel(K * DIM):
-            self.KS.sparse_floor_parallel(self.p, self.uniq[i], self.vals[i], self.m, self.v,
-                                          self.acc)
+            self.KS.sparse_floor_parallel(self.p, self.uniq[i], vals, self.m, self.v, self.acc)
         else:
-            self.KS.sparse_floor_serial(self.p, self.uniq[i], self.vals[i], self.m, self.v,
-                                        self.acc)
+            self.KS.sparse_floor_serial(self.p, self.uniq[i], vals, self.m, self.v, self.acc)
 
 
 class SparseStep(_Table):
@@ -101,9 +100,9 @@ class SparseTorch:
         self.tp = torch.from_numpy(p).requires_grad_(True)
         self.opt = torch.optim.SparseAdam([self.tp])
         with torch.sparse.check_sparse_tensor_invariants(False):
-            self.grads = [torch.sparse_coo_tensor(torch.from_numpy(s)[None],
-                                                  torch.from_numpy(x), (ROWS, DIM))
-                          for s, x in zip(sets, vals)]
+            self.grads = [torch.sparse_coo_tensor(
+                torch.from_numpy(s)[None], torch.from_numpy(vals[i % bs.VALUE_POOL]),
+                (ROWS, DIM)) for i, s in enumerate(sets)]
         self.i = 0
         self.time_torch_sparse_adam(dist)
 

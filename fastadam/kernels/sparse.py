@@ -55,6 +55,9 @@ def _hash(r):
 #: update has little arithmetic per byte, so without prefetching the core waits on one
 #: row's cache misses at a time (random rows defeat the hardware prefetcher).
 PREFETCH_DISTANCE = 4
+#: The same for the value rows summed into the accumulators of duplicated rows (little
+#: work per row: look further ahead).
+ACC_PREFETCH_DISTANCE = 16
 #: Bytes of a row prefetched (the hardware prefetcher follows longer rows by itself).
 PREFETCH_BYTES = 512
 _PREFETCH = "llvm.prefetch.p0" if _llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
@@ -196,8 +199,8 @@ def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
             dq[nd] = q
             nd += 1
     for i in range(nd):
-        if i + PREFETCH_DISTANCE < nd:
-            prefetch_row(vals2, pos[dq[i + PREFETCH_DISTANCE]], False)
+        if i + ACC_PREFETCH_DISTANCE < nd:
+            prefetch_row(vals2, pos[dq[i + ACC_PREFETCH_DISTANCE]], False)
         q = dq[i]
         e = ent[q]
         a = acc[slot[e]]
