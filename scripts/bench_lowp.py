@@ -131,12 +131,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e7,1e8")
     ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--layouts", default=",".join(LAYOUTS),
-                    help="comma-separated subset of: " + ", ".join(LAYOUTS))
+    ap.add_argument("--layouts", default=";".join(LAYOUTS),
+                    help="semicolon-separated subset of: " + "; ".join(LAYOUTS))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    names = [s.strip() for s in args.layouts.split(",")]
+    names = [s.strip() for s in args.layouts.split(";")]
     if names[0] != "float32 state":
         names = ["float32 state"] + [x for x in names if x != "float32 state"]
     out = run(sizes, args.rounds, names)

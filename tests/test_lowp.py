@@ -3,7 +3,9 @@
 Against a rounding-aware float64 reference: the same step in float64 from the decoded
 state, then the same rounding applied at each store. bfloat16 comparisons go through
 ml_dtypes (the reference rounding)."""
+import importlib.util
 import os
+import pathlib
 
 import ml_dtypes
 import numpy as np
@@ -446,168 +448,36 @@ def test_errors_name_the_argument_and_change_nothing():
 
 
 # ---------------------------------------------------------------- convergence
-def _logreg_data(seed=0, n=2000, d=40):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    w = rng.standard_normal(d).astype(np.float32)
-    y = (X @ w + 0.5 * rng.standard_normal(n) > 0).astype(np.float32)
-    return X, y
-
-
-def _logreg_loss_grad(w, X, y):
-    z = X @ w
-    loss = float(np.mean(np.logaddexp(0.0, z) - y * z))
-    g = (X.T @ (1.0 / (1.0 + np.exp(-z)) - y) / X.shape[0]).astype(np.float32)
-    return loss, g
-
-
-def train_logreg(state_dtype, steps=300, lr=0.05):
-    """Full-batch logistic regression; float32 params; state float32 (adam_step) or low."""
-    X, y = _logreg_data()
-    w = np.zeros(X.shape[1], np.float32)
-    if state_dtype is None:
-        m, v = np.zeros_like(w), np.zeros_like(w)
-    else:
-        st = fa.init_lowp_state(w, state_dtype=state_dtype)
-    losses = []
-    for t in range(1, steps + 1):
-        loss, g = _logreg_loss_grad(w, X, y)
-        losses.append(loss)
-        if state_dtype is None:
-            fa.adam_step(w, g, m, v, step=t, lr=lr)
-        else:
-            fa.adam_step_lowp(w, g, st, step=t, lr=lr)
-    return np.array(losses + [_logreg_loss_grad(w, X, y)[0]])
-
-
-def _digits():
-    from sklearn.datasets import load_digits
-    X, y = load_digits(return_X_y=True)
-    return (X / 16.0).astype(np.float32), y
-
-
-def train_digits_mlp(state_dtype, epochs=8, lr=3e-3, batch=64, hidden=64):
-    """A 64-hidden-unit ReLU MLP on sklearn's digits, minibatch Adam; returns the training
-    loss (full data) after each epoch. float32 params on one flat buffer."""
-    X, y = _digits()
-    rng = np.random.default_rng(0)
-    d, k = X.shape[1], 10
-    sizes = [d * hidden, hidden, hidden * k, k]
-    flat = np.zeros(sum(sizes), np.float32)
-    flat[:d * hidden] = rng.standard_normal(d * hidden) * np.sqrt(2.0 / d)
-    o = d * hidden + hidden
-    flat[o:o + hidden * k] = rng.standard_normal(hidden * k) * np.sqrt(1.0 / hidden)
-    views = np.split(flat, np.cumsum(sizes)[:-1])
-    W1, b1, W2, b2 = views[0].reshape(d, hidden), views[1], views[2].reshape(hidden, k), views[3]
-    Y = np.eye(k, dtype=np.float32)[y]
-
-    def forward(Xb):
-        h = np.maximum(Xb @ W1 + b1, 0)
-        z = h @ W2 + b2
-        z = z - z.max(axis=1, keepdims=True)
-        pr = np.exp(z)
-        pr /= pr.sum(axis=1, keepdims=True)
-        return h, pr
-
-    def loss_all():
-        _, pr = forward(X)
-        return float(-np.mean(np.log(pr[np.arange(len(y)), y] + 1e-12)))
-
-    if state_dtype is None:
-        m, v = np.zeros_like(flat), np.zeros_like(flat)
-    else:
-        st = fa.init_lowp_state(flat, state_dtype=state_dtype)
-    g = np.zeros_like(flat)
-    gv = np.split(g, np.cumsum(sizes)[:-1])
-    t = 0
-    losses = [loss_all()]
-    for _ in range(epochs):
-        order = rng.permutation(len(y))
-        for s in range(0, len(y), batch):
-            idx = order[s:s + batch]
-            Xb, Yb = X[idx], Y[idx]
-            h, pr = forward(Xb)
-            dz = (pr - Yb) / len(idx)
-            gv[3][:] = dz.sum(0)
-            gv[2][:] = (h.T @ dz).ravel()
-            dh = (dz @ W2.T) * (h > 0)
-            gv[1][:] = dh.sum(0)
-            gv[0][:] = (Xb.T @ dh).ravel()
-            t += 1
-            if state_dtype is None:
-                fa.adam_step(flat, g, m, v, step=t, lr=lr)
-            else:
-                fa.adam_step_lowp(flat, g, st, step=t, lr=lr)
-        losses.append(loss_all())
-    return np.array(losses)
+# The training runs live in scripts/lowp_experiments.py (which also draws the plot of
+# docs/low_precision.md); loaded here as a module.
+_EXP = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "lowp_experiments.py"
+_spec = importlib.util.spec_from_file_location("lowp_experiments", _EXP)
+X = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(X)
 
 
 @pytest.mark.parametrize("state_dtype,tol", [("bfloat16", 0.01), ("int8", 0.02)])
 def test_logistic_regression_converges_like_float32_state(state_dtype, tol):
-    ref = train_logreg(None)
-    got = train_logreg(state_dtype)
-    assert ref[-1] < 0.5 * ref[0]
+    ref = X.train_logreg(None)
+    got = X.train_logreg(state_dtype)
+    assert ref[-1] < 0.6 * ref[0]            # log(2) -> 0.356 (noisy labels)
     assert abs(got[-1] - ref[-1]) <= tol * ref[-1], (got[-1], ref[-1])
 
 
 @pytest.mark.parametrize("state_dtype,tol", [("bfloat16", 0.01), ("int8", 0.02)])
 def test_digits_mlp_converges_like_float32_state(state_dtype, tol):
     pytest.importorskip("sklearn")
-    ref = train_digits_mlp(None)
-    got = train_digits_mlp(state_dtype)
-    assert ref[-1] < 0.1 * ref[0]
-    # the final loss is small (~1e-2): compare with 1% / 2% of it plus the run-to-run
-    # spread of minibatch training at this loss, measured as the loss change between the
-    # last two epochs of the float32 run
-    spread = abs(ref[-1] - ref[-2])
-    assert abs(got[-1] - ref[-1]) <= tol * ref[-1] + spread, (got[-1], ref[-1], spread)
-
-
-def _tiny_update_problem(seed=0, n=400, d=16):
-    """Least squares whose solution is in [2, 3.5) (bfloat16 ulp 2**-6, half-ulp 0.0078)
-    approached with lr = 2e-3 Adam steps: each update is below half an ulp."""
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((n, d)).astype(np.float32)
-    x_star = rng.uniform(2.5, 3.0, d).astype(np.float32)
-    b = (A @ x_star + rng.standard_normal(n)).astype(np.float32)
-    x0 = (x_star - 0.4).astype(np.float32)
-    return A, b, x0
-
-
-def train_tiny(mode, steps=1500, lr=2e-3):
-    A, b, x0 = _tiny_update_problem()
-    n = A.shape[0]
-
-    def loss_grad(x32):
-        r = A @ x32 - b
-        return float(r @ r / n), (2.0 / n * (A.T @ r)).astype(np.float32)
-
-    if mode == "float32":
-        x = x0.copy()
-        m, v = np.zeros_like(x), np.zeros_like(x)
-    else:
-        x = x0.astype(BF)
-        kw = {"compensation": {"compensation": True}, "master": {"master_weights": True}}.get(mode, {})
-        st = fa.init_lowp_state(x, state_dtype="float32", **kw)
-    losses = []
-    for t in range(1, steps + 1):
-        if mode == "float32":
-            loss, g = loss_grad(x)
-            fa.adam_step(x, g, m, v, step=t, lr=lr)
-        else:
-            loss, g = loss_grad(x.astype(np.float32))
-            fa.adam_step_lowp(x, g.astype(BF), st, step=t, lr=lr,
-                              rounding="stochastic" if mode == "stochastic" else "nearest", seed=3)
-        losses.append(loss)
-    losses.append(loss_grad(x.astype(np.float32))[0])
-    return np.array(losses)
+    ref = X.train_digits_mlp(None)
+    got = X.train_digits_mlp(state_dtype)
+    assert ref[-1] < 0.2 * ref[0]
+    assert abs(got[-1] - ref[-1]) <= tol * ref[-1], (got[-1], ref[-1])
 
 
 def test_tiny_updates_stall_with_nearest_but_not_with_stochastic_or_compensation():
-    ref = train_tiny("float32")
-    near = train_tiny("nearest")
+    ref = X.train_tiny("float32")
+    near = X.train_tiny("nearest")
     assert ref[-1] < 0.5 * ref[0]
     assert near[-1] == near[0]                            # not one parameter moved
     for mode in ("stochastic", "compensation", "master"):
-        got = train_tiny(mode)
+        got = X.train_tiny(mode)
         assert abs(got[-1] - ref[-1]) <= 0.01 * ref[-1], (mode, got[-1], ref[-1])
