@@ -83,9 +83,10 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     """The zero state of ``param`` (1-D float32 or bfloat16) for :func:`adam_step_lowp`.
 
     ``state_dtype``: "float32", "bfloat16" (moments rounded to nearest even when stored)
-    or "int8" (blockwise 8-bit codes: ``exp_avg`` int8, ``exp_avg_sq`` uint8, and a float32
-    absmax per block of ``kernels.lowp.Q8_BLOCK`` elements in ``exp_avg_absmax`` /
-    ``exp_avg_sq_absmax``). For bfloat16 parameters, ``master_weights=True`` adds a float32
+    or "int8" (blockwise 8-bit codes: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8
+    codes of sqrt(v), and a float32 absmax per block of ``kernels.lowp.Q8_BLOCK``
+    elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
+    :func:`decode_state` turns any state back into float32 moments. For bfloat16 parameters, ``master_weights=True`` adds a float32
     copy ``master`` (initialised from param) that the step updates, ``compensation=True``
     a bfloat16 Kahan buffer ``compensation`` (zeros)."""
     _check_param(param)
@@ -117,6 +118,19 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     if compensation:
         state["compensation"] = np.zeros(n, param.dtype)
     return state
+
+
+def decode_state(state):
+    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays)."""
+    from .kernels.lowp import Q8S_TABLE, Q8U_TABLE
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    if m.dtype == np.int8:
+        n = m.shape[0]
+        sm = np.repeat(state["exp_avg_absmax"], Q8_BLOCK)[:n]
+        sv = np.repeat(state["exp_avg_sq_absmax"], Q8_BLOCK)[:n]
+        s = Q8U_TABLE[v] * sv
+        return Q8S_TABLE[m.astype(np.int64) + 128] * sm, s * s
+    return m.astype(np.float32), v.astype(np.float32)
 
 
 def state_bytes_per_param(state, n=None):

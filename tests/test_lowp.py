@@ -84,9 +84,9 @@ def warm_state(rng, n, pdt, state_dtype, **kw):
 
 def decoded_state(st):
     m, v = st["exp_avg"], st["exp_avg_sq"]
-    if m.dtype == np.int8:
+    if m.dtype == np.int8:                         # v is stored as sqrt(v)
         return (q8_decode_np(m, st["exp_avg_absmax"], True),
-                q8_decode_np(v, st["exp_avg_sq_absmax"], False))
+                q8_decode_np(v, st["exp_avg_sq_absmax"], False) ** 2)
     return m.astype(np.float64), v.astype(np.float64)
 
 
@@ -264,16 +264,14 @@ def test_float32_params_low_precision_state_one_step(state_dtype, var, launch_mo
         assert np.all(np.abs(m1 - bf_round(m)) <= bf_ulp(m) + 1e-30)
         assert np.all(np.abs(v1 - bf_round(v)) <= bf_ulp(v) + 1e-30)
     elif state_dtype == "int8":
-        am = np.abs(m).reshape(-1, L.Q8_BLOCK) if n % L.Q8_BLOCK == 0 else None
         blocks = -(-n // L.Q8_BLOCK)
         ref_am = np.array([np.abs(m[b * 256:(b + 1) * 256]).max() for b in range(blocks)])
-        ref_av = np.array([np.abs(v[b * 256:(b + 1) * 256]).max() for b in range(blocks)])
+        ref_av = np.array([np.sqrt(v[b * 256:(b + 1) * 256]).max() for b in range(blocks)])
         assert np.allclose(st["exp_avg_absmax"], ref_am, rtol=1e-6, atol=0)
         assert np.allclose(st["exp_avg_sq_absmax"], ref_av, rtol=1e-6, atol=0)
-        del am
         # each stored code is the nearest (to float32 rounding) to the new value
         for x, dec, scale, signed in ((m, m1, st["exp_avg_absmax"], True),
-                                      (v, v1, st["exp_avg_sq_absmax"], False)):
+                                      (np.sqrt(v), np.sqrt(v1), st["exp_avg_sq_absmax"], False)):
             s = np.repeat(scale.astype(np.float64), L.Q8_BLOCK)[:n]
             err = np.abs(dec - x) / s
             assert np.all(err <= q8_nearest_err(x, scale, signed) + 1e-5)
@@ -366,6 +364,16 @@ def test_stochastic_rounding_reproducible_for_seed_and_threads(monkeypatch):
     if config.numba.config.NUMBA_NUM_THREADS >= 2:
         assert np.array_equal(a, run(11, 2, True))
     assert not np.array_equal(a, run(12, 1, False))
+
+
+def test_decode_state_matches_reference_decoding():
+    rng = np.random.default_rng(10)
+    for sd in ("bfloat16", "int8", "float32"):
+        _, st = warm_state(rng, 700, np.float32, sd)
+        m, v = lowp.decode_state(st)
+        rm, rv = decoded_state(st)
+        assert m.dtype == v.dtype == np.float32
+        assert np.allclose(m, rm, rtol=1e-6, atol=0) and np.allclose(v, rv, rtol=1e-6, atol=0)
 
 
 def test_int8_state_survives_save_and_load_exactly(tmp_path):

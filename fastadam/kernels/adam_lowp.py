@@ -6,7 +6,8 @@ Layouts (compile-time constants of a generated kernel):
   (``PARAM_BF16``);
 * moments ``exp_avg`` / ``exp_avg_sq``: float32 (``STATE_F32``), bfloat16 bits
   (``STATE_BF16``, round to nearest even on store) or blockwise 8-bit codes
-  (``STATE_Q8``: int8 / uint8 codes and a float32 absmax per ``lowp.Q8_BLOCK`` elements);
+  (``STATE_Q8``: int8 codes of m, uint8 codes of sqrt(v), a float32 absmax of each per
+  ``lowp.Q8_BLOCK`` elements);
 * how a bfloat16 parameter keeps its precision (``PMODE_*``): round to nearest, stochastic
   rounding, Kahan compensation in a bfloat16 buffer ``c``, or a float32 master copy ``w``.
 
@@ -151,7 +152,12 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
     """One quantization block (at most Q8_BLOCK elements, scale index j): decode, update,
     store the parameters and keep the new moments in the float32 scratch tm / tv while
     finding their absmax (an integer max over the magnitude bits: vectorises, and NaN's
-    bits exceed inf's, so a NaN makes the scale NaN), then encode."""
+    bits exceed inf's, so a NaN makes the scale NaN), then encode.
+
+    The second moment is stored as sqrt(v) (codes and absmax of sqrt(v); decoded and
+    squared): half the dynamic range in log terms, so small v in a block with a large one
+    no longer round to 0 (which made m / sqrt(v) blow up), and sqrt(v) is what the
+    update uses anyway (docs/low_precision.md)."""
     b1, omb1, b2, omb2 = sc[B1], sc[OMB1], sc[B2], sc[OMB2]
     step_size, eps, wd, gs, wdm1 = sc[STEP_SIZE], sc[EPS_EFF], sc[WD], sc[GRAD_SCALE], sc[WDM1]
     decoupled = wd_mode == WD_DECOUPLED
@@ -162,13 +168,15 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
     bv = np.int32(0)
     for i in range(g.shape[0]):
         pi = load_param(p, w, i, param_kind, pmode)
+        si = q8u_decode(vq[i], av)
         pd, mi, vi, upd = adam_elem(pi, load_grad(g, i, param_kind), q8s_decode(mq[i], am),
-                                    q8u_decode(vq[i], av), b1, omb1, b2, omb2,
+                                    si * si, b1, omb1, b2, omb2,
                                     step_size, eps, wd, gs, wd_mode, scale_grad)
+        si = np.sqrt(vi)
         tm[i] = mi
-        tv[i] = vi
+        tv[i] = si
         xm = _absbits(mi)
-        xv = _absbits(vi)
+        xv = _absbits(si)
         bm = xm if xm > bm else bm
         bv = xv if xv > bv else bv
         store_param(p, w, c, i, pi, pd, upd, wdm1, key, base + i, param_kind, pmode, decoupled)
