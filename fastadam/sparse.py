@@ -30,7 +30,9 @@ import numpy as np
 
 from . import _checks as C
 from . import config
+from .kernels import registry
 from .kernels import sparse as _K
+from .optim.groups import Validator
 
 _INT_KINDS = "iu"
 _I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
@@ -247,9 +249,10 @@ class SparseAdam:
     """
 
     algorithm = _algorithm = "sparse_adam"
-    _state_names = ("exp_avg", "exp_avg_sq")
-    _hparams = {"lr": C.check_lr, "betas": C.check_betas, "eps": C.check_eps,
-                "maximize": _bool}
+    _spec = registry.get("sparse_adam")
+    _state_names = _spec.state
+    _validate = Validator(_spec)
+    _hparams = {o.name: o.check for o in _validate.options}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *,
                  nonfinite="propagate"):
@@ -274,13 +277,9 @@ class SparseAdam:
 
     # ------------------------------------------------------------------ validation
     def _check_hparams(self, h, where):
-        out = {}
-        for key, check in self._hparams.items():
-            name = f"{where}[{key!r}]" if where else key
-            if key not in h:
-                raise ValueError(f"{where or 'defaults'} is missing {key!r}")
-            out[key] = check(h[key], name)
-        return out
+        # The registry's validator: the options sparse_adam serves, and a refusal of other
+        # algorithms' options (weight_decay, amsgrad, ...) a group may carry.
+        return self._validate(h, where)
 
     @staticmethod
     def _normalize_groups(params, existing):
@@ -348,8 +347,7 @@ class SparseAdam:
             if g.get("params") is not self._group_params[gi]:
                 raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
                                  "are fixed at construction (use add_param_group)")
-            out.append(g if _plain_hparams(g) else
-                       self._check_hparams(g, where=f"param_groups[{gi}]"))
+            out.append(self._check_hparams(g, where=f"param_groups[{gi}]"))  # cached
         return out
 
     def _checked_grads(self, grads):
@@ -580,17 +578,6 @@ class SparseAdam:
                 if k != "params":
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines) + "\n)"
-
-
-def _plain_hparams(g):
-    """Fast acceptance of a group whose hyperparameters are already normalised (floats,
-    a tuple of floats, a bool) and in range; anything else goes through the checkers."""
-    lr, betas, eps, mx = g.get("lr"), g.get("betas"), g.get("eps"), g.get("maximize")
-    return (type(lr) is float and 0.0 <= lr < _INF and type(eps) is float
-            and 0.0 <= eps < _INF and (mx is True or mx is False)
-            and type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
-            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0
-            and 0.0 <= betas[1] < 1.0)
 
 
 def _step_scalars(step, h, dtype):

@@ -81,7 +81,8 @@ class Validator:
 
     def __init__(self, algorithm):
         self.algorithm = algorithm
-        self.options = SHARED_OPTIONS + tuple(algorithm.options)
+        self.options = tuple(o for o in SHARED_OPTIONS if o.name in algorithm.shared) \
+            + tuple(algorithm.options)
         names = {o.name for o in self.options}
         self.foreign = (KNOWN_OPTIONS | _SHARED_NAMES) - names
         self._cache = OrderedDict()
