@@ -41,6 +41,7 @@ from . import checkpoint as _ckpt
 from .config import JIT_OPTIONS
 from .flat import ALIGNMENT, aligned_empty
 from .optim import Adam, ParamGroup
+from .optim.groups import normalize_params
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
 
@@ -252,42 +253,14 @@ class ShardedOptimizer:
         self._adopt_groups(self._validate_groups())
 
     def _normalize(self, params):
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "not a single array; wrap it: [param]")
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError("params must be a list of arrays or of param-group dicts, got "
-                            f"{type(params).__name__}") from None
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = [dict(g) for g in params]
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        named = []
         out = []
+        groups = normalize_params(params, lambda name, p: C.check_array(name, p, writable=True))
         for gi, g in enumerate(groups):
-            if "params" not in g:
-                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-            ps = g["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"param_groups[{gi}]['params'] is empty")
-            for pi, p in enumerate(ps):
-                named.append((f"param_groups[{gi}]['params'][{pi}]", p))
-                C.check_array(named[-1][0], p, writable=True)
             full = dict(self.defaults)
-            full.update({k: v for k, v in g.items()
-                         if k not in ("params", "foreach", "fused", "capturable",
-                                      "differentiable")})
+            full.update({k: v for k, v in g.items() if k != "params"})
             full.update(self._check_hparams(full, f"param_groups[{gi}]"))
-            full["params"] = ps
+            full["params"] = g["params"]
             out.append(full)
-        C.check_no_overlap(named)
         return out
 
     def _check_hparams(self, h, where):

@@ -32,7 +32,7 @@ from . import _checks as C
 from . import config
 from .kernels import registry
 from .kernels import sparse as _K
-from .optim.groups import Validator
+from .optim.groups import Validator, normalize_params
 
 _INT_KINDS = "iu"
 _I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
@@ -285,39 +285,7 @@ class SparseAdam:
     def _normalize_groups(params, existing):
         """Validated copies of the param-group dicts; ``existing``: parameters already
         held (new ones must not share memory with them)."""
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "not a single array; wrap it: [param]")
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError("params must be a list of arrays or of param-group dicts, got "
-                            f"{type(params).__name__}") from None
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = [dict(g) for g in params]
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        named = [(f"params[{i}]", p) for i, p in enumerate(existing)]
-        for gi, g in enumerate(groups):
-            if "params" not in g:
-                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-            ps = g["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"param_groups[{gi}]['params'] is empty")
-            for pi, p in enumerate(ps):
-                name = f"param_groups[{gi}]['params'][{pi}]"
-                _check_param(name, p)
-                named.append((name, p))
-            for k in {"foreach", "fused", "capturable", "differentiable"} & set(g):
-                del g[k]   # torch backend switches: meaningless here
-            g["params"] = ps
-        C.check_no_overlap(named)
-        return groups
+        return normalize_params(params, _check_param, existing)
 
     def _owned_spans(self):
         """Sorted byte ranges of the parameters and moments, which no gradient may
