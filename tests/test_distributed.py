@@ -127,6 +127,40 @@ def test_failure_on_one_rank_raises_everywhere(n):
     assert all(v == n for v in found.values()), found
 
 
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_data_parallel_estimators(n):
+    """tests/mpi/estimators.py: each rank holds its own uneven rows; comm= fits equal
+    partial_fit on the pooled minibatches, score within one point of one process."""
+    pytest.importorskip("sklearn")
+    out = run_mpi(n, "estimators.py")
+    found = cases(out, n)
+    assert set(found) == {"exact_linear_classifier_sorted_weighted", "exact_mlp_classifier",
+                          "exact_linear_regressor_huber", "exact_mlp_regressor",
+                          "accuracy_linear_classifier", "accuracy_linear_regressor",
+                          "accuracy_mlp_classifier", "accuracy_mlp_regressor",
+                          "pickle_drops_comm", "clone_keeps_comm", "early_stopping", "errors_everywhere"}
+    assert all(v == n for v in found.values()), found
+
+
+def test_estimator_comm_parameter_without_mpiexec():
+    """comm is an ordinary parameter: stored as given, None by default; a value that is
+    not a communicator is refused when fitting, naming it (clone: tests/mpi/estimators.py)."""
+    pytest.importorskip("sklearn")
+    import fastadam.sklearn as fsk
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    for cls in (fsk.AdamClassifier, fsk.AdamRegressor, fsk.AdamMLPClassifier,
+                fsk.AdamMLPRegressor):
+        assert cls().comm is None
+        marker = object()
+        est = cls(comm=marker)
+        assert est.get_params()["comm"] is marker
+        assert est.set_params(comm=None).comm is None
+        with pytest.raises((TypeError, ImportError), match="comm"):
+            cls(comm="world", max_iter=2).fit(X, y)
+
+
 def test_shard_bounds():
     from fastadam.distributed import shard_bounds
     b = shard_bounds(1001, 3, itemsize=4)            # 16-element (64-byte) alignment

@@ -340,6 +340,20 @@ class _BaseAdam(_Network, BaseEstimator):
                           dtype=(np.float64, np.float32))
         return X.astype(self._flat.dtype, copy=False)
 
+    def __sklearn_clone__(self):
+        # A communicator is shared by the clone, never copied (clone would deep-copy
+        # it, which mpi4py refuses for all but the predefined communicators).
+        comm = getattr(self, "comm", None)
+        if comm is None:
+            return super().__sklearn_clone__()
+        self.comm = None
+        try:
+            new = super().__sklearn_clone__()
+        finally:
+            self.comm = comm
+        new.comm = comm
+        return new
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
