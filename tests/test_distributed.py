@@ -139,7 +139,8 @@ def test_data_parallel_estimators(n):
                           "exact_linear_regressor_huber", "exact_mlp_regressor",
                           "accuracy_linear_classifier", "accuracy_linear_regressor",
                           "accuracy_mlp_classifier", "accuracy_mlp_regressor",
-                          "pickle_drops_comm", "clone_keeps_comm", "early_stopping", "errors_everywhere"}
+                          "pickle_drops_comm", "clone_keeps_comm", "early_stopping",
+                          "errors_everywhere", "partial_fit_blocks"}
     assert all(v == n for v in found.values()), found
 
 

@@ -18,6 +18,9 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     objective (``alpha`` is L2 on ``coef_`` with scikit-learn's MLP scaling) and for the
     Adam formula (``epsilon`` is epsilon-hat, fastadam ``eps_mode="hat"``, as scikit-learn).
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the module docstring.
+
     Attributes: ``coef_`` (1 or n_classes, n_features) and ``intercept_`` (1 or
     n_classes,) - views of one flat float buffer that ``optimizer_`` updates in place;
     ``classes_``, ``n_iter_`` (epochs), ``t_`` (samples seen), ``loss_``,
@@ -88,6 +91,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
 
     See the module docstring for the objective (``alpha`` is L2 on ``coef_`` with
     scikit-learn's MLP scaling) and the Adam formula (fastadam ``eps_mode="hat"``).
+
+    ``comm``: data-parallel fitting over MPI, as in :class:`AdamClassifier`.
 
     Attributes: ``coef_`` (n_features,) for 1-D y, else (n_outputs, n_features), and
     ``intercept_`` (1,) or (n_outputs,) - views of one flat buffer; ``n_iter_``, ``t_``,

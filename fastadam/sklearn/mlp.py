@@ -20,6 +20,9 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     scikit-learn (see the module docstring); ``epsilon`` is epsilon-hat (fastadam
     ``eps_mode="hat"``). Binary, multiclass (softmax) and multilabel targets.
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the package docstring.
+
     Attributes: ``coefs_[i]`` (fan_in, fan_out) and ``intercepts_[i]`` - views of one
     flat buffer; ``classes_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``,
     ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
@@ -70,7 +73,8 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     ``sklearn.neural_network.MLPRegressor(solver="adam")`` with ``loss="squared_error"``
     (also ``"huber"``, threshold ``huber_delta``). Same objective, initialisation,
     batching and stopping rules as scikit-learn; ``epsilon`` is epsilon-hat (fastadam
-    ``eps_mode="hat"``). Attributes as :class:`AdamMLPClassifier`, without ``classes_``.
+    ``eps_mode="hat"``). ``comm`` and the attributes as :class:`AdamMLPClassifier`, without
+    ``classes_``.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",

@@ -186,4 +186,16 @@ for what, args in [("n_features", (Xr[:, :5] if RANK == SIZE - 1 else Xr, yr)),
     assert "on rank" in msg, msg
 assert_same_everywhere("after_errors", [pf._flat])
 ok("errors_everywhere")
+
+# ---- partial_fit block by block (the Dask route on every rank): blocks of different
+# sizes on each rank, the same number of calls
+inc = fsk.AdamMLPRegressor(hidden_layer_sizes=(8,), random_state=0, comm=COMM)
+X, _, y, _ = reg_data(seed=2)
+b = shares(len(X), [0.5, 0.3, 0.2])
+Xr, yr = mine(b, X, y)
+for block in np.array_split(np.arange(len(Xr)), 4):
+    inc.partial_fit(Xr[block], yr[block])
+assert_same_everywhere("partial_fit_blocks", [inc._flat])
+assert inc.t_ == len(X) and inc.n_iter_ == 4
+ok("partial_fit_blocks")
 done()
