@@ -14,7 +14,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
+                                      validate_data)
 
 from ._network import _Network
 from ._validation import check_hyperparams, check_sample_weight
@@ -64,9 +65,16 @@ class _BaseAdam(_Network, BaseEstimator):
             self._validate_hyperparams(incremental)
             fitted = hasattr(self, "optimizer_")
             first = not fitted or (not incremental and not self.warm_start)
-            X, y = validate_data(self, X, y, reset=first, accept_sparse="csr",
-                                 dtype=(np.float64, np.float32), multi_output=True,
-                                 **({} if dp is None else {"ensure_min_samples": 0}))
+            if dp is None:
+                X, y = validate_data(self, X, y, reset=first, accept_sparse="csr",
+                                     dtype=(np.float64, np.float32), multi_output=True)
+            else:
+                # the same checks as above, but a rank may hold no rows
+                X = validate_data(self, X, reset=first, accept_sparse="csr",
+                                  dtype=(np.float64, np.float32), ensure_min_samples=0)
+                y = check_array(y, accept_sparse="csr", ensure_2d=False, dtype=None,
+                                ensure_min_samples=0, input_name="y", estimator=self)
+                check_consistent_length(X, y)
             if not first:
                 X = X.astype(self._flat.dtype, copy=False)
             labels = None

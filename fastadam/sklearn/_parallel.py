@@ -95,10 +95,9 @@ def score_stats(est, X, y, sample_weight):
         eq = np.asarray(pred) == np.asarray(y)
         correct = eq.all(axis=1) if eq.ndim == 2 else eq
         return np.array([float(np.dot(w, correct)), float(w.sum())])
-    Y = np.asarray(y, np.float64)
-    Y = Y.reshape(n, -1)
-    P = est._raw_output(X).astype(np.float64) if n else np.zeros_like(Y)
-    P = P.reshape(n, -1)
+    k = est._units[-1]
+    Y = np.asarray(y, np.float64).reshape(n, k)
+    P = est._raw_output(X).astype(np.float64).reshape(n, k) if n else np.zeros((0, k))
     return np.concatenate([[w.sum()], w @ Y, w @ (Y * Y), w @ ((Y - P) ** 2)])
 
 
@@ -107,7 +106,7 @@ def score_from_stats(est, v):
     ``r2_score(multioutput="uniform_average")`` with ``force_finite=True``)."""
     if hasattr(est, "classes_"):
         return v[0] / v[1] if v[1] > 0 else 0.0
-    k = (v.shape[0] - 1) // 4
+    k = (v.shape[0] - 1) // 3
     sw, sy, syy, sres = v[0], v[1:1 + k], v[1 + k:1 + 2 * k], v[1 + 2 * k:]
     sstot = np.maximum(syy - sy * sy / sw, 0.0)
     r2 = np.where(sstot > 0, 1.0 - sres / np.where(sstot > 0, sstot, 1.0),

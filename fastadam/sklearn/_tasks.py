@@ -57,6 +57,10 @@ class _ClassifierMixinAdam:
         self._out_kind = "softmax" if self._label_binarizer.y_type_ == "multiclass" \
             else "logistic"
         self.out_activation_ = self._out_kind
+        if y.shape[0] == 0:            # a data-parallel rank without rows
+            lb = self._label_binarizer
+            width = y.shape[1] if y.ndim == 2 else lb.transform(lb.classes_[:1]).shape[1]
+            return np.zeros((0, width), dtype=dtype)
         return np.ascontiguousarray(self._label_binarizer.transform(y), dtype=dtype)
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):

@@ -198,4 +198,17 @@ for block in np.array_split(np.arange(len(Xr)), 4):
 assert_same_everywhere("partial_fit_blocks", [inc._flat])
 assert inc.t_ == len(X) and inc.n_iter_ == 4
 ok("partial_fit_blocks")
+
+# ---- a rank without rows takes part in every step (and in the validation score)
+b = np.array([0, 700] + [1000] * (SIZE - 1))        # the last rank: no rows
+for cls in (fsk.AdamClassifier, fsk.AdamMLPRegressor):
+    X, _, y, _ = clf_data(seed=3) if cls is fsk.AdamClassifier else reg_data(seed=3)
+    Xr, yr = mine(b, X[:1000], y[:1000])
+    e = cls(random_state=0, comm=COMM, early_stopping=True, max_iter=30).fit(Xr, yr)
+    assert_same_everywhere("zero_rows", [e._flat])
+    runs = COMM.allgather(e.validation_scores_)
+    assert all(r == runs[0] for r in runs) and e.t_ == 900 * e.n_iter_
+    e.set_params(early_stopping=False).partial_fit(Xr, yr)
+    assert_same_everywhere("zero_rows_partial_fit", [e._flat])
+ok("zero_rows")
 done()
