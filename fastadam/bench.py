@@ -652,6 +652,13 @@ def run(sizes=None, max_size=DEFAULT_MAX_SIZE, dtypes=("float32", "float64"), pe
     return res
 
 
+def torch_frontend(quick=False, threads=None):
+    """``fastadam bench --torch``: fastadam.torch.Adam.step() against torch fused Adam on
+    models of many tensors (see fastadam/torch/benchmark.py); returns the report text."""
+    from .torch import benchmark
+    return benchmark.format_rows(benchmark.run(quick=quick, threads=threads))
+
+
 def _worker_main(argv):
     impl, spec = argv[0], json.loads(argv[1])
     print(json.dumps(_WORKERS[impl](spec)))

@@ -62,6 +62,15 @@ def _parser():
                    "of the table)")
     b.add_argument("--plot", metavar="FILE.png", default=None,
                    help="save a throughput plot (needs matplotlib)")
+    b.add_argument("--sparse", action="store_true",
+                   help="benchmark the sparse step instead (fastadam.sparse_adam_step on "
+                   "a float32 1e6 x 64 table, 4096 indices per step, uniform and Zipf) "
+                   "against its floor kernel, torch.optim.SparseAdam and a dense step; "
+                   "takes --threads, --runs, --quick, --json, --peers")
+
+    b.add_argument("--torch", action="store_true",
+                   help="instead: time fastadam.torch.Adam.step() against torch fused Adam "
+                   "on models of 1e5-1e7 parameters in 10-100 tensors (needs torch)")
 
     sub.add_parser("info", help="versions, threading layer, threads, parallel threshold, "
                    "kernel cache directory")
@@ -69,8 +78,13 @@ def _parser():
 
 
 def _bench(args):
+    if args.sparse:
+        return _bench_sparse(args)
     from . import bench
 
+    if args.torch:
+        print(bench.torch_frontend(quick=args.quick, threads=args.threads))
+        return 0
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in bench.BYTES_PER_PARAM]
     if not dtypes or bad:
@@ -115,6 +129,18 @@ def _bench(args):
     if args.plot:
         bench.plot(res, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _bench_sparse(args):
+    from . import bench_sparse
+
+    if args.runs < 1 or (args.threads is not None and args.threads < 1):
+        print("fastadam bench: --runs and --threads must be >= 1", file=sys.stderr)
+        return 2
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    bench_sparse.main(threads=args.threads, quick=args.quick, runs=args.runs,
+                      json_out=args.json, peers=peers)
     return 0
 
 

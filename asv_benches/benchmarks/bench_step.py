@@ -74,7 +74,7 @@ class Floor(_Threads):
 class PercentOfFloor:
     """Plain float32/float64 step as % of the floor kernel, timed interleaved in one
     process (the ratio docs/performance.md's targets are stated in). Higher is better."""
-    params = [[10**5, 10**6, 10**7], DTYPES]
+    params = [[10**4, 10**5, 10**6, 10**7], DTYPES]
     param_names = ["size", "dtype"]
     unit = "%"
     timeout = 180
@@ -94,6 +94,40 @@ class PercentOfFloor:
                           "floor": lambda: self.floor(p, g, m, v)}, n)
         return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
 
+
+
+class KernelPercentOfFloor:
+    """The compiled serial Adam kernel alone (no Python-side validation or dispatch) as %
+    of the serial floor kernel, in cache: how close the element arithmetic is to moving
+    the bytes (float32 uses the reciprocal estimate of kernels/approx.py where the CPU
+    has it; float64 divides exactly). Beside PercentOfFloor, the gap between the two is
+    the per-call overhead. Higher is better."""
+    params = [[10**4, 5 * 10**4, 10**5], DTYPES]
+    param_names = ["size", "dtype"]
+    unit = "%"
+    timeout = 180
+
+    def setup(self, n, dtype):
+        try:
+            from fastadam import functional as F
+            from fastadam.bench import measure
+            from fastadam.kernels.floor import floor_serial
+        except ImportError:
+            raise NotImplementedError("this fastadam has no floor kernel / bench harness")
+        try:   # the serial flat kernel adam_step launches, and its hyperparameter row
+            s = F._ADAM.setup(1e-3, (0.9, 0.999), 1e-8, 0.0, False, False, False, True,
+                              "paper")
+            self.kernel, self.h, self.gs = s.serial, s.h, F._NO_GROUP_SCALARS
+        except (AttributeError, TypeError):
+            raise NotImplementedError("this fastadam has another kernel layout")
+        self.measure, self.floor = measure, floor_serial
+        self.p, self.g, self.m, self.v = buffers(n, dtype)
+
+    def track_kernel_percent_of_floor(self, n, dtype):
+        p, g, m, v, h, e = self.p, self.g, self.m, self.v, self.h, self.p[:0]
+        r = self.measure({"step": lambda: self.kernel(p, g, m, v, e, e, h, 10, self.gs),
+                          "floor": lambda: self.floor(p, g, m, v)}, n)
+        return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
 
 class ManyArrays:
     """Object API over many separate arrays (one launch through the chunk table) against

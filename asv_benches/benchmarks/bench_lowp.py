@@ -1,0 +1,85 @@
+"""Low-precision layouts (fastadam.adam_step_lowp): step and byte floor per layout, and
+the step as % of its own floor (timed interleaved in one process). The float32 step these
+are compared with is bench_step.Step / PercentOfFloor."""
+import numpy as np
+
+import fastadam as fa
+
+from .common import steps_per_call
+
+LAYOUTS = {
+    "bf16-state": ("float32", "bfloat16", {}, "nearest"),
+    "int8-state": ("float32", "int8", {}, "nearest"),
+    "bf16-all-nearest": ("bfloat16", "bfloat16", {}, "nearest"),
+    "bf16-all-stochastic": ("bfloat16", "bfloat16", {}, "stochastic"),
+    "bf16-all-compensation": ("bfloat16", "bfloat16", {"compensation": True}, "nearest"),
+    "bf16-all-master": ("bfloat16", "bfloat16", {"master_weights": True}, "nearest"),
+}
+SIZES = [10**5, 10**6, 10**7]
+
+
+def _setup(n, layout):
+    try:
+        import ml_dtypes
+        from fastadam import lowp
+    except ImportError:
+        raise NotImplementedError("this fastadam has no low-precision layouts (or no ml_dtypes)")
+    pdt, sdt, kw, rounding = LAYOUTS[layout]
+    dt = np.float32 if pdt == "float32" else ml_dtypes.bfloat16
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n, np.float32).astype(dt)
+    g = (1e-3 * rng.standard_normal(n, np.float32)).astype(dt)
+    st = lowp.init_lowp_state(p, state_dtype=sdt, **kw)
+
+    def step():
+        fa.adam_step_lowp(p, g, st, step=10, lr=1e-3, rounding=rounding, seed=1)
+
+    def floor():
+        lowp.floor_lowp(p, g, st, rounding=rounding)
+    step(), floor()          # compile, page faults
+    return step, floor
+
+
+class StepLowp:
+    params = [SIZES, list(LAYOUTS)]
+    param_names = ["size", "layout"]
+    timeout = 600
+
+    def setup(self, n, layout):
+        self.step, _ = _setup(n, layout)
+        self.k = steps_per_call(n)
+
+    def time_step(self, n, layout):
+        for _ in range(self.k):
+            self.step()
+
+
+class FloorLowp:
+    params = [SIZES, list(LAYOUTS)]
+    param_names = ["size", "layout"]
+    timeout = 600
+
+    def setup(self, n, layout):
+        _, self.floor = _setup(n, layout)
+        self.k = steps_per_call(n)
+
+    def time_floor(self, n, layout):
+        for _ in range(self.k):
+            self.floor()
+
+
+class PercentOfFloorLowp:
+    """The layout's step as % of its own byte floor (issue 13 target: >= 90%)."""
+    params = [[10**6, 10**7], list(LAYOUTS)]
+    param_names = ["size", "layout"]
+    unit = "%"
+    timeout = 600
+
+    def setup(self, n, layout):
+        from fastadam.bench import measure
+        self.measure = measure
+        self.step, self.floor = _setup(n, layout)
+
+    def track_percent_of_floor(self, n, layout):
+        r = self.measure({"step": self.step, "floor": self.floor}, n)
+        return 100.0 * r["floor"]["sec"] / r["step"]["sec"]

@@ -1,0 +1,379 @@
+"""Sparse (lazy) Adam: coalesce duplicate row indices and update only the touched rows of
+the parameter and both moments, in one pass over those rows (= torch.optim.SparseAdam).
+
+Arrays are 2-D views: ``p2, m2, v2`` of shape ``(n_rows, dim)``, ``vals2`` ``(k, dim)``
+with one gradient row per index of ``idx`` ``(k,)``. Indices are trusted here (the caller
+checks ``0 <= idx < n_rows`` before any kernel runs). Per touched row, with g the sum of
+the values of every occurrence of the row *in occurrence order* (then negated if
+maximize; ``gsign`` is -1 or +1), the element update is PyTorch's own arithmetic::
+
+    mu = (g - m) * (1 - b1);       m = m + mu
+    vu = (g * g - v) * (1 - b2);   v = v + vu
+    p  = p + neg_step_size * (m / (sqrt(v) + eps))
+
+with ``neg_step_size = -lr * sqrt(1 - b2**t) / (1 - b1**t)`` (eps not bias-corrected:
+the paper's "epsilon hat" form), scalars rounded once to the buffers' dtype.
+
+Coalescing never copies the values and has no serial pass over them:
+
+* serial kernel (small work): an open-addressing hash table over the k indices gives
+  each distinct row an entry. Rows seen once (usually most) are updated straight from
+  their value row in one branch-free loop; rows seen several times get an accumulator
+  row, filled by streaming their value rows forward (so each row is summed in
+  occurrence order), then updated from it. Only duplicated rows' sums are stored.
+* parallel kernel: the rows are split by a hash into ``2**pbits`` partitions; one
+  parallel loop over partitions lets each pick its positions out of the indices (in
+  occurrence order) and run the serial routine on them.
+
+A row lives in exactly one partition and its values are summed in occurrence order in
+both kernels, so results are identical for any thread and partition count.
+"""
+from __future__ import annotations
+
+import llvmlite.binding as _llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..config import JIT_OPTIONS
+
+#: Indices of the scalars row ``sc`` (dtype of the buffers).
+OMB1, OMB2, EPS, NEG_STEP_SIZE, GSIGN = range(5)
+N_SCALARS = 5
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)   # Fibonacci hashing: top bits are well mixed
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _hash(r):
+    return np.uint64(r) * _GOLDEN
+
+
+#: Rows are prefetched this many distinct rows ahead of the one being updated: a row
+#: update has little arithmetic per byte, so without prefetching the core waits on one
+#: row's cache misses at a time (random rows defeat the hardware prefetcher).
+PREFETCH_DISTANCE = 4
+#: The same for the value rows summed into the accumulators of duplicated rows (little
+#: work per row: look further ahead).
+ACC_PREFETCH_DISTANCE = 16
+#: Bytes of a row prefetched (the hardware prefetcher follows longer rows by itself).
+PREFETCH_BYTES = 512
+_PREFETCH = "llvm.prefetch.p0" if _llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def prefetch_row(typingctx, arr, row, write):
+    """Hint the cache lines of the first PREFETCH_BYTES of ``arr[row]`` (2-D C-contiguous
+    array) into L1, for writing when the literal ``write`` is True. No effect on results;
+    ``row`` must be in range (the address is computed, never dereferenced here)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
+            and isinstance(row, types.Integer) and isinstance(write, types.BooleanLiteral)):
+        return None
+    rw = 1 if write.literal_value else 0
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        intp = context.get_value_type(types.intp)
+        row = context.cast(builder, args[1], sig.args[1], types.intp)
+        width = cgutils.unpack_tuple(builder, ary.shape)[1]
+        itemsize = ir.Constant(intp, aryty.dtype.bitwidth // 8)
+        i8p = ir.IntType(8).as_pointer()
+        base = builder.gep(builder.bitcast(ary.data, i8p),
+                           [builder.mul(builder.mul(row, width), itemsize)])
+        nbytes = builder.mul(width, itemsize)
+        cap = ir.Constant(intp, PREFETCH_BYTES)
+        nbytes = builder.select(builder.icmp_signed("<", nbytes, cap), nbytes, cap)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), nbytes,
+                                     ir.Constant(intp, 64)) as (off, _):
+            builder.call(fn, [builder.gep(base, [off]), ir.Constant(i32, rw),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, row, write), codegen
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _prefetch(p2, m2, v2, vals2, r, j):
+    prefetch_row(p2, r, True)
+    prefetch_row(m2, r, True)
+    prefetch_row(v2, r, True)
+    prefetch_row(vals2, j, False)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _row_update(p, g, m, v, sc):
+    # Looped from 0 over equal-length rows so LLVM vectorises it (see kernels/adam.py).
+    omb1 = sc[OMB1]
+    omb2 = sc[OMB2]
+    eps = sc[EPS]
+    nss = sc[NEG_STEP_SIZE]
+    gsign = sc[GSIGN]
+    for d in range(p.shape[0]):
+        gi = g[d] * gsign
+        mo = m[d]
+        mn = mo + (gi - mo) * omb1
+        vo = v[d]
+        vn = vo + (gi * gi - vo) * omb2
+        m[d] = mn
+        v[d] = vn
+        p[d] = p[d] + nss * (mn / (np.sqrt(vn) + eps))
+
+
+@njit(**JIT_OPTIONS)
+def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
+    """Update the rows listed by positions ``pos`` (into idx / vals2, increasing).
+    Every occurrence of a row in ``idx`` must be in ``pos`` (the whole index set, or
+    one hash partition of it: ``pbits`` top hash bits shared by all of ``pos``)."""
+    cnt = pos.shape[0]
+    if cnt == 0:
+        return
+    # 1. Hash the rows: entry e per distinct row, in order of first occurrence.
+    tbits = 1
+    while (1 << tbits) < 2 * cnt:
+        tbits += 1
+    mask = (1 << tbits) - 1
+    table = np.full(1 << tbits, -1, np.int64)    # slot -> entry
+    key = np.empty(cnt, np.int64)                # entry -> row
+    first = np.empty(cnt, np.int64)              # entry -> position of its first value
+    count = np.zeros(cnt, np.int64)              # entry -> occurrences
+    ent = np.empty(cnt, np.int64)                # occurrence q -> entry
+    sh1 = np.uint64(pbits)
+    sh2 = np.uint64(64 - tbits)
+    ne = 0
+    for q in range(cnt):
+        r = idx[pos[q]]
+        s = np.int64((_hash(r) << sh1) >> sh2)
+        while True:
+            e = table[s]
+            if e < 0:
+                e = ne
+                table[s] = e
+                key[e] = r
+                first[e] = pos[q]
+                ne += 1
+                break
+            if key[e] == r:
+                break
+            s = (s + 1) & mask
+        ent[q] = e
+        count[e] += 1
+    # 2. Rows seen once (usually most): one branch-free, prefetched loop.
+    rows1 = np.empty(ne, np.int64)
+    at1 = np.empty(ne, np.int64)
+    slot = np.empty(ne, np.int64)                # entry -> accumulator row, or -1
+    n1 = 0
+    n2 = 0
+    for e in range(ne):
+        if count[e] == 1:
+            rows1[n1] = key[e]
+            at1[n1] = first[e]
+            n1 += 1
+            slot[e] = -1
+        else:
+            slot[e] = n2
+            n2 += 1
+    for e in range(min(PREFETCH_DISTANCE, n1)):
+        _prefetch(p2, m2, v2, vals2, rows1[e], at1[e])
+    for e in range(n1):
+        if e + PREFETCH_DISTANCE < n1:
+            f = e + PREFETCH_DISTANCE
+            _prefetch(p2, m2, v2, vals2, rows1[f], at1[f])
+        r = rows1[e]
+        _row_update(p2[r], vals2[at1[e]], m2[r], v2[r], sc)
+    if n2 == 0:
+        return
+    # 3. Rows with duplicates: sum their value rows into accumulators, streaming the
+    #    values forward (each row's sum in occurrence order: a fixed result), then update.
+    dim = p2.shape[1]
+    acc = np.empty((n2, dim), p2.dtype)
+    dq = np.empty(cnt, np.int64)                 # occurrences of duplicated rows, in order
+    nd = 0
+    for q in range(cnt):
+        if slot[ent[q]] >= 0:
+            dq[nd] = q
+            nd += 1
+    for i in range(nd):
+        if i + ACC_PREFETCH_DISTANCE < nd:
+            prefetch_row(vals2, pos[dq[i + ACC_PREFETCH_DISTANCE]], False)
+        q = dq[i]
+        e = ent[q]
+        a = acc[slot[e]]
+        g = vals2[pos[q]]
+        if pos[q] == first[e]:
+            for d in range(dim):
+                a[d] = g[d]
+        else:
+            for d in range(dim):
+                a[d] += g[d]
+    rows2 = np.empty(n2, np.int64)
+    for e in range(ne):
+        if slot[e] >= 0:
+            rows2[slot[e]] = key[e]
+    for e in range(min(PREFETCH_DISTANCE, n2)):
+        _prefetch(p2, m2, v2, acc, rows2[e], e)
+    for e in range(n2):
+        if e + PREFETCH_DISTANCE < n2:
+            f = e + PREFETCH_DISTANCE
+            _prefetch(p2, m2, v2, acc, rows2[f], f)
+        r = rows2[e]
+        _row_update(p2[r], acc[e], m2[r], v2[r], sc)
+
+
+@njit(**JIT_OPTIONS)
+def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
+    coalesce_update(p2, idx, vals2, m2, v2, np.arange(idx.shape[0]), sc, 0)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, pbits):
+    """``2**pbits`` hash partitions (pbits >= 1) in one parallel loop: each partition
+    picks its positions out of the k indices (a read of the indices per partition, in
+    exchange for a single fork/join: on a busy machine every extra parallel region waits
+    for its slowest thread) and coalesces and updates its rows."""
+    k = idx.shape[0]
+    n_part = 1 << pbits
+    sh = np.uint64(64 - pbits)
+    for b in prange(n_part):
+        pos = np.empty(k, np.int64)
+        c = 0
+        for j in range(k):
+            if np.int64(_hash(idx[j]) >> sh) == b:
+                pos[c] = j
+                c += 1
+        coalesce_update(p2, idx, vals2, m2, v2, pos[:c], sc, pbits)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _span(a):
+    lo = a.ctypes.data
+    return lo, lo + a.size * a.itemsize
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _meets(a, b):
+    alo, ahi = _span(a)
+    blo, bhi = _span(b)
+    return a.size > 0 and b.size > 0 and alo < bhi and blo < ahi
+
+
+@njit(**JIT_OPTIONS)
+def functional_overlap(p, m, v, vals, idx):
+    """The first pair of (param, exp_avg, exp_avg_sq, values, indices) whose memory
+    overlaps, as 5 * i + j (i < j), or -1 (values and indices may share memory: both
+    are only read)."""
+    if _meets(p, m):
+        return 1
+    if _meets(p, v):
+        return 2
+    if _meets(p, vals):
+        return 3
+    if _meets(p, idx):
+        return 4
+    if _meets(m, v):
+        return 7
+    if _meets(m, vals):
+        return 8
+    if _meets(m, idx):
+        return 9
+    if _meets(v, vals):
+        return 13
+    if _meets(v, idx):
+        return 14
+    return -1
+
+
+@njit(**JIT_OPTIONS)
+def span_hit(spans, a):
+    """Row of ``spans`` (sorted, disjoint [start, stop) byte ranges) that array ``a``'s
+    memory overlaps, or -1."""
+    if a.size == 0:
+        return -1
+    lo, hi = _span(a)
+    # first span whose stop is > lo
+    left, right = 0, spans.shape[0]
+    while left < right:
+        mid = (left + right) // 2
+        if spans[mid, 1] <= lo:
+            left = mid + 1
+        else:
+            right = mid
+    if left < spans.shape[0] and spans[left, 0] < hi:
+        return left
+    return -1
+
+
+@njit(**JIT_OPTIONS)
+def first_bad_index(idx, n_rows):
+    """Position of the first index outside [0, n_rows), or -1."""
+    for j in range(idx.shape[0]):
+        r = idx[j]
+        if r < 0 or r >= n_rows:
+            return j
+    return -1
+
+
+@njit(**JIT_OPTIONS)
+def count_nonfinite(bits, exp_mask):
+    """How many elements of a float array, viewed as unsigned ints ``bits`` (uint32 for
+    float32, uint64 for float64), have an all-ones exponent (NaN or inf). Integer work,
+    so the reduction vectorises."""
+    bad = 0
+    for i in range(bits.shape[0]):
+        bad += (bits[i] & exp_mask) == exp_mask
+    return bad
+
+
+# ----------------------------------------------------------------------------- floor
+@njit(inline="always", **JIT_OPTIONS)
+def _touch(p, g, m, v):
+    for d in range(p.shape[0]):
+        gi = g[d]
+        p[d] += gi
+        m[d] += gi
+        v[d] += gi
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _floor_range(p2, rows, vals2, m2, v2, acc, lo, hi):
+    # Value row j is read; for j < len(rows), row rows[j] of p, m, v is read and written
+    # with it. Prefetched like the update (same distance), so the ratio compares the
+    # arithmetic and the coalescing, not the prefetching.
+    top = min(hi, rows.shape[0])
+    for j in range(lo, min(lo + PREFETCH_DISTANCE, top)):
+        _prefetch(p2, m2, v2, vals2, rows[j], j)
+    for j in range(lo, top):
+        if j + PREFETCH_DISTANCE < top:
+            _prefetch(p2, m2, v2, vals2, rows[j + PREFETCH_DISTANCE], j + PREFETCH_DISTANCE)
+        r = rows[j]
+        _touch(p2[r], vals2[j], m2[r], v2[r])
+    for j in range(max(lo, top), hi):          # the remaining (duplicates') value rows
+        g = vals2[j]
+        for d in range(acc.shape[0]):
+            acc[d] += g[d]
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def sparse_floor_parallel(p2, rows, vals2, m2, v2, acc2):
+    """Benchmark yardstick for a step with gradient ``vals2`` (k rows) touching the
+    distinct rows ``rows``: reads every value row once and reads and writes each touched
+    row of p, m, v once, with trivial arithmetic; ``acc2`` (n_chunks, dim) receives the
+    value rows beyond len(rows) (so that their reads are not optimised away). Chunks of
+    value rows run in parallel."""
+    k = vals2.shape[0]
+    n_chunks = acc2.shape[0]
+    csize = (k + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        lo = c * csize
+        hi = min(lo + csize, k)
+        _floor_range(p2, rows, vals2, m2, v2, acc2[c], lo, hi)
+
+
+@njit(**JIT_OPTIONS)
+def sparse_floor_serial(p2, rows, vals2, m2, v2, acc2):
+    _floor_range(p2, rows, vals2, m2, v2, acc2[0], 0, vals2.shape[0])

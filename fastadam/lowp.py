@@ -1,0 +1,340 @@
+"""Functional API for low-precision Adam: fewer bytes per parameter and step.
+
+``init_lowp_state`` builds the state of one flat parameter buffer as a dict of named NumPy
+arrays; ``adam_step_lowp`` steps it in one fused pass. The state's arrays are the whole
+state (codes and scales included): saving them and loading them back resumes exactly.
+
+Layouts (bytes moved per parameter and step; float32 Adam moves 28):
+
+====================  =================  =========================  =================
+param / grad          state_dtype        precision of the param     bytes / step
+====================  =================  =========================  =================
+float32               "float32"          --                         28
+float32               "bfloat16"         --                         20
+float32               "int8"             --                         16 (+ scales)
+bfloat16              "float32"/...      rounding="nearest"         22 / 14 / 10
+bfloat16              any                rounding="stochastic"      as nearest
+bfloat16              any                compensation=True          + 4 (bf16 buffer)
+bfloat16              any                master_weights=True        + 6 (float32 copy,
+                                                                    param write-only)
+====================  =================  =========================  =================
+
+bfloat16 arrays are ``ml_dtypes.bfloat16`` (the dtype of JAX and TensorFlow); float16 is
+not supported (numba has no float16 arithmetic).
+
+Design: a state *dict* instead of more positional arrays, because the arrays a layout
+needs differ (two absmax arrays for int8, a master copy or a compensation buffer for
+bfloat16 parameters); the dict's dtypes say which layout it is, so a step cannot be
+called with a layout other than the one its state was built for, and the names are those
+the optimizer's ``state_dict`` uses.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import MutableMapping
+
+import numpy as np
+
+from . import _checks as C
+from . import config
+from .kernels import adam_lowp as A
+from .kernels.spec import N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE
+from .kernels.lowp import Q8_BLOCK, sr_key
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+ROUNDINGS = ("nearest", "stochastic")
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "master",
+               "compensation")
+_INF = float("inf")
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError as exc:  # pragma: no cover - ml_dtypes is installed with the extra
+        raise ImportError("bfloat16 arrays need the ml_dtypes package: "
+                          "pip install 'fastadam[lowp]'") from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _is_bf16(dt):
+    return dt.name == "bfloat16" and dt.itemsize == 2
+
+
+def q8_blocks(n):
+    """Number of 8-bit quantization blocks (absmax entries) for n elements."""
+    return (n + Q8_BLOCK - 1) // Q8_BLOCK
+
+
+def _check_param(param, name="param"):
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(param).__name__}")
+    if param.dtype != np.float32 and not _is_bf16(param.dtype):
+        raise TypeError(f"{name} must have dtype float32 or bfloat16 (ml_dtypes), got "
+                        f"{param.dtype}; float64 parameters take fastadam.adam_step")
+    if param.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {param.shape}")
+    if not param.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
+
+
+def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
+                    compensation=False):
+    """The zero state of ``param`` (1-D float32 or bfloat16) for :func:`adam_step_lowp`.
+
+    ``state_dtype``: "float32", "bfloat16" (moments rounded to nearest even when stored)
+    or "int8" (blockwise 8-bit codes: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8
+    codes of sqrt(v), and a float32 absmax per block of ``kernels.lowp.Q8_BLOCK``
+    elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
+    :func:`decode_state` turns any state back into float32 moments. For bfloat16 parameters, ``master_weights=True`` adds a float32
+    copy ``master`` (initialised from param) that the step updates, ``compensation=True``
+    a bfloat16 Kahan buffer ``compensation`` (zeros)."""
+    _check_param(param)
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
+    master_weights = C.check_bool("master_weights", master_weights)
+    compensation = C.check_bool("compensation", compensation)
+    bf16_param = _is_bf16(param.dtype)
+    if (master_weights or compensation) and not bf16_param:
+        name = "master_weights" if master_weights else "compensation"
+        raise ValueError(f"{name}=True needs bfloat16 parameters (param is {param.dtype}: "
+                         "float32 parameters are stepped exactly already)")
+    if master_weights and compensation:
+        raise ValueError("master_weights=True and compensation=True are two ways to keep "
+                         "the same precision; choose one (compensation)")
+    n = param.shape[0]
+    if state_dtype == "float32":
+        state = {"exp_avg": np.zeros(n, np.float32), "exp_avg_sq": np.zeros(n, np.float32)}
+    elif state_dtype == "bfloat16":
+        bf = _bfloat16()
+        state = {"exp_avg": np.zeros(n, bf), "exp_avg_sq": np.zeros(n, bf)}
+    else:
+        nb = q8_blocks(n)
+        state = {"exp_avg": np.zeros(n, np.int8), "exp_avg_sq": np.zeros(n, np.uint8),
+                 "exp_avg_absmax": np.zeros(nb, np.float32),
+                 "exp_avg_sq_absmax": np.zeros(nb, np.float32)}
+    if master_weights:
+        state["master"] = param.astype(np.float32)
+    if compensation:
+        state["compensation"] = np.zeros(n, param.dtype)
+    return state
+
+
+def decode_state(state):
+    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays)."""
+    from .kernels.lowp import Q8S_TABLE, Q8U_TABLE
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    if m.dtype == np.int8:
+        n = m.shape[0]
+        sm = np.repeat(state["exp_avg_absmax"], Q8_BLOCK)[:n]
+        sv = np.repeat(state["exp_avg_sq_absmax"], Q8_BLOCK)[:n]
+        s = Q8U_TABLE[v] * sv
+        return Q8S_TABLE[m.astype(np.int64) + 128] * sm, s * s
+    return m.astype(np.float32), v.astype(np.float32)
+
+
+def state_bytes_per_param(state, n=None):
+    """Bytes of optimizer state per parameter (the master copy and compensation buffer
+    included, the parameters and gradients not)."""
+    arrays = [a for a in state.values() if isinstance(a, np.ndarray)]
+    if n is None:
+        n = state["exp_avg"].shape[0]
+    return sum(a.nbytes for a in arrays) / max(n, 1)
+
+
+def _state_array(state, key, dtype, shape, label):
+    a = state[key]
+    name = f"state[{key!r}]"
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} ({label}), got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; it must be writable to be updated in place")
+    return a
+
+
+def _layout(param, grad, state):
+    """Validate and return (param_kind, state_kind, named arrays)."""
+    _check_param(param)
+    if not param.flags.writeable:
+        raise ValueError("param is read-only; it must be writable to be updated in place")
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"grad must be a numpy.ndarray, got {type(grad).__name__}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"grad must have dtype {param.dtype} (like its parameter), got "
+                        f"{grad.dtype}; mixed parameter and gradient dtypes are not supported")
+    if grad.shape != param.shape:
+        raise ValueError(f"grad must have shape {param.shape}, got {grad.shape}")
+    if not grad.flags.c_contiguous:
+        raise ValueError("grad must be C-contiguous; pass np.ascontiguousarray(grad)")
+    if not isinstance(state, MutableMapping):
+        raise TypeError(f"state must be a dict from init_lowp_state, got {type(state).__name__}")
+    for key in state:
+        if key not in _STATE_KEYS:
+            raise ValueError(f"state has an unknown entry {key!r}; expected keys among "
+                             f"{_STATE_KEYS}")
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key not in state:
+            raise ValueError(f"state has no {key!r}; build it with init_lowp_state")
+    n = param.shape[0]
+    m0 = state["exp_avg"]
+    if not isinstance(m0, np.ndarray):
+        raise TypeError(f"state['exp_avg'] must be a numpy.ndarray, got {type(m0).__name__}")
+    if m0.dtype == np.float32:
+        kind, dts = A.STATE_F32, (np.dtype(np.float32),) * 2
+    elif _is_bf16(m0.dtype):
+        kind, dts = A.STATE_BF16, (m0.dtype, m0.dtype)
+    elif m0.dtype == np.int8:
+        kind, dts = A.STATE_Q8, (np.dtype(np.int8), np.dtype(np.uint8))
+    else:
+        raise TypeError(f"state['exp_avg'] has dtype {m0.dtype}; the state dtypes are "
+                        f"{STATE_DTYPES} (see init_lowp_state)")
+    label = {A.STATE_F32: "float32 state", A.STATE_BF16: "bfloat16 state",
+             A.STATE_Q8: "int8 state: exp_avg int8, exp_avg_sq uint8"}[kind]
+    arrays = {"exp_avg": _state_array(state, "exp_avg", dts[0], (n,), label),
+              "exp_avg_sq": _state_array(state, "exp_avg_sq", dts[1], (n,), label)}
+    q8_keys = ("exp_avg_absmax", "exp_avg_sq_absmax")
+    for key in q8_keys:
+        if kind == A.STATE_Q8:
+            if key not in state:
+                raise ValueError(f"state has no {key!r}, which int8 state needs")
+            arrays[key] = _state_array(state, key, np.dtype(np.float32), (q8_blocks(n),),
+                                       "the per-block scales of int8 state")
+        elif key in state:
+            raise ValueError(f"state[{key!r}] belongs to int8 state, but state['exp_avg'] "
+                             f"is {m0.dtype}")
+    bf16_param = _is_bf16(param.dtype)
+    for key in ("master", "compensation"):
+        if key in state:
+            if not bf16_param:
+                raise ValueError(f"state[{key!r}] is for bfloat16 parameters; param is "
+                                 f"{param.dtype}")
+            dt = np.dtype(np.float32) if key == "master" else param.dtype
+            arrays[key] = _state_array(state, key, dt, (n,), f"the {key} of bfloat16 params")
+    if "master" in arrays and "compensation" in arrays:
+        raise ValueError("state has both 'master' and 'compensation'; use one of them")
+    return (A.PARAM_BF16 if bf16_param else A.PARAM_F32), kind, arrays
+
+
+def _check_hyper(step, lr, betas, eps, weight_decay):
+    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
+        step = C.check_step(step)
+    if not (type(lr) is float and 0.0 <= lr < _INF):
+        lr = C.check_lr(lr)
+    if not (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        betas = C.check_betas(betas)
+    if not (type(eps) is float and 0.0 <= eps < _INF):
+        eps = C.check_eps(eps)
+    if not (type(weight_decay) is float and 0.0 <= weight_decay < _INF):
+        weight_decay = C.check_weight_decay(weight_decay)
+    return step, lr, betas, eps, weight_decay
+
+
+_EMPTY32 = np.empty(0, np.float32)
+_EMPTY16 = np.empty(0, np.uint16)
+
+
+def _u16(a):
+    return a.view(np.uint16) if a.dtype.itemsize == 2 and a.dtype.kind != "u" else a
+
+
+def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                   weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+                   bias_correction=True, eps_mode="paper", rounding="nearest", seed=0):
+    r"""One fused Adam / AdamW step on a flat float32 or bfloat16 ``param`` with the
+    low-precision ``state`` of :func:`init_lowp_state`, in place.
+
+    The formulas and hyperparameters are :func:`fastadam.adam_step`'s (no amsgrad).
+    Every element is computed in float32 from the decoded parameter, gradient and
+    moments; each value is rounded once when it is stored: bfloat16 moments to nearest
+    even; int8 moments block by block (the block's new values, their absmax, then the
+    nearest code); the parameter as ``rounding`` says for bfloat16 parameters:
+
+    * ``"nearest"``: round to nearest even. Updates smaller than half a bfloat16 ulp of
+      the parameter (|p| * 2**-9) are lost, every step: training stalls once lr is small
+      relative to |p| / 256. Use one of the three below for long runs;
+    * ``"stochastic"``: rounds up with probability equal to the remainder, so the
+      expected stored value is the exact one. The random bits are a hash of
+      (``seed``, ``step``, element index): reproducible for a seed, identical for any
+      thread count;
+    * ``state["compensation"]`` (init with compensation=True): Kahan summation, the part
+      of each update the parameter could not absorb is kept in a bfloat16 buffer;
+    * ``state["master"]`` (init with master_weights=True): a float32 copy is stepped
+      exactly as float32 Adam would (bit for bit given the same gradients) and the
+      parameter receives its rounded value in the same pass.
+
+    Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
+    """
+    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
+    for name, flag in (("decoupled_weight_decay", decoupled_weight_decay),
+                       ("maximize", maximize), ("bias_correction", bias_correction)):
+        if flag is not True and flag is not False:
+            C.check_bool(name, flag)
+    C.check_eps_mode(eps_mode)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    param_kind, state_kind, arrays = _layout(param, grad, state)
+    if param_kind == A.PARAM_BF16:
+        if "master" in arrays:
+            pmode = A.PMODE_MASTER
+        elif "compensation" in arrays:
+            pmode = A.PMODE_KAHAN
+        else:
+            pmode = A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST
+        if rounding == "stochastic" and pmode != A.PMODE_STOCHASTIC:
+            raise ValueError("rounding='stochastic' cannot be combined with "
+                             f"state[{'master' if pmode == A.PMODE_MASTER else 'compensation'!r}]"
+                             ": choose one way to keep the parameter's precision")
+    else:
+        pmode = A.PMODE_NEAREST
+        if rounding != "nearest":
+            raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
+                             "parameters are not rounded)")
+    C.check_no_overlap([("param", param), ("grad", grad)]
+                       + [(f"state[{k!r}]", a) for k, a in arrays.items()])
+    wd_mode = WD_NONE if weight_decay == 0.0 else (
+        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
+    from .functional import _ADAM           # Adam's validated hyperparameter row
+    h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
+                    maximize, bias_correction, eps_mode).h
+    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
+    m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
+    ms = arrays.get("exp_avg_absmax", _EMPTY32)
+    vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
+    w = arrays.get("master", _EMPTY32)
+    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
+    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
+    args = (_u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
+    if config.use_parallel(param.shape[0]):
+        with config.launch_lock():
+            kernels[1](*args)
+    else:
+        kernels[0](*args)
+
+
+def floor_lowp(param, grad, state, *, rounding="nearest"):
+    """The byte floor of the step :func:`adam_step_lowp` would take on these arrays:
+    the same bytes read and written, trivial value-preserving math (benchmarks only)."""
+    param_kind, state_kind, arrays = _layout(param, grad, state)
+    pmode = (A.PMODE_MASTER if "master" in arrays else A.PMODE_KAHAN if "compensation"
+             in arrays else A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST)
+    kernels = A.build_floor(param_kind, state_kind, pmode)
+    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
+    args = (_u16(param), _u16(grad), _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"]),
+            arrays.get("master", _EMPTY32), c, arrays.get("exp_avg_absmax", _EMPTY32),
+            arrays.get("exp_avg_sq_absmax", _EMPTY32), np.zeros(N_HYPER), 1, 0)
+    if config.use_parallel(param.shape[0]):
+        with config.launch_lock():
+            kernels[1](*args)
+    else:
+        kernels[0](*args)

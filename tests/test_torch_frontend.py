@@ -1,0 +1,578 @@
+"""fastadam.torch against torch.optim: parity (every option, param groups, None gradients,
+closures), state_dict interop both ways, torch.save round trips, lr schedulers, hooks and
+the errors torch users expect. Skipped when torch is not installed (CI installs it)."""
+import copy
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastadam.torch as ft  # noqa: E402
+
+SHAPES = [(7, 3), (50,), (1,), (4, 5, 2), (33,)]
+
+# (our class, torch class, hyperparameters): every option of each algorithm.
+CASES = [
+    ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("Adam", dict(lr=1e-2, maximize=True)),
+    ("Adam", dict(lr=3e-3, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("Adam", dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-6)),
+    ("Adam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("AdamW", dict(lr=1e-2)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.3, amsgrad=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.3, maximize=True, amsgrad=True)),
+    ("Adamax", dict(lr=1e-2)),
+    ("Adamax", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    ("Adamax", dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-6)),
+]
+IDS = [f"{n}-" + "-".join(f"{k}{v}" for k, v in h.items()) for n, h in CASES]
+# torch implementation switches, passed to both sides (ours accepts and ignores them)
+IMPLS = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+         "fused": dict(fused=True), "default": {}}
+
+
+def make_params(seed, dtype, shapes=SHAPES):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+
+
+def twins(name, h, dtype, groups=None, impl=None, seed=0):
+    """(ours, theirs, our params, their params) over equal copies of the same params."""
+    init = make_params(seed, dtype)
+    ours = [x.clone().requires_grad_() for x in init]
+    theirs = [x.clone().requires_grad_() for x in init]
+    kw = dict(h, **(impl or {}))
+
+    def build(cls, ps):
+        if groups is None:
+            return cls(ps, **kw)
+        return cls([dict(params=[ps[i] for i in idx], **extra) for idx, extra in groups], **kw)
+    return (build(getattr(ft, name), ours), build(getattr(torch.optim, name), theirs),
+            ours, theirs)
+
+
+def set_grads(ps, grads):
+    for p, g in zip(ps, grads):
+        p.grad = None if g is None else g.clone()
+
+
+def random_grads(rng, dtype, t, skip=None):
+    out = []
+    for k, s in enumerate(SHAPES):
+        if skip is not None and skip(t, k):
+            out.append(None)
+        else:
+            out.append(torch.from_numpy(rng.standard_normal(s) * (1 + t % 5)).to(dtype))
+    return out
+
+
+def assert_close64(a, b):
+    a, b = a.detach().numpy(), b.detach().numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * max(np.abs(b).max(), 1e-300))
+
+
+def compare_state(opt, topt, ours, theirs, close):
+    for p, q in zip(ours, theirs):
+        st, tst = opt.state[p], topt.state[q]
+        assert set(st) == set(tst)
+        assert st["step"].dtype == tst["step"].dtype
+        assert float(st["step"]) == float(tst["step"])
+        for key in st:
+            if key != "step":
+                close(st[key], tst[key])
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("name,h", CASES, ids=IDS)
+def test_float64_parity_long_run(name, h, impl):
+    """300 steps in float64, some parameters without gradient on some steps: parameters
+    and every state buffer agree with torch.optim to 1e-12 (relative to the array's
+    scale: torch evaluates the same formulas in another order, a few ulp per step)."""
+    if impl == "fused" and name == "Adamax":
+        pytest.skip("torch.optim.Adamax has no fused implementation")
+    opt, topt, ours, theirs = twins(name, h, torch.float64, impl=IMPLS[impl])
+    rng = np.random.default_rng(1)
+    skip = lambda t, k: k in (1, 3) and (t + k) % 4 == 0   # noqa: E731
+    for t in range(300):
+        grads = random_grads(rng, torch.float64, t, skip)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        opt.step()
+        topt.step()
+    for p, q in zip(ours, theirs):
+        assert_close64(p, q)
+    compare_state(opt, topt, ours, theirs, assert_close64)
+
+
+@pytest.mark.parametrize("name,h", CASES, ids=IDS)
+def test_float32_parity_per_step(name, h):
+    """float32: after each step the parameters differ from torch's by a few ulp; then
+    torch is resynchronised to ours, so the bound is per step, not accumulated."""
+    opt, topt, ours, theirs = twins(name, h, torch.float32)
+    rng = np.random.default_rng(2)
+    for t in range(60):
+        grads = random_grads(rng, torch.float32, t, lambda t, k: k == 2 and t % 3 == 1)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        before = [p.detach().clone().numpy() for p in ours]
+        opt.step()
+        topt.step()
+        lr = h["lr"]
+        for p, q, p0 in zip(ours, theirs, before):
+            # p - lr * u rounds to a few ulp of its largest term: |p| or the step size
+            a, b = p.detach().numpy(), q.detach().numpy()
+            scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), np.maximum(np.abs(p0), lr))
+            ulp = np.spacing(scale)
+            assert np.all(np.abs(a - b) <= 4 * ulp), (t, np.max(np.abs(a - b) / ulp))
+        with torch.no_grad():
+            for p, q in zip(ours, theirs):
+                q.copy_(p)
+                for key, v in opt.state[p].items():
+                    topt.state[q][key].copy_(v)
+
+
+def test_param_groups_and_edits_between_steps():
+    """Two groups with their own hyperparameters; lr, betas, weight_decay, eps and
+    maximize edited between steps (and amsgrad switched on), as a user or scheduler does."""
+    groups = [([0, 2], dict(lr=3e-3)), ([1, 3, 4], dict(weight_decay=0.05, betas=(0.8, 0.9)))]
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2), torch.float64, groups=groups)
+    rng = np.random.default_rng(3)
+    for t in range(80):
+        if t == 20:
+            for o in (opt, topt):
+                o.param_groups[0]["lr"] = 5e-3
+                o.param_groups[1]["betas"] = (0.7, 0.95)
+        if t == 40:
+            for o in (opt, topt):
+                o.param_groups[1]["weight_decay"] = 0.0
+                o.param_groups[0]["eps"] = 1e-3
+                o.param_groups[0]["maximize"] = True
+        grads = random_grads(rng, torch.float64, t)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        opt.step()
+        topt.step()
+    for p, q in zip(ours, theirs):
+        assert_close64(p, q)
+    compare_state(opt, topt, ours, theirs, assert_close64)
+
+
+def test_amsgrad_switched_on_mid_run_starts_at_zero():
+    opt, _, ours, _ = twins("Adam", dict(lr=1e-2), torch.float64)
+    rng = np.random.default_rng(4)
+    for t in range(5):
+        set_grads(ours, random_grads(rng, torch.float64, t))
+        opt.step()
+    opt.param_groups[0]["amsgrad"] = True
+    set_grads(ours, random_grads(rng, torch.float64, 5))
+    opt.step()
+    st = opt.state[ours[0]]
+    # max(0, v_6) = v_6 after the first AMSGrad step
+    torch.testing.assert_close(st["max_exp_avg_sq"], st["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_grad_none_parameters_are_skipped_like_torch():
+    """A parameter without a gradient keeps its state and step; a parameter that never
+    had one has no state (torch semantics), and parameters of one group can be at
+    different steps."""
+    opt, topt, ours, theirs = twins("AdamW", dict(lr=1e-2), torch.float64)
+    rng = np.random.default_rng(5)
+    for t in range(30):
+        grads = random_grads(rng, torch.float64, t, lambda t, k: k == 4 or (k == 1 and t > 20))
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        opt.step()
+        topt.step()
+    assert ours[4] not in opt.state and theirs[4] not in topt.state
+    assert float(opt.state[ours[1]]["step"]) == 21 == float(topt.state[theirs[1]]["step"])
+    assert float(opt.state[ours[0]]["step"]) == 30
+    compare_state(opt, topt, ours[:4], theirs[:4], assert_close64)
+    sd = opt.state_dict()
+    assert 4 not in sd["state"] and sd["state"].keys() == topt.state_dict()["state"].keys()
+    # a step where nobody has a gradient changes nothing
+    opt.zero_grad()
+    before = [p.detach().clone() for p in ours]
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, ours))
+    assert float(opt.state[ours[0]]["step"]) == 30
+
+
+def test_closure_runs_with_grad_enabled_and_returns_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).double()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    opt = ft.Adam(model.parameters(), lr=0.1)
+    topt = torch.optim.Adam(twin.parameters(), lr=0.1)
+
+    def closure_for(m, o):
+        def closure():
+            o.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            loss.backward()
+            return loss
+        return closure
+    for _ in range(20):
+        with torch.no_grad():          # step() must still give the closure autograd
+            loss = opt.step(closure_for(model, opt))
+        tloss = topt.step(closure_for(twin, topt))
+        assert loss.item() == pytest.approx(tloss.item(), rel=1e-12)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert_close64(p, q)
+
+
+def test_zero_grad_set_to_none_false_and_add_param_group():
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2), torch.float64)
+    extra = torch.randn(6, dtype=torch.float64)
+    mine, their_extra = extra.clone().requires_grad_(), extra.clone().requires_grad_()
+    rng = np.random.default_rng(6)
+    for t in range(40):
+        if t == 10:
+            opt.add_param_group({"params": [mine], "lr": 0.05})
+            topt.add_param_group({"params": [their_extra], "lr": 0.05})
+        for o, ps in ((opt, ours), (topt, theirs)):
+            o.zero_grad(set_to_none=False)
+        grads = random_grads(rng, torch.float64, t)
+        for ps in (ours, theirs):
+            with torch.no_grad():
+                for p, g in zip(ps, grads):
+                    if p.grad is None:
+                        p.grad = g.clone()
+                    else:
+                        p.grad.add_(g)      # accumulate into the same tensor
+        if t >= 10:
+            g = torch.from_numpy(rng.standard_normal(6))
+            mine.grad, their_extra.grad = g.clone(), g.clone()
+        opt.step()
+        topt.step()
+    for p, q in zip(ours + [mine], theirs + [their_extra]):
+        assert_close64(p, q)
+    assert float(opt.state[mine]["step"]) == 30
+
+
+def test_grads_that_need_care_noncontiguous_requires_grad_and_moved_params():
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2), torch.float64)
+    rng = np.random.default_rng(7)
+    for t in range(6):
+        grads = random_grads(rng, torch.float64, t)
+        if t == 1:   # a non-contiguous gradient of the right shape
+            grads[0] = torch.from_numpy(rng.standard_normal((3, 7))).t()
+        if t == 2:   # a gradient that requires grad (backward(create_graph=True))
+            grads[1] = grads[1].clone().requires_grad_()
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        if t == 3:   # parameter memory replaced behind the optimizer's back
+            for ps in (ours, theirs):
+                ps[2].data = ps[2].data.clone()
+        opt.step()
+        topt.step()
+    for p, q in zip(ours, theirs):
+        assert_close64(p, q)
+
+
+def test_state_is_zero_copy_and_step_bumps_version():
+    opt, _, ours, _ = twins("Adam", dict(lr=1e-2), torch.float32)
+    set_grads(ours, random_grads(np.random.default_rng(8), torch.float32, 0))
+    v = ours[0]._version
+    ptr = ours[0].data_ptr()
+    opt.step()
+    assert ours[0].data_ptr() == ptr and ours[0]._version > v
+    m = opt.state[ours[0]]["exp_avg"]
+    set_grads(ours, random_grads(np.random.default_rng(9), torch.float32, 1))
+    before = m.clone()
+    opt.step()
+    assert not torch.equal(m, before)     # the state tensor is the live buffer
+
+
+# ----------------------------------------------------------------------------- interop
+def _train(opt, ps, rng, steps, dtype=torch.float64):
+    for t in range(steps):
+        set_grads(ps, random_grads(rng, dtype, t))
+        opt.step()
+
+
+@pytest.mark.parametrize("name,h", [("Adam", dict(lr=1e-2, amsgrad=True)),
+                                    ("AdamW", dict(lr=1e-2, weight_decay=0.2)),
+                                    ("Adamax", dict(lr=1e-2))])
+@pytest.mark.parametrize("direction", ["fastadam_to_torch", "torch_to_fastadam"])
+def test_state_dict_loads_both_ways(name, h, direction):
+    """Train 15 steps on one side, hand the state_dict (two param groups, through
+    torch.save / torch.load(weights_only=True)) to the other, continue both 15 steps:
+    same parameters and state as an uninterrupted run."""
+    groups = [([0, 1], dict(lr=2e-3)), ([2, 3, 4], {})]
+    opt, topt, ours, theirs = twins(name, h, torch.float64, groups=groups)
+    src, dst = (opt, topt) if direction == "fastadam_to_torch" else (topt, opt)
+    src_ps, dst_ps = (ours, theirs) if src is opt else (theirs, ours)
+    ref_opt, _, ref_ps, _ = twins(name, h, torch.float64, groups=groups)
+    rng, rng_ref = np.random.default_rng(10), np.random.default_rng(10)
+    _train(src, src_ps, rng, 15)
+    _train(ref_opt, ref_ps, rng_ref, 15)
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert sd["param_groups"] == src.state_dict()["param_groups"]
+    with torch.no_grad():
+        for p, q in zip(dst_ps, src_ps):
+            p.copy_(q)
+    dst.load_state_dict(sd)
+    _train(dst, dst_ps, rng, 15)
+    _train(ref_opt, ref_ps, rng_ref, 15)
+    for p, q in zip(dst_ps, ref_ps):
+        assert_close64(p, q)
+    compare_state(ref_opt, dst, ref_ps, dst_ps, assert_close64)
+
+
+def test_state_dict_format_matches_torch():
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2, amsgrad=True), torch.float32)
+    grads = random_grads(np.random.default_rng(11), torch.float32, 0)
+    set_grads(ours, grads)
+    set_grads(theirs, grads)
+    opt.step()
+    topt.step()
+    sd, tsd = opt.state_dict(), topt.state_dict()
+    assert sd["param_groups"] == tsd["param_groups"]
+    assert sd["state"].keys() == tsd["state"].keys()
+    for k in sd["state"]:
+        a, b = sd["state"][k], tsd["state"][k]
+        assert list(a) == list(b)
+        for key in a:
+            assert type(a[key]) is type(b[key]) and a[key].dtype == b[key].dtype
+            assert a[key].shape == b[key].shape
+    # the handed-out step is a copy: bumping it does not touch the optimizer
+    sd["state"][0]["step"] += 100
+    assert float(opt.state[ours[0]]["step"]) == 1
+
+
+def test_load_state_dict_hooks_fire_and_state_is_checked():
+    opt, _, ours, _ = twins("Adam", dict(lr=1e-2), torch.float64)
+    _train(opt, ours, np.random.default_rng(12), 3)
+    calls = []
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("pre"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("post"))
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append("sd_post"))
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(sd)
+    assert calls == ["sd_post", "pre", "post"]
+    bad = copy.deepcopy(sd)
+    bad["state"][0]["exp_avg"] = torch.zeros(3)
+    opt.load_state_dict(bad)
+    set_grads(ours, random_grads(np.random.default_rng(13), torch.float64, 0))
+    with pytest.raises(ValueError, match="exp_avg.*shape"):
+        opt.step()
+
+
+def test_deepcopy_is_independent():
+    opt, _, ours, _ = twins("Adam", dict(lr=1e-2), torch.float64)
+    _train(opt, ours, np.random.default_rng(14), 3)
+    clone = copy.deepcopy(opt)
+    cps = [p for g in clone.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in ours]
+    _train(clone, cps, np.random.default_rng(15), 3)
+    assert all(torch.equal(a, b) for a, b in zip(before, ours))
+    assert float(clone.state[cps[0]]["step"]) == 6 and float(opt.state[ours[0]]["step"]) == 3
+
+
+# ----------------------------------------------------------------------------- schedulers
+SCHEDULERS = {
+    "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+    "CosineAnnealingLR": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20),
+    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.05, total_steps=60, cycle_momentum=True),
+    "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        o, factor=0.5, patience=2),
+    "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + e)),
+}
+
+
+@pytest.mark.parametrize("sched", list(SCHEDULERS))
+def test_lr_schedulers(sched):
+    groups = [([0, 1], dict(lr=2e-3)), ([2, 3, 4], {})]
+    opt, topt, ours, theirs = twins("AdamW", dict(lr=1e-2), torch.float64, groups=groups)
+    s, ts = SCHEDULERS[sched](opt), SCHEDULERS[sched](topt)
+    rng = np.random.default_rng(16)
+    betas_seen = set()
+    for t in range(60):
+        grads = random_grads(rng, torch.float64, t)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        opt.step()
+        topt.step()
+        if sched == "ReduceLROnPlateau":
+            metric = 1.0 if t < 10 else 2.0       # plateaus after step 10
+            s.step(metric)
+            ts.step(metric)
+        else:
+            s.step()
+            ts.step()
+        betas_seen.add(opt.param_groups[0]["betas"])
+        assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in topt.param_groups]
+    if sched == "OneCycleLR":
+        assert len(betas_seen) > 10            # momentum was cycled through betas
+    if sched != "LambdaLR":
+        assert opt.param_groups[0]["lr"] != 2e-3
+    for p, q in zip(ours, theirs):
+        assert_close64(p, q)
+
+
+def test_step_hooks_fire():
+    opt, _, ours, _ = twins("Adamax", dict(lr=1e-2), torch.float32)
+    calls = []
+    h1 = opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    g = register_optimizer_step_post_hook(
+        lambda o, a, k: calls.append("global"))
+    try:
+        _train(opt, ours, np.random.default_rng(17), 2, torch.float32)
+    finally:
+        g.remove()
+    assert calls == ["pre", "post", "global"] * 2
+    h1.remove()
+    _train(opt, ours, np.random.default_rng(18), 1, torch.float32)
+    assert calls[-1] == "post"
+
+
+# ----------------------------------------------------------------------------- errors
+def test_constructor_matches_torch_signature_and_defaults():
+    import inspect
+    for name in ("Adam", "AdamW", "Adamax"):
+        ours, theirs = getattr(ft, name), getattr(torch.optim, name)
+        assert inspect.signature(ours) == inspect.signature(theirs)
+        assert issubclass(ours, theirs) and issubclass(ours, torch.optim.Optimizer)
+    p = torch.zeros(3, requires_grad=True)
+    assert ft.Adam([p]).defaults == torch.optim.Adam([p]).defaults
+    assert ft.AdamW([p]).defaults == torch.optim.AdamW([p]).defaults
+    assert ft.Adamax([p]).defaults == torch.optim.Adamax([p]).defaults
+
+
+def test_flags_torch_users_pass():
+    p = torch.zeros(3, requires_grad=True)
+    for kw in (dict(foreach=True), dict(foreach=False), dict(fused=True), dict(fused=False)):
+        ft.Adam([p], **kw)      # harmless here: accepted
+    with pytest.raises(ValueError, match="capturable"):
+        ft.Adam([p], capturable=True)
+    with pytest.raises(ValueError, match="differentiable"):
+        ft.AdamW([p], differentiable=True)
+    with pytest.raises(RuntimeError, match="fused.*foreach"):
+        ft.Adam([p], fused=True, foreach=True)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        ft.Adam([p], lr=-1.0)
+    opt = ft.Adam([p])
+    opt.param_groups[0]["capturable"] = True
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="capturable"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_not_supported_yet(dtype):
+    with pytest.raises(TypeError, match="not supported by fastadam.torch yet"):
+        ft.Adam([torch.zeros(3, dtype=dtype, requires_grad=True)])
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="device meta"):
+        ft.Adam([torch.zeros(3, device="meta", requires_grad=True)])
+    with pytest.raises(ValueError, match="not contiguous"):
+        ft.Adam([torch.zeros(3, 4).t().requires_grad_()])
+    with pytest.raises(TypeError, match="complex"):
+        ft.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ft.Adam([torch.zeros(3, dtype=torch.int32)])
+    opt = ft.Adam([torch.zeros(3, requires_grad=True)])
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.add_param_group({"params": [torch.zeros(3, 4).t().requires_grad_()]})
+    assert len(opt.param_groups) == 1       # the bad group was not kept
+
+
+def test_sparse_gradient_error_like_torch():
+    for cls in (ft.Adam, torch.optim.Adam):
+        p = torch.zeros(4, requires_grad=True)
+        opt = cls([p])
+        p.grad = torch.sparse_coo_tensor([[1]], [1.0], (4,), check_invariants=True)
+        with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.zeros(4))
+
+
+def test_import_fastadam_does_not_import_torch():
+    code = "import sys, fastadam; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_benchmark_smoke():
+    """`fastadam bench --torch` machinery runs and reports both optimizers (no timing
+    is asserted: the machine may be busy)."""
+    from fastadam.torch import benchmark
+    rows = benchmark.run(cases=((2000, 10),), steps=2)
+    assert len(rows) == 1 and rows[0]["n_tensors"] == 10
+    assert rows[0]["fastadam_s"] > 0 and rows[0]["torch_fused_s"] > 0
+    assert "torch fused" in benchmark.format_rows(rows)
+
+
+def test_future_algorithms_activate_when_fastadam_has_them():
+    """NAdam, RAdam, SparseAdam appear in fastadam.torch once fastadam has them (simulated
+    here with stand-ins: only the wiring is checked, not the numerics)."""
+    code = """
+import inspect, sys, fastadam, torch
+import fastadam.torch as before
+assert not hasattr(before, "NAdam")
+del sys.modules["fastadam.torch"], sys.modules["fastadam.torch._frontend"]
+fastadam.NAdam = fastadam.RAdam = fastadam.SparseAdam = fastadam.Adam
+import fastadam.torch as ft
+for name in ("NAdam", "RAdam", "SparseAdam"):
+    ours, theirs = getattr(ft, name), getattr(torch.optim, name)
+    assert issubclass(ours, theirs) and name in ft.__all__
+    assert inspect.signature(ours) == inspect.signature(theirs)
+    p = torch.zeros(3, requires_grad=True)
+    assert ours([p]).defaults == theirs([p]).defaults
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_param_appended_to_group_list_is_picked_up():
+    opt, topt, ours, theirs = twins("Adam", dict(lr=1e-2), torch.float64)
+    extra = torch.randn(4, dtype=torch.float64)
+    a, b = extra.clone().requires_grad_(), extra.clone().requires_grad_()
+    rng = np.random.default_rng(19)
+    for t in range(10):
+        if t == 4:
+            opt.param_groups[0]["params"].append(a)
+            topt.param_groups[0]["params"].append(b)
+        grads = random_grads(rng, torch.float64, t)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        g = torch.from_numpy(rng.standard_normal(4))
+        a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        topt.step()
+    for p, q in zip(ours + [a], theirs + [b]):
+        assert_close64(p, q)
+
+
+def test_train_script_smoke(tmp_path):
+    """scripts/train_torch.py runs end to end (3 steps of the digits MLP) and both
+    optimizers see the same losses at the start."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "scripts", "train_torch.py"),
+                          "mlp", "--steps", "3", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "mlp.json") as f:
+        d = json.load(f)
+    a, b = d["curves"]["fastadam"]["loss"], d["curves"]["torch_fused"]["loss"]
+    assert len(a) == 3 and a[0] == b[0] and abs(a[2] - b[2]) < 1e-5 * abs(b[2])
+    assert (tmp_path / "training.png").exists()
