@@ -41,6 +41,14 @@ Conventions shared by all four estimators (chosen to match ``MLPClassifier``):
   scikit-learn; linear models start at zero), the validation split and the per-epoch
   shuffles, drawing from the random stream in the same order as scikit-learn's MLP.
 
+* **Data-parallel.** ``comm`` (default None): an mpi4py communicator; under ``mpiexec``
+  each rank passes its own rows to ``fit``/``partial_fit`` (collective calls) and the
+  ranks train one model, each step on the pooled minibatch of ``batch_size`` rows, with
+  the Adam state sharded by :class:`fastadam.distributed.ShardedOptimizer` and identical
+  coefficients on every rank (see ``_parallel`` and docs/distributed.md). ``clone``
+  shares the communicator; pickles and deep copies drop it (``comm=None``; further
+  training of the copy starts fresh Adam moments).
+
 Fitted attributes besides scikit-learn's: ``optimizer_`` (the :class:`fastadam.Adam`),
 ``optimizer_time_`` (seconds spent in ``optimizer_.step()`` during the last ``fit`` or
 ``partial_fit`` call; the rest of the fit time is gradients, batching and bookkeeping).

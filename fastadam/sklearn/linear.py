@@ -18,6 +18,9 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     objective (``alpha`` is L2 on ``coef_`` with scikit-learn's MLP scaling) and for the
     Adam formula (``epsilon`` is epsilon-hat, fastadam ``eps_mode="hat"``, as scikit-learn).
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the module docstring.
+
     Attributes: ``coef_`` (1 or n_classes, n_features) and ``intercept_`` (1 or
     n_classes,) - views of one flat float buffer that ``optimizer_`` updates in place;
     ``classes_``, ``n_iter_`` (epochs), ``t_`` (samples seen), ``loss_``,
@@ -45,7 +48,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 random_state=None, warm_start=False, verbose=False):
+                 random_state=None, warm_start=False, verbose=False, comm=None):
         self.loss = loss
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -57,6 +60,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle
@@ -88,6 +92,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     See the module docstring for the objective (``alpha`` is L2 on ``coef_`` with
     scikit-learn's MLP scaling) and the Adam formula (fastadam ``eps_mode="hat"``).
 
+    ``comm``: data-parallel fitting over MPI, as in :class:`AdamClassifier`.
+
     Attributes: ``coef_`` (n_features,) for 1-D y, else (n_outputs, n_features), and
     ``intercept_`` (1,) or (n_outputs,) - views of one flat buffer; ``n_iter_``, ``t_``,
     ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
@@ -107,7 +113,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  fit_intercept=True, learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
-                 shuffle=True, random_state=None, warm_start=False, verbose=False):
+                 shuffle=True, random_state=None, warm_start=False, verbose=False,
+                 comm=None):
         self.loss = loss
         self.huber_delta = huber_delta
         self.alpha = alpha
@@ -120,6 +127,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle

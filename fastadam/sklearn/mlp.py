@@ -20,6 +20,9 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     scikit-learn (see the module docstring); ``epsilon`` is epsilon-hat (fastadam
     ``eps_mode="hat"``). Binary, multiclass (softmax) and multilabel targets.
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the package docstring.
+
     Attributes: ``coefs_[i]`` (fan_in, fan_out) and ``intercepts_[i]`` - views of one
     flat buffer; ``classes_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``,
     ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
@@ -33,7 +36,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10):
+                 epsilon=1e-8, n_iter_no_change=10, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -51,6 +54,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
 
     def _publish(self):
         self.coefs_ = list(self._weights)
@@ -69,14 +73,15 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     ``sklearn.neural_network.MLPRegressor(solver="adam")`` with ``loss="squared_error"``
     (also ``"huber"``, threshold ``huber_delta``). Same objective, initialisation,
     batching and stopping rules as scikit-learn; ``epsilon`` is epsilon-hat (fastadam
-    ``eps_mode="hat"``). Attributes as :class:`AdamMLPClassifier`, without ``classes_``.
+    ``eps_mode="hat"``). ``comm`` and the attributes as :class:`AdamMLPClassifier`, without
+    ``classes_``.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",
                  *, huber_delta=1.0, alpha=1e-4, batch_size="auto", learning_rate_init=1e-3,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, comm=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -96,5 +101,6 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
 
     _publish = AdamMLPClassifier._publish
