@@ -28,11 +28,29 @@ CASES = [
     ("Adamax", dict(lr=1e-2)),
     ("Adamax", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
     ("Adamax", dict(lr=2e-3, betas=(0.8, 0.99), eps=1e-6)),
+    ("NAdam", dict(lr=1e-2)),
+    ("NAdam", dict(lr=1e-2, weight_decay=0.1, momentum_decay=1e-2, maximize=True)),
+    ("NAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True,
+                   betas=(0.8, 0.99), eps=1e-6)),
+    ("RAdam", dict(lr=1e-2)),
+    ("RAdam", dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    ("RAdam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True,
+                   betas=(0.8, 0.99), eps=1e-6)),
 ]
 IDS = [f"{n}-" + "-".join(f"{k}{v}" for k, v in h.items()) for n, h in CASES]
 # torch implementation switches, passed to both sides (ours accepts and ignores them)
 IMPLS = {"single": dict(foreach=False), "foreach": dict(foreach=True),
          "fused": dict(fused=True), "default": {}}
+
+
+@pytest.fixture
+def default_float64():
+    """torch keeps NAdam's mu_product (a running product over all steps) in the default
+    dtype: float64 parity to 1e-12 needs it in float64 (ours is always float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def make_params(seed, dtype, shapes=SHAPES):
@@ -88,12 +106,12 @@ def compare_state(opt, topt, ours, theirs, close):
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("name,h", CASES, ids=IDS)
-def test_float64_parity_long_run(name, h, impl):
+def test_float64_parity_long_run(name, h, impl, default_float64):
     """300 steps in float64, some parameters without gradient on some steps: parameters
     and every state buffer agree with torch.optim to 1e-12 (relative to the array's
     scale: torch evaluates the same formulas in another order, a few ulp per step)."""
-    if impl == "fused" and name == "Adamax":
-        pytest.skip("torch.optim.Adamax has no fused implementation")
+    if impl == "fused" and name in ("Adamax", "NAdam", "RAdam"):
+        pytest.skip(f"torch.optim.{name} has no fused implementation")
     opt, topt, ours, theirs = twins(name, h, torch.float64, impl=IMPLS[impl])
     rng = np.random.default_rng(1)
     skip = lambda t, k: k in (1, 3) and (t + k) % 4 == 0   # noqa: E731
@@ -297,9 +315,11 @@ def _train(opt, ps, rng, steps, dtype=torch.float64):
 
 @pytest.mark.parametrize("name,h", [("Adam", dict(lr=1e-2, amsgrad=True)),
                                     ("AdamW", dict(lr=1e-2, weight_decay=0.2)),
-                                    ("Adamax", dict(lr=1e-2))])
+                                    ("Adamax", dict(lr=1e-2)),
+                                    ("NAdam", dict(lr=1e-2, momentum_decay=1e-2)),
+                                    ("RAdam", dict(lr=1e-2, weight_decay=0.1))])
 @pytest.mark.parametrize("direction", ["fastadam_to_torch", "torch_to_fastadam"])
-def test_state_dict_loads_both_ways(name, h, direction):
+def test_state_dict_loads_both_ways(name, h, direction, default_float64):
     """Train 15 steps on one side, hand the state_dict (two param groups, through
     torch.save / torch.load(weights_only=True)) to the other, continue both 15 steps:
     same parameters and state as an uninterrupted run."""
@@ -389,10 +409,11 @@ SCHEDULERS = {
 }
 
 
+@pytest.mark.parametrize("name", ["AdamW", "NAdam", "RAdam"])
 @pytest.mark.parametrize("sched", list(SCHEDULERS))
-def test_lr_schedulers(sched):
+def test_lr_schedulers(sched, name, default_float64):
     groups = [([0, 1], dict(lr=2e-3)), ([2, 3, 4], {})]
-    opt, topt, ours, theirs = twins("AdamW", dict(lr=1e-2), torch.float64, groups=groups)
+    opt, topt, ours, theirs = twins(name, dict(lr=1e-2), torch.float64, groups=groups)
     s, ts = SCHEDULERS[sched](opt), SCHEDULERS[sched](topt)
     rng = np.random.default_rng(16)
     betas_seen = set()
@@ -440,7 +461,7 @@ def test_step_hooks_fire():
 # ----------------------------------------------------------------------------- errors
 def test_constructor_matches_torch_signature_and_defaults():
     import inspect
-    for name in ("Adam", "AdamW", "Adamax"):
+    for name in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam"):
         ours, theirs = getattr(ft, name), getattr(torch.optim, name)
         assert inspect.signature(ours) == inspect.signature(theirs)
         assert issubclass(ours, theirs) and issubclass(ours, torch.optim.Optimizer)
@@ -448,6 +469,8 @@ def test_constructor_matches_torch_signature_and_defaults():
     assert ft.Adam([p]).defaults == torch.optim.Adam([p]).defaults
     assert ft.AdamW([p]).defaults == torch.optim.AdamW([p]).defaults
     assert ft.Adamax([p]).defaults == torch.optim.Adamax([p]).defaults
+    assert ft.NAdam([p]).defaults == torch.optim.NAdam([p]).defaults
+    assert ft.RAdam([p]).defaults == torch.optim.RAdam([p]).defaults
 
 
 def test_flags_torch_users_pass():
@@ -576,3 +599,36 @@ def test_train_script_smoke(tmp_path):
     a, b = d["curves"]["fastadam"]["loss"], d["curves"]["torch_fused"]["loss"]
     assert len(a) == 3 and a[0] == b[0] and abs(a[2] - b[2]) < 1e-5 * abs(b[2])
     assert (tmp_path / "training.png").exists()
+
+
+def test_nadam_mu_product_live_per_parameter_and_in_state_dict():
+    """NAdam's mu_product: a 0-d tensor per parameter in self.state and the state_dict
+    (torch's format), live (advanced by each step), a separate copy in the state_dict, and
+    parameters of one group skipped on different steps keep their own product."""
+    opt, topt, ours, theirs = twins("NAdam", dict(lr=1e-2), torch.float32)
+    rng = np.random.default_rng(21)
+    skip = lambda t, k: k == 1 and t % 2 == 1   # noqa: E731
+    for t in range(7):
+        grads = random_grads(rng, torch.float32, t, skip)
+        set_grads(ours, grads)
+        set_grads(theirs, grads)
+        opt.step()
+        topt.step()
+        for p, q in zip(ours, theirs):
+            a, b = opt.state[p]["mu_product"], topt.state[q]["mu_product"]
+            assert a.shape == b.shape == () and a.dtype == b.dtype
+            np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    assert float(opt.state[ours[1]]["mu_product"]) != float(opt.state[ours[0]]["mu_product"])
+    sd, tsd = opt.state_dict(), topt.state_dict()
+    for k in sd["state"]:
+        assert list(sd["state"][k]) == list(tsd["state"][k])
+    sd["state"][0]["mu_product"] *= 0
+    assert float(opt.state[ours[0]]["mu_product"]) != 0
+    bad = copy.deepcopy(sd)
+    bad["state"][0]["mu_product"] = torch.tensor(float("nan"))
+    opt.load_state_dict(bad)
+    set_grads(ours, random_grads(rng, torch.float32, 0))
+    before = [p.detach().clone() for p in ours]
+    with pytest.raises(ValueError, match="mu_product"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, ours))

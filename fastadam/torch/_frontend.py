@@ -123,7 +123,9 @@ class Spec:
     buffer). ``fa_class``: group -> name of the fastadam class (torch.optim.Adam with
     ``decoupled_weight_decay=True`` is AdamW). ``structural``: group keys whose change
     needs a rebuild rather than a hyperparameter update. ``sparse_grads``: the algorithm
-    takes sparse gradients (its class overrides ``_grad_array``)."""
+    takes sparse gradients (its class overrides ``_grad_array``). ``scalar_keys``: state
+    keys (among ``state_keys``) that torch keeps per parameter as 0-d tensors and fastadam
+    as one float per param group (NAdam's ``mu_product``)."""
 
     fa_name: str
     hparams: tuple
@@ -132,6 +134,7 @@ class Spec:
     fa_class: Optional[Callable[[dict], str]] = None
     structural: tuple = ()
     sparse_grads: bool = False
+    scalar_keys: tuple = ()
 
     def fa_class_name(self, group):
         return self.fa_class(group) if self.fa_class else self.fa_name
@@ -165,7 +168,7 @@ class _Layout:
 
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
                  "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf",
-                 "step_np")
+                 "step_np", "gs_buf", "gs_np", "gs_rows")
 
 
 def _twin_defaults(twin):
@@ -277,9 +280,10 @@ class FastadamTorchOptimizer:
         # torch hands out the live state; our step counters are views of one shared
         # buffer, so hand out separate step tensors (an optimizer loading this dict,
         # fastadam's or torch's, must not bump ours).
-        sd["state"] = {k: ({**v, "step": v["step"].clone()}
-                           if isinstance(v, dict) and isinstance(v.get("step"), torch.Tensor)
-                           else v)
+        shared = ("step",) + self._spec.scalar_keys
+        sd["state"] = {k: ({**v, **{key: v[key].clone() for key in shared
+                                    if isinstance(v.get(key), torch.Tensor)}}
+                           if isinstance(v, dict) else v)
                        for k, v in sd["state"].items()}
         return sd
 
@@ -335,7 +339,16 @@ class FastadamTorchOptimizer:
                 inner.step(gl[lo:hi])
         increment_version(L.active)      # in-place update, as torch's optimizers record
         np.add(L.step_np, 1, out=L.step_np)
+        if L.gs_rows:
+            self._copy_group_scalars(L)
         return loss
+
+    @staticmethod
+    def _copy_group_scalars(L):
+        """Publish the inner optimizers' group scalars (NAdam's mu_product, advanced by
+        the kernel) into the per-parameter 0-d tensors of ``self.state``."""
+        for inner, lo, hi, rows in L.gs_rows:
+            L.gs_np[lo:hi] = inner._gscal[rows]
 
     @staticmethod
     def _hooked(step):
@@ -425,6 +438,15 @@ class FastadamTorchOptimizer:
             if key not in st:
                 continue
             v = st[key]
+            if key in self._spec.scalar_keys:
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    v = v.item()
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not np.isfinite(v):
+                    raise ValueError(f"state of {name}: {key!r} must be a finite number "
+                                     f"or a one-element tensor, got {v!r}")
+                arrays[key] = float(v)
+                continue
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"state of {name}: {key!r} must be a tensor, got "
                                 f"{type(v).__name__}")
@@ -440,6 +462,15 @@ class FastadamTorchOptimizer:
             if key not in arrays:
                 arrays[key] = np.zeros(tuple(p.shape), dtype=numpy_view(p, name).dtype)
         return int(step), arrays
+
+    @staticmethod
+    def _inner_states(inner):
+        return inner.state
+
+    @staticmethod
+    def _inner_state(inner, states, j):
+        """{state key: live ndarray} of the inner optimizer's parameter ``j``."""
+        return states[j]
 
     def _rebuild(self, have=None):
         """Build the inner fastadam optimizer(s) over the parameters with gradients (or
@@ -462,7 +493,10 @@ class FastadamTorchOptimizer:
                 continue
             step, arrays = self._read_state(p, names[i], groups[gidx[i]])
             steps[i], saved[i] = step, arrays
-            key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step)
+            # parameters share an inner group when they share step count and group
+            # scalars (NAdam's mu_product depends on the betas of the steps they took)
+            scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
+            key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step, scal)
             cells.setdefault(key, []).append(i)
         L = _Layout()
         L.group_params = [g["params"] for g in groups]
@@ -495,6 +529,17 @@ class FastadamTorchOptimizer:
                 L.cells[k[1]].append(ig)
             L.inners.append((inner, len(order), len(order) + len(members)))
             order.extend(members)
+        nsc = len(spec.scalar_keys)
+        L.gs_buf = torch.zeros((len(order), nsc), dtype=_scalar_dtype())
+        L.gs_np = L.gs_buf.numpy()
+        L.gs_rows = []
+        if nsc:
+            for inner, lo, hi in L.inners:
+                rows = [gi for gi, g in enumerate(inner.param_groups) for _ in g["params"]]
+                names = [n for n, _ in inner._alg.group_scalars]
+                cols = [names.index(k) for k in spec.scalar_keys]
+                L.gs_rows.append((inner, lo, hi, np.ix_(np.array(rows, dtype=np.intp), cols)))
+            self._copy_group_scalars(L)
         L.single = len(L.inners) == 1
         L.active = [params[i] for i in order]
         L.active_ids = {id(p) for p in L.active}
@@ -504,15 +549,19 @@ class FastadamTorchOptimizer:
         L.step_np = L.step_buf.numpy()       # bumped in place after each step
         # ---- publish: self.state[p] now holds the inner buffers
         for inner, lo, hi in L.inners:
-            ist = inner.state
+            ist = self._inner_states(inner)
             for j in range(hi - lo):
                 i = order[lo + j]
                 p = params[i]
                 g = groups[gidx[i]]
                 new = {"step": L.step_buf[lo + j]}
+                arrays = self._inner_state(inner, ist, j)
                 for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
                                                    if g.get(flag)):
-                    new[key] = torch.from_numpy(ist[j][key])
+                    if key in spec.scalar_keys:
+                        new[key] = L.gs_buf[lo + j, spec.scalar_keys.index(key)]
+                    else:
+                        new[key] = torch.from_numpy(arrays[key]).view(p.shape)
                 old = dict.get(self.state, p) or {}
                 new.update({k: v for k, v in old.items() if k not in new})
                 self.state[p] = new
@@ -573,7 +622,7 @@ if hasattr(fa, "NAdam"):
             (torch.optim.NAdam.__doc__ or "")
         _spec = Spec("NAdam", ("lr", "betas", "eps", "weight_decay", "momentum_decay",
                                "decoupled_weight_decay", "maximize"),
-                     ("mu_product", "exp_avg", "exp_avg_sq"))
+                     ("mu_product", "exp_avg", "exp_avg_sq"), scalar_keys=("mu_product",))
 
 if hasattr(fa, "RAdam"):
     class RAdam(FastadamTorchOptimizer, torch.optim.RAdam):
