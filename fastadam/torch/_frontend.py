@@ -15,8 +15,10 @@ How torch's semantics map onto the inner optimizer:
   times keep separate step counts, as in torch, and still share one kernel launch (the
   inner optimizer launches by kernel flags, not by group). While the active set stays the
   same (the usual case: all parameters, or all but some frozen ones) a step costs one
-  NumPy view per gradient plus the kernel. When it changes, the inner optimizer is
-  rebuilt and the moments are copied over (O(parameters), measured in docs/torch.md).
+  NumPy view per gradient plus the kernel. When it changes, parameters are split into
+  *blocks* that have had gradients together (each with its own inner optimizers): a step
+  runs the blocks of the current set, a set seen before costs a dict lookup, a new one
+  splits the blocks it cuts (state copied once). See ``_switch`` and docs/torch.md.
 * **State.** ``self.state[p]`` holds torch tensors that *are* the inner optimizer's
   buffers (``torch.from_numpy`` of its views), and ``step`` is a 0-d view of one float
   buffer bumped once per step: ``opt.state[p]["exp_avg"]`` reads (and in-place writes)
@@ -27,7 +29,8 @@ How torch's semantics map onto the inner optimizer:
   (including OneCycleLR's momentum cycling, which writes ``betas``) work.
 
 Algorithms are described by :class:`Spec` (a few lines each); an algorithm appears when
-fastadam has its optimizer class (``hasattr(fastadam, "NAdam")`` ...).
+fastadam has its optimizer class (``hasattr(fastadam, "NAdam")`` ...). SparseAdam has its
+own ``step`` and layout (one inner ``fastadam.SparseAdam`` over every parameter).
 """
 from __future__ import annotations
 
@@ -167,8 +170,9 @@ class _Layout:
     """The inner optimizers for one active set, and what the fast path needs."""
 
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
-                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf",
-                 "step_np", "gs_buf", "gs_np", "gs_rows", "shapes2", "skipped", "views")
+                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_nps",
+                 "gs_rows", "shapes2", "skipped", "views", "params", "gidx", "names",
+                 "all_ptrs", "blocks", "block_of", "patterns")
 
 
 def _twin_defaults(twin):
@@ -338,17 +342,11 @@ class FastadamTorchOptimizer:
             for inner, lo, hi in L.inners:
                 inner.step(gl[lo:hi])
         increment_version(L.active)      # in-place update, as torch's optimizers record
-        np.add(L.step_np, 1, out=L.step_np)
+        for s in L.step_nps:
+            np.add(s, 1, out=s)
         if L.gs_rows:
-            self._copy_group_scalars(L)
+            _copy_group_scalars(L.gs_rows)
         return loss
-
-    @staticmethod
-    def _copy_group_scalars(L):
-        """Publish the inner optimizers' group scalars (NAdam's mu_product, advanced by
-        the kernel) into the per-parameter 0-d tensors of ``self.state``."""
-        for inner, lo, hi, rows in L.gs_rows:
-            L.gs_np[lo:hi] = inner._gscal[rows]
 
     @staticmethod
     def _hooked(step):
@@ -399,10 +397,13 @@ class FastadamTorchOptimizer:
         params = [p for g in self.param_groups for p in g["params"]]
         have = [p.grad is not None for p in params]
         active = {id(p) for p, h in zip(params, have) if h}
-        if [p.data_ptr() for p in L.active] != L.ptrs or active != L.active_ids:
-            if not active:
-                return None, None
+        if not active:
+            return None, None
+        if [p.data_ptr() for p in L.active] != L.ptrs \
+                or any(p.data_ptr() != q for p, q in zip(params, L.all_ptrs)):
             L = self._rebuild(have)
+        elif active != L.active_ids:
+            L = self._switch(have)
         return L, [self._grad_array(p.grad) for p in L.active]
 
     def _grad_array(self, g):
@@ -472,25 +473,101 @@ class FastadamTorchOptimizer:
         """{state key: live ndarray} of the inner optimizer's parameter ``j``."""
         return states[j]
 
-    def _rebuild(self, have=None):
-        """Build the inner fastadam optimizer(s) over the parameters with gradients (or
-        ``have``), carrying every parameter's state over through ``self.state``."""
-        spec = self._spec
-        groups = self.param_groups
+    def _all_params(self):
         params, gidx, names = [], [], []
-        for gi, g in enumerate(groups):
+        for gi, g in enumerate(self.param_groups):
             self._check_group(g, gi)
             for k, p in enumerate(g["params"]):
                 params.append(p)
                 gidx.append(gi)
                 names.append(f"param_groups[{gi}]['params'][{k}]")
+        return params, gidx, names
+
+    def _rebuild(self, have=None):
+        """A fresh layout: one block (inner optimizers) over the parameters with gradients
+        (or ``have``), every parameter's state read from ``self.state``."""
+        params, gidx, names = self._all_params()
+        groups = self.param_groups
         if have is None:
             have = [p.grad is not None for p in params]
+        S = _Layout()
+        S.params, S.gidx, S.names = params, gidx, names
+        S.all_ptrs = [p.data_ptr() for p in params]
+        S.group_params = [g["params"] for g in groups]
+        S.group_lens = [len(g["params"]) for g in groups]
+        S.getter = operator.itemgetter(*self._watched)
+        S.seen = [S.getter(g) for g in groups]
+        S.tensor_groups = {gi for gi, v in enumerate(S.seen)
+                           if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+        S.blocks, S.block_of, S.patterns = [], [None] * len(params), {}
+        block = self._build_block(S, [i for i in range(len(params)) if have[i]])
+        S.blocks.append(block)
+        for i in block.order:
+            S.block_of[i] = block
+        _collect_cells(S)
+        # parameters outside every block keep a copy of their state (not views that would
+        # keep a previous layout's buffers alive)
+        old = self._layout
+        if old is not None and getattr(old, "blocks", None):
+            old_ids = {id(p) for b in old.blocks for p in b.active}
+            for i, p in enumerate(params):
+                st = dict.get(self.state, p)
+                if S.block_of[i] is None and st and id(p) in old_ids:
+                    self.state[p] = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                     for k, v in st.items()}
+        self._layout = S
+        _use_pattern(S, tuple(have))
+        return S
+
+    def _switch(self, have):
+        """The set of parameters with gradients changed (memory and groups did not).
+        Parameters live in *blocks*, each with its own inner optimizers and state, and a
+        step runs the blocks whose parameters have gradients. A pattern seen before costs
+        a dict lookup; a new one splits the blocks it cuts through (their state is copied
+        once into the two halves) and builds a block for parameters never stepped."""
+        S = self._layout
+        key = tuple(have)
+        if key in S.patterns:
+            _use_pattern(S, key)
+            return S
+        blocks, changed = [], False
+        for b in S.blocks:
+            on = [i for i in b.order if have[i]]
+            if on and len(on) < len(b.order):
+                changed = True
+                off = [i for i in b.order if not have[i]]
+                blocks.append(self._build_block(S, on))
+                blocks.append(self._build_block(S, off))
+            else:
+                blocks.append(b)
+        new = [i for i, h in enumerate(have) if h and S.block_of[i] is None]
+        if new:
+            blocks.append(self._build_block(S, new))
+        if len(blocks) > _MAX_BLOCKS:          # patterns too varied: one launch per block
+            return self._rebuild(have)         # would cost more than an occasional rebuild
+        S.blocks = blocks
+        for b in blocks:
+            for i in b.order:
+                S.block_of[i] = b
+        if changed:
+            S.patterns.clear()
+        _collect_cells(S)
+        # the hyperparameters pushed so far apply to the new blocks too (they were read
+        # from self.param_groups by _build_block)
+        _use_pattern(S, key)
+        return S
+
+    def _build_block(self, S, idx):
+        """Inner optimizer(s) over parameters ``idx`` (indices into ``S.params``), their
+        state read from ``self.state`` and then published there as views of the inner
+        buffers."""
+        spec = self._spec
+        groups = self.param_groups
+        params, gidx, names = S.params, S.gidx, S.names
         # ---- read all state first: nothing changes if anything is invalid
         cells, steps, saved = {}, {}, {}
-        for i, p in enumerate(params):
-            if not have[i]:
-                continue
+        for i in idx:
+            p = params[i]
             step, arrays = self._read_state(p, names[i], groups[gidx[i]])
             steps[i], saved[i] = step, arrays
             # parameters share an inner group when they share step count and group
@@ -498,15 +575,9 @@ class FastadamTorchOptimizer:
             scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
             key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step, scal)
             cells.setdefault(key, []).append(i)
-        L = _Layout()
-        L.group_params = [g["params"] for g in groups]
-        L.group_lens = [len(g["params"]) for g in groups]
-        L.getter = operator.itemgetter(*self._watched)
-        L.seen = [L.getter(g) for g in groups]
-        L.tensor_groups = {gi for gi, v in enumerate(L.seen)
-                           if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
-        L.cells = {gi: [] for gi in range(len(groups))}
-        L.inners, order = [], []
+        B = _Block()
+        B.cells = {gi: [] for gi in range(len(groups))}
+        B.inners, order = [], []
         sdt = _scalar_dtype()
         for cls_name in dict.fromkeys(k[0] for k in sorted(cells, key=lambda k: (k[1], k[2]))):
             keys = sorted((k for k in cells if k[0] == cls_name), key=lambda k: (k[1], k[2]))
@@ -526,56 +597,88 @@ class FastadamTorchOptimizer:
             inner.load_state_dict({"param_groups": pgroups, "state": {
                 j: {"step": steps[i], **saved[i]} for j, i in enumerate(members)}})
             for k, ig in zip(keys, inner.param_groups):
-                L.cells[k[1]].append(ig)
-            L.inners.append((inner, len(order), len(order) + len(members)))
+                B.cells[k[1]].append(ig)
+            B.inners.append((inner, len(order), len(order) + len(members)))
             order.extend(members)
+        B.order = order
+        B.active = [params[i] for i in order]
         nsc = len(spec.scalar_keys)
-        L.gs_buf = torch.zeros((len(order), nsc), dtype=_scalar_dtype())
-        L.gs_np = L.gs_buf.numpy()
-        L.gs_rows = []
+        B.gs_buf = torch.zeros((len(order), nsc), dtype=sdt)
+        gs_np = B.gs_buf.numpy()
+        B.gs_rows = []
         if nsc:
-            for inner, lo, hi in L.inners:
+            for inner, lo, hi in B.inners:
                 rows = [gi for gi, g in enumerate(inner.param_groups) for _ in g["params"]]
-                names = [n for n, _ in inner._alg.group_scalars]
-                cols = [names.index(k) for k in spec.scalar_keys]
-                L.gs_rows.append((inner, lo, hi, np.ix_(np.array(rows, dtype=np.intp), cols)))
-            self._copy_group_scalars(L)
-        L.single = len(L.inners) == 1
-        L.active = [params[i] for i in order]
-        L.active_ids = {id(p) for p in L.active}
-        L.ptrs = [p.data_ptr() for p in L.active]
-        L.inactive = [p for i, p in enumerate(params) if not have[i]]
-        L.step_buf = torch.tensor([float(steps[i]) for i in order], dtype=sdt)
-        L.step_np = L.step_buf.numpy()       # bumped in place after each step
+                names_ = [n for n, _ in inner._alg.group_scalars]
+                cols = [names_.index(k) for k in spec.scalar_keys]
+                B.gs_rows.append((inner, gs_np[lo:hi],
+                                  np.ix_(np.array(rows, dtype=np.intp), cols)))
+            _copy_group_scalars(B.gs_rows)
+        B.step_buf = torch.tensor([float(steps[i]) for i in order], dtype=sdt)
+        B.step_np = B.step_buf.numpy()       # bumped in place after each step
         # ---- publish: self.state[p] now holds the inner buffers
-        for inner, lo, hi in L.inners:
+        for inner, lo, hi in B.inners:
             ist = self._inner_states(inner)
             for j in range(hi - lo):
                 i = order[lo + j]
                 p = params[i]
                 g = groups[gidx[i]]
-                new = {"step": L.step_buf[lo + j]}
+                new = {"step": B.step_buf[lo + j]}
                 arrays = self._inner_state(inner, ist, j)
                 for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
                                                    if g.get(flag)):
                     if key in spec.scalar_keys:
-                        new[key] = L.gs_buf[lo + j, spec.scalar_keys.index(key)]
+                        new[key] = B.gs_buf[lo + j, spec.scalar_keys.index(key)]
                     else:
                         new[key] = torch.from_numpy(arrays[key]).view(p.shape)
                 old = dict.get(self.state, p) or {}
                 new.update({k: v for k, v in old.items() if k not in new})
                 self.state[p] = new
-        # parameters leaving the active set keep a copy of their state (not views that
-        # would keep the previous inner optimizer's buffers alive)
-        old_layout = self._layout
-        if old_layout is not None:
-            for p in old_layout.active:
-                st = dict.get(self.state, p)
-                if st and id(p) not in L.active_ids:
-                    self.state[p] = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-                                     for k, v in st.items()}
-        self._layout = L
-        return L
+        return B
+
+
+class _Block:
+    """Inner optimizers over a set of parameters that (so far) always had gradients
+    together."""
+
+    __slots__ = ("cells", "inners", "order", "active", "gs_buf", "gs_rows", "step_buf",
+                 "step_np")
+
+
+_MAX_BLOCKS = 16
+
+
+def _copy_group_scalars(gs_rows):
+    """Publish the inner optimizers' group scalars (NAdam's mu_product, advanced by the
+    kernel) into the per-parameter 0-d tensors of ``self.state``."""
+    for inner, dst, rows in gs_rows:
+        dst[...] = inner._gscal[rows]
+
+
+def _collect_cells(S):
+    S.cells = {gi: [ig for b in S.blocks for ig in b.cells[gi]]
+               for gi in range(len(S.group_params))}
+
+
+def _use_pattern(S, key):
+    """Point the layout's step fields at the blocks of pattern ``key`` (grad presence
+    per parameter), computing them on first use."""
+    P = S.patterns.get(key)
+    if P is None:
+        blocks = [b for b in S.blocks if b.order and key[b.order[0]]]
+        active, inners, step_nps, gs_rows = [], [], [], []
+        for b in blocks:
+            off = len(active)
+            inners.extend((inner, lo + off, hi + off) for inner, lo, hi in b.inners)
+            active.extend(b.active)
+            step_nps.append(b.step_np)
+            gs_rows.extend(b.gs_rows)
+        ids = {id(p) for p in active}
+        P = (active, ids, [p for p in S.params if id(p) not in ids], inners, step_nps, gs_rows)
+        S.patterns[key] = P
+    S.active, S.active_ids, S.inactive, S.inners, S.step_nps, S.gs_rows = P
+    S.single = len(S.inners) == 1
+    S.ptrs = [p.data_ptr() for p in S.active]
 
 
 def _flatten(v):
