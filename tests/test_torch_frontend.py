@@ -495,10 +495,110 @@ def test_flags_torch_users_pass():
     assert torch.equal(p.detach(), torch.zeros(3))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_not_supported_yet(dtype):
-    with pytest.raises(TypeError, match="not supported by fastadam.torch yet"):
-        ft.Adam([torch.zeros(3, dtype=dtype, requires_grad=True)])
+def test_low_precision_refused_where_not_supported():
+    with pytest.raises(TypeError, match="float16 parameters are not supported"):
+        ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
+    for name in ("Adamax", "NAdam", "RAdam"):
+        with pytest.raises(TypeError, match="bfloat16 parameters are supported by "
+                                            "fastadam.torch.Adam and AdamW only"):
+            getattr(ft, name)([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)])
+    p = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
+    opt = ft.Adam([p], amsgrad=True)
+    p.grad = torch.ones(3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.bfloat16))
+
+
+def _bf16_twins(name, h, seed=0):
+    """bfloat16 parameters (ours, plus one float32 parameter in the same optimizer) and
+    torch.optim on float32 copies of the same values."""
+    g = torch.Generator().manual_seed(seed)
+    init = [torch.randn(s, generator=g) for s in [(7, 3), (50,), (4, 5, 2), (9,)]]
+    ours = [x.to(torch.bfloat16).requires_grad_() for x in init[:3]] + \
+        [init[3].clone().requires_grad_()]
+    ref = [x.detach().float().clone().requires_grad_() for x in ours]
+    return getattr(ft, name)(ours, **h), getattr(torch.optim, name)(ref, **h), ours, ref
+
+
+@pytest.mark.parametrize("name,h", [("Adam", dict(lr=1e-2, weight_decay=0.1)),
+                                   ("AdamW", dict(lr=1e-2, maximize=True)),
+                                   ("Adam", dict(lr=1e-3, betas=(0.8, 0.99),
+                                                 decoupled_weight_decay=True,
+                                                 weight_decay=0.2))], ids=str)
+def test_bfloat16_params_master_weights_track_float32_adam(name, h):
+    """bfloat16 parameters step float32 master weights (fastadam.lowp): the master copy
+    follows torch.optim on float32 parameters fed the same gradients (a few float32 ulp
+    per step, accumulated), and the bfloat16 parameter is the master rounded to nearest."""
+    opt, topt, ours, ref = _bf16_twins(name, h)
+    rng = np.random.default_rng(50)
+    steps = 60
+    for t in range(steps):
+        for k, (p, q) in enumerate(zip(ours, ref)):
+            if k == 1 and t % 3 == 1:
+                p.grad = q.grad = None
+                continue
+            gr = torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32))
+            p.grad = gr.to(p.dtype)
+            q.grad = p.grad.float()
+        opt.step()
+        topt.step()
+    for p, q in zip(ours, ref):
+        st = opt.state[p]
+        master = st["master"] if p.dtype == torch.bfloat16 else p.detach()
+        a, b = master.numpy(), q.detach().numpy()
+        tol = 4 * steps * np.finfo(np.float32).eps * np.maximum(np.abs(b), h["lr"])
+        np.testing.assert_array_less(np.abs(a - b), tol)
+        if p.dtype == torch.bfloat16:
+            assert torch.equal(p.detach(), st["master"].to(torch.bfloat16))
+            assert st["exp_avg"].dtype == torch.float32
+        assert float(st["step"]) == float(topt.state[q]["step"])
+
+
+def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
+    h = dict(lr=1e-2)
+    opt, _, ours, _ = _bf16_twins("Adam", h)
+    rng = np.random.default_rng(51)
+
+    def train(o, ps, n):
+        for _ in range(n):
+            for p in ps:
+                p.grad = torch.from_numpy(
+                    rng.standard_normal(tuple(p.shape)).astype(np.float32)).to(p.dtype)
+            o.step()
+    train(opt, ours, 5)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert list(sd["state"][0]) == ["step", "exp_avg", "exp_avg_sq", "master"]
+    # fastadam -> fastadam: exact (master weights included)
+    opt2, _, ours2, _ = _bf16_twins("Adam", h)
+    with torch.no_grad():
+        for p, q in zip(ours2, ours):
+            p.copy_(q)
+    opt2.load_state_dict(sd)
+    state = rng.bit_generator.state
+    train(opt, ours, 3)
+    rng.bit_generator.state = state
+    train(opt2, ours2, 3)
+    for p, q in zip(ours, ours2):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[q]["exp_avg_sq"])
+    # torch.optim.Adam on bfloat16 loads ours (moments cast to bfloat16, master ignored)
+    tps = [p.detach().clone().requires_grad_() for p in ours]
+    topt = torch.optim.Adam(tps, **h)
+    topt.load_state_dict(opt.state_dict())
+    train(topt, tps, 1)
+    # and ours loads torch's bfloat16 state: moments widened, master from the parameter
+    opt3, _, ours3, _ = _bf16_twins("Adam", h)
+    with torch.no_grad():
+        for p, q in zip(ours3, tps):
+            p.copy_(q)
+    opt3.load_state_dict(topt.state_dict())
+    train(opt3, ours3, 1)
+    assert float(opt3.state[ours3[0]]["step"]) == 10
+    assert opt3.state[ours3[0]]["exp_avg"].dtype == torch.float32
 
 
 def test_bad_params():

@@ -70,26 +70,37 @@ def _plain_view(t):
     return t.detach().numpy()
 
 
-_NUMPY_VIEWS = {torch.float32: _plain_view, torch.float64: _plain_view}
+def _bf16_view(t):
+    import ml_dtypes
+    return t.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+
+_NUMPY_VIEWS = {torch.float32: _plain_view, torch.float64: _plain_view,
+                torch.bfloat16: _bf16_view}
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def check_dtype(t, name):
-    """TypeError unless ``t``'s dtype is one fastadam.torch steps."""
-    if t.dtype in _NUMPY_VIEWS:
+def check_dtype(t, name, lowp=False):
+    """TypeError unless ``t``'s dtype is one fastadam.torch steps (bfloat16 only where
+    ``lowp``: Adam and AdamW, through fastadam.lowp)."""
+    if t.dtype in (torch.float32, torch.float64) or (lowp and t.dtype == torch.bfloat16):
         return
     if t.dtype in _LOW_PRECISION:
-        raise TypeError(f"{name} has dtype {t.dtype}: low-precision parameters are not "
-                        "supported by fastadam.torch yet; keep float32 parameters (e.g. "
-                        "model.float(), with torch.autocast for bfloat16 compute) or use "
-                        "torch.optim")
+        what = ("bfloat16 parameters are supported by fastadam.torch.Adam and AdamW only"
+                if t.dtype == torch.bfloat16 else
+                "float16 parameters are not supported by fastadam.torch (fastadam's "
+                "kernels have no float16 arithmetic)")
+        raise TypeError(f"{name} has dtype {t.dtype}: {what}; keep float32 parameters "
+                        "(e.g. model.float(), with torch.autocast for low-precision "
+                        "compute) or use torch.optim")
     raise TypeError(f"{name} has dtype {t.dtype}; fastadam.torch steps real floating-point "
                     "parameters of dtype float32 or float64")
 
 
 def numpy_view(t, name="tensor"):
-    """A NumPy array sharing ``t``'s memory (``t`` a contiguous CPU tensor)."""
-    check_dtype(t, name)
+    """A NumPy array sharing ``t``'s memory (``t`` a contiguous CPU tensor; bfloat16 as
+    ml_dtypes.bfloat16)."""
+    check_dtype(t, name, lowp=True)
     return _NUMPY_VIEWS[t.dtype](t)
 
 
@@ -138,6 +149,7 @@ class Spec:
     structural: tuple = ()
     sparse_grads: bool = False
     scalar_keys: tuple = ()
+    lowp: bool = False
 
     def fa_class_name(self, group):
         return self.fa_class(group) if self.fa_class else self.fa_name
@@ -233,8 +245,7 @@ class FastadamTorchOptimizer:
                 raise ValueError(f"param_groups[{gi}][{key!r}]={g[key]!r} is not supported "
                                  f"by fastadam.torch.{type(self).__name__}")
 
-    @staticmethod
-    def _check_param(p, name):
+    def _check_param(self, p, name):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(p).__name__}")
         if p.device.type != "cpu":
@@ -247,7 +258,7 @@ class FastadamTorchOptimizer:
         if p.is_complex():
             raise TypeError(f"{name} is complex ({p.dtype}); fastadam.torch steps real "
                             "parameters (use torch.view_as_real)")
-        check_dtype(p, name)
+        check_dtype(p, name, lowp=self._spec.lowp)
         if not p.is_contiguous():
             raise ValueError(f"{name} is not contiguous (strides {p.stride()} for shape "
                              f"{tuple(p.shape)}); fastadam.torch steps contiguous "
@@ -278,6 +289,28 @@ class FastadamTorchOptimizer:
         st = super().__getstate__()
         st.pop("_layout", None)
         return st
+
+    def load_state_dict(self, state_dict):
+        """torch's load_state_dict; for bfloat16 parameters the float32 state (moments,
+        master weights) is kept in float32 (torch casts state to the parameter's dtype)."""
+        keep = {}
+        try:
+            saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+            mine = [p for g in self.param_groups for p in g["params"]]
+            for i, p in zip(saved_ids, mine):
+                st = state_dict["state"].get(i)
+                if p.dtype == torch.bfloat16 and isinstance(st, dict):
+                    keep[p] = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
+                               for k, v in st.items() if k != "step"
+                               and isinstance(v, torch.Tensor) and v.is_floating_point()}
+        except (KeyError, TypeError, AttributeError):
+            keep = {}                       # malformed: torch's own checks report it
+        super().load_state_dict(state_dict)
+        for p, d in keep.items():
+            if p in self.state:
+                self.state[p].update(d)
+        if keep:
+            self._layout = None
 
     def state_dict(self):
         sd = super().state_dict()
@@ -418,6 +451,8 @@ class FastadamTorchOptimizer:
             g = g.resolve_neg().resolve_conj()
         if not g.is_contiguous():
             g = g.contiguous()
+        if g.dtype == torch.bfloat16:
+            return _bf16_view(g)
         return g.numpy()
 
     def _read_state(self, p, name, group):
@@ -435,6 +470,11 @@ class FastadamTorchOptimizer:
         arrays = {}
         optional = [k for k, flag in self._spec.optional_state.items() if group.get(flag)]
         keys = list(self._spec.state_keys) + optional
+        # bfloat16 parameters: float32 moments and master weights (fastadam.lowp)
+        lowp = p.dtype == torch.bfloat16
+        if lowp:
+            keys.append("master")
+        sdt = torch.float32 if lowp else p.dtype
         for key in keys:
             if key not in st:
                 continue
@@ -454,7 +494,7 @@ class FastadamTorchOptimizer:
             if tuple(v.shape) != tuple(p.shape):
                 raise ValueError(f"state of {name}: {key!r} has shape {tuple(v.shape)}, "
                                  f"the parameter {tuple(p.shape)}")
-            v = v.detach().to(device="cpu", dtype=p.dtype).contiguous()
+            v = v.detach().to(device="cpu", dtype=sdt).contiguous()
             arrays[key] = numpy_view(v, name)
         missing = [k for k in self._spec.state_keys if k not in arrays]
         if step > 0 and missing:
@@ -573,7 +613,10 @@ class FastadamTorchOptimizer:
             # parameters share an inner group when they share step count and group
             # scalars (NAdam's mu_product depends on the betas of the steps they took)
             scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
-            key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step, scal)
+            cls_name = spec.fa_class_name(groups[gidx[i]])
+            if p.dtype == torch.bfloat16:
+                cls_name = "lowp:" + cls_name
+            key = (cls_name, gidx[i], step, scal)
             cells.setdefault(key, []).append(i)
         B = _Block()
         B.cells = {gi: [] for gi in range(len(groups))}
@@ -589,7 +632,11 @@ class FastadamTorchOptimizer:
                 fa_groups.append({"params": [numpy_view(params[i], names[i]) for i in cells[k]],
                                   **hp})
                 members.extend(cells[k])
-            inner = getattr(fa, cls_name)(fa_groups)
+            if cls_name.startswith("lowp:"):
+                from ._lowp import LowpInner
+                inner = LowpInner(fa_groups, decoupled=cls_name == "lowp:AdamW")
+            else:
+                inner = getattr(fa, cls_name)(fa_groups)
             index, pgroups = 0, []
             for g in fa_groups:                  # hyperparameters: the groups' own
                 pgroups.append({"params": list(range(index, index + len(g["params"])))})
@@ -625,8 +672,9 @@ class FastadamTorchOptimizer:
                 g = groups[gidx[i]]
                 new = {"step": B.step_buf[lo + j]}
                 arrays = self._inner_state(inner, ist, j)
+                extra = ("master",) if p.dtype == torch.bfloat16 else ()
                 for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
-                                                   if g.get(flag)):
+                                                   if g.get(flag)) + extra:
                     if key in spec.scalar_keys:
                         new[key] = B.gs_buf[lo + j, spec.scalar_keys.index(key)]
                     else:
@@ -700,7 +748,8 @@ class Adam(FastadamTorchOptimizer, torch.optim.Adam):
                + (torch.optim.Adam.__doc__ or ""))
     _spec = Spec("Adam", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
-                 fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay") else "Adam")
+                 fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay") else "Adam",
+                 lowp=True)
 
 
 class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
@@ -708,7 +757,8 @@ class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
                "state_dict).\n\n" + (torch.optim.AdamW.__doc__ or ""))
     _spec = Spec("AdamW", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
-                 fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay", True) else "Adam")
+                 fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay", True) else "Adam",
+                 lowp=True)
 
 
 class Adamax(FastadamTorchOptimizer, torch.optim.Adamax):
