@@ -50,6 +50,16 @@ class _BaseAdam(_Network, BaseEstimator):
 
     def _validate_hyperparams(self, incremental):
         check_hyperparams(self, incremental)
+        if self.sparse_updates not in ("auto", "lazy", "dense"):
+            raise ValueError("sparse_updates must be 'auto', 'lazy' or 'dense', got "
+                             f"{self.sparse_updates!r}")
+
+    def _resolve_sparse_updates(self, X):
+        """Whether this fit steps the first weight layer lazily: "lazy" always, "dense"
+        never, "auto" (the default) when X is a sparse matrix."""
+        if self.sparse_updates == "auto":
+            return sp.issparse(X)
+        return self.sparse_updates == "lazy"
 
     # ---- fitting -----------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental, classes=None):
@@ -65,6 +75,8 @@ class _BaseAdam(_Network, BaseEstimator):
         n_samples = X.shape[0]
         sw = check_sample_weight(sample_weight, n_samples, dtype)
         self._random_state = rng = check_random_state(self.random_state)
+        if first or not incremental:
+            self._lazy = self._resolve_sparse_updates(X)
         if first:
             self._allocate(X.shape[1], Y.shape[1], dtype, rng)
             self.n_iter_ = 0
@@ -107,7 +119,7 @@ class _BaseAdam(_Network, BaseEstimator):
                 warnings.warn(f"batch_size={self.batch_size} is larger than the number of "
                               f"training samples ({n}); it is clipped to {n}")
             batch_size = int(min(self.batch_size, n))
-        ws = self._make_workspace(batch_size, dtype)
+        ws = self._make_workspace(batch_size, dtype, sparse=sp.issparse(X))
         if not sp.issparse(X):
             X = np.ascontiguousarray(X)
         n_epochs = 1 if incremental else self.max_iter
@@ -135,13 +147,19 @@ class _BaseAdam(_Network, BaseEstimator):
             X_val, y_val, sw_val, best_flat = early
         n = X.shape[0]
         idx = np.arange(n)
-        step = self.optimizer_.step
+        step = self._train_step()
+        lazy = getattr(self, "_lazy", False)
         clock = time.perf_counter
         t_opt = 0.0
         converged = False
         for _ in range(n_epochs):
             if self.shuffle:
                 rng.shuffle(idx)
+            if lazy:
+                # exact sum of squares of the lazy layer once an epoch (O(n_features)
+                # per epoch, not per minibatch); _lazy_step keeps it up to date
+                w = self._weights[0].reshape(-1)
+                self._lazy_sq = float(np.dot(w, w)) if self.alpha else 0.0
             acc = 0.0
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)

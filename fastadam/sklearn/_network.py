@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from ..flat import flatten
 from ..optim import Adam
 from . import _kernels as K
+from . import _lazy
 
 
 class _Network:
@@ -50,9 +51,53 @@ class _Network:
         self._publish()
 
     def _new_optimizer(self):
-        self.optimizer_ = Adam(self._weights + self._intercepts, lr=self.learning_rate_init,
+        """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
+        first weight layer is not in it: its moments ``_lazy_m``/``_lazy_v`` and step
+        count ``_lazy_t`` live here and :func:`._lazy.lazy_adam_step` steps its rows."""
+        lazy = getattr(self, "_lazy", False)
+        params = self._weights[1:] if lazy else self._weights
+        self.optimizer_ = Adam(params + self._intercepts, lr=self.learning_rate_init,
                                betas=(self.beta_1, self.beta_2), eps=self.epsilon,
                                eps_mode="hat")
+        if lazy:
+            W0 = self._weights[0]
+            self._lazy_m = np.zeros_like(W0)
+            self._lazy_v = np.zeros_like(W0)
+            self._lazy_t = 0
+        else:
+            for k in ("_lazy_m", "_lazy_v", "_lazy_t"):
+                self.__dict__.pop(k, None)
+
+    def _grad_views(self):
+        """(weight gradients, intercept gradients) of ``optimizer_.grads``; the first
+        weight's entry is None with lazy sparse updates."""
+        grads = self.optimizer_.grads
+        if getattr(self, "_lazy", False):
+            L = len(self._weights)
+            return [None] + grads[:L - 1], grads[L - 1:]
+        L = len(self._weights)
+        return grads[:L], grads[L:]
+
+    def _train_step(self):
+        """The step function of the training loop (after ``_loss_grad``)."""
+        if not getattr(self, "_lazy", False):
+            return self.optimizer_.step
+        return self._lazy_step
+
+    def _lazy_step(self):
+        self.optimizer_.step()
+        self._lazy_t += 1
+        A, D, reg = self._lazy_batch
+        self._lazy_batch = None
+        Wf = self._dense_weights()[0]
+        lin = self._linear
+        M = self._lazy_m.T if lin else self._lazy_m
+        V = self._lazy_v.T if lin else self._lazy_v
+        lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
+                             self._lazy_t)
+        self._lazy_sq += _lazy.lazy_adam_step(
+            A.indptr, A.indices, A.data, D, Wf, M, V, self._lazy_mark, float(reg), lr_t,
+            float(self.beta_1), float(self.beta_2), float(self.epsilon))
 
     def _sync_optimizer_hyperparams(self):
         g = self.optimizer_.param_groups[0]
@@ -68,8 +113,8 @@ class _Network:
             state = dict(state)
             state["optimizer_"] = self.optimizer_.state_dict()
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
-            for k in ("_flat", "_weights", "_intercepts", "_workspace",
-                      "coef_", "intercept_", "coefs_", "intercepts_"):
+            for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_mark",
+                      "_lazy_batch", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
 
@@ -79,9 +124,12 @@ class _Network:
         opt_state = state.get("optimizer_")
         super().__setstate__(state)
         if arrays is not None:
+            lazy_state = [state.get(k) for k in ("_lazy_m", "_lazy_v", "_lazy_t")]
             self._set_param_arrays(arrays, arrays[0].dtype)
             self._new_optimizer()
             self.optimizer_.load_state_dict(opt_state)
+            if getattr(self, "_lazy", False):
+                self._lazy_m, self._lazy_v, self._lazy_t = lazy_state
 
     # ---- forward / backward ------------------------------------------------------------
     @property
@@ -103,7 +151,10 @@ class _Network:
         for l, (W, b) in enumerate(zip(Ws, self._intercepts)):
             if buffers is not None:
                 Z = buffers[l][:n]
-                if sp.issparse(A):
+                if l == 0 and getattr(self, "_lazy", False):
+                    # reads only the weight rows of the batch's features (no copy of W)
+                    _lazy.csr_forward(A.indptr, A.indices, A.data, W, Z)
+                elif sp.issparse(A):
                     Z[...] = A @ W
                 else:
                     np.dot(A, W, out=Z)
@@ -121,20 +172,30 @@ class _Network:
         sw_sum = float(n) if swb is None else float(swb.sum())
         if not sw_sum > 0:
             return None
+        lazy = getattr(self, "_lazy", False)
+        if lazy and not sp.issparse(Xb):
+            Xb = sp.csr_matrix(Xb)       # dense rows under lazy updates: nonzeros touch
         acts = self._forward(Xb, ws["Z"])
         D = acts[-1]
         loss = K.output_loss_delta(D, Yb, ws["w"] if swb is None else swb, swb is not None,
                                   1.0 / sw_sum, K.OUT_CODE[self._out_kind],
                                   float(getattr(self, "huber_delta", 1.0)))
-        grads = self.optimizer_.grads
+        grads_w, grads_b = self._grad_views()
         L = len(self._weights)
         Ws = self._dense_weights()
         reg = self.alpha / sw_sum
         sq = 0.0
         for l in range(L - 1, -1, -1):
             A = acts[l]
-            gW = grads[l]
-            if sp.issparse(A):
+            gW = grads_w[l]
+            if gW is None:
+                # lazy first layer: _lazy_step forms the gradient of the touched rows
+                # (with their L2 term) and steps them; the L2 loss term uses the running
+                # sum of squares of W (kept by _lazy_step, exact at each epoch start).
+                self._lazy_batch = (A, D, reg)
+                if self.alpha:
+                    sq += self._lazy_sq
+            elif sp.issparse(A):
                 g = A.T @ D
                 gW[...] = g.T if self._linear else g
             elif self._linear:
@@ -142,14 +203,14 @@ class _Network:
             else:
                 np.dot(A.T, D, out=gW)
             W = self._weights[l]
-            if self.alpha:
+            if self.alpha and gW is not None:
                 w = W.reshape(-1)
                 sq += float(np.dot(w, w))
                 K.add_scaled(gW.reshape(-1), w, reg)
             if getattr(self, "fit_intercept", True):
-                np.sum(D, axis=0, out=grads[L + l])
+                np.sum(D, axis=0, out=grads_b[l])
             else:
-                grads[L + l].fill(0)
+                grads_b[l].fill(0)
             if l > 0:
                 Dp = ws["D"][l - 1][:n]
                 np.dot(D, Ws[l].T, out=Dp)
@@ -157,11 +218,14 @@ class _Network:
                 D = Dp
         return (loss + 0.5 * self.alpha * sq) / sw_sum
 
-    def _make_workspace(self, batch_size, dtype):
+    def _make_workspace(self, batch_size, dtype, sparse=False):
         units = self._units
+        if getattr(self, "_lazy", False):
+            self._lazy_mark = np.full(units[0], -1, np.int64)
         return {"Z": [np.empty((batch_size, u), dtype) for u in units[1:]],
                 "D": [np.empty((batch_size, u), dtype) for u in units[1:-1]],
-                "X": np.empty((batch_size, units[0]), dtype),
+                # a dense copy of the batch rows only for dense X (batch x n_features)
+                "X": np.empty((0 if sparse else batch_size, units[0]), dtype),
                 "Y": np.empty((batch_size, units[-1]), dtype),
                 "w": np.empty(batch_size, dtype)}
 

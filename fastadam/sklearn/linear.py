@@ -45,7 +45,8 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 random_state=None, warm_start=False, verbose=False):
+                 random_state=None, warm_start=False, verbose=False,
+                 sparse_updates="auto"):
         self.loss = loss
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -57,6 +58,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.sparse_updates = sparse_updates
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle
@@ -107,7 +109,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  fit_intercept=True, learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
-                 shuffle=True, random_state=None, warm_start=False, verbose=False):
+                 shuffle=True, random_state=None, warm_start=False, verbose=False,
+                 sparse_updates="auto"):
         self.loss = loss
         self.huber_delta = huber_delta
         self.alpha = alpha
@@ -120,6 +123,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.sparse_updates = sparse_updates
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle

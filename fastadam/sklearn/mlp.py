@@ -33,7 +33,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10):
+                 epsilon=1e-8, n_iter_no_change=10, sparse_updates="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -44,6 +44,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
+        self.sparse_updates = sparse_updates
         self.warm_start = warm_start
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -76,7 +77,8 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  *, huber_delta=1.0, alpha=1e-4, batch_size="auto", learning_rate_init=1e-3,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 sparse_updates="auto"):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -89,6 +91,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
+        self.sparse_updates = sparse_updates
         self.warm_start = warm_start
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
