@@ -186,7 +186,7 @@ def test_lazy_float32_close_to_float64_and_stays_float32():
     kw = dict(max_iter=5, random_state=0, sparse_updates="lazy", alpha=0.1)
     a = AdamClassifier(**kw).fit(X.astype(np.float32), y)
     b = AdamClassifier(**kw).fit(X, y)
-    assert a.coef_.dtype == np.float32 and a._lazy_m.dtype == np.float32
+    assert a.coef_.dtype == np.float32 and a._lazy_mv.dtype == np.float32
     np.testing.assert_allclose(a.coef_, b.coef_, atol=2e-4)
 
 
@@ -226,7 +226,8 @@ def test_lazy_rows_untouched_by_a_batch_are_not_written():
                          alpha=1.0)
     est.fit(X, y)
     seen = X.getnnz(axis=0) > 0
-    assert np.all(est._lazy_v[:, ~seen] == 0) and np.all(est._lazy_v[:, seen] > 0)
+    v = est._lazy_mv[..., 1]          # (n_features, 1) exp_avg_sq
+    assert np.all(v[~seen] == 0) and np.all(v[seen] > 0)
 
 
 def test_sparse_updates_validated_in_fit():

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _lazy
 from ._network import _Network
 from ._validation import check_hyperparams, check_sample_weight
 
@@ -120,6 +121,8 @@ class _BaseAdam(_Network, BaseEstimator):
                               f"training samples ({n}); it is clipped to {n}")
             batch_size = int(min(self.batch_size, n))
         ws = self._make_workspace(batch_size, dtype, sparse=sp.issparse(X))
+        if getattr(self, "_lazy", False) and not sp.issparse(X):
+            X = sp.csr_matrix(X)     # lazy updates on a dense array: its nonzeros touch
         if not sp.issparse(X):
             X = np.ascontiguousarray(X)
         n_epochs = 1 if incremental else self.max_iter
@@ -149,6 +152,7 @@ class _BaseAdam(_Network, BaseEstimator):
         idx = np.arange(n)
         step = self._train_step()
         lazy = getattr(self, "_lazy", False)
+        take = _lazy.take_rows if lazy else _take_rows
         clock = time.perf_counter
         t_opt = 0.0
         converged = False
@@ -165,11 +169,12 @@ class _BaseAdam(_Network, BaseEstimator):
                 stop = min(start + batch_size, n)
                 if self.shuffle:
                     bi = idx[start:stop]
-                    Xb = _take_rows(X, bi, ws["X"])
+                    Xb = take(X, bi, ws["X"])
                     Yb = np.take(Y, bi, axis=0, out=ws["Y"][:stop - start])
                     swb = None if sw is None else np.take(sw, bi, out=ws["w"][:stop - start])
                 else:
-                    Xb, Yb = X[start:stop], Y[start:stop]
+                    Xb = take(X, idx[start:stop], None) if lazy else X[start:stop]
+                    Yb = Y[start:stop]
                     swb = None if sw is None else sw[start:stop]
                 loss = self._loss_grad(Xb, Yb, swb, ws)
                 if loss is None:

@@ -5,9 +5,11 @@ features that have a nonzero value in the minibatch; the other rows, their momen
 their L2 term are left alone (see docs/sparse.md, "Estimators on sparse input"). The
 work per minibatch is O(nnz * fan_out): nothing here reads or writes all n_features.
 
-``Wf``, ``M`` and ``V`` are (n_features, fan_out) views of the weight and its two moments
-(a transposed, strided view for the linear models, whose ``coef_`` is (n_outputs,
-n_features)); numba indexes them directly, so no weight is copied.
+``Wf`` is an (n_features, fan_out) view of the weight (a transposed, strided view for the
+linear models, whose ``coef_`` is (n_outputs, n_features)); numba indexes it directly, so
+no weight is copied. The two moments are interleaved in one (n_features, fan_out, 2)
+array ``MV`` (exp_avg, exp_avg_sq): the rows a minibatch touches are scattered over the
+table, and one cache line for both moments instead of two is measurably faster.
 """
 from __future__ import annotations
 
@@ -17,6 +19,43 @@ import numba
 import numpy as np
 
 from .. import config
+
+
+class CSRBatch:
+    """The rows of a minibatch as bare CSR arrays (what the lazy path reads); building a
+    scipy matrix per minibatch costs more than the minibatch's arithmetic."""
+
+    __slots__ = ("indptr", "indices", "data", "shape")
+
+    def __init__(self, indptr, indices, data, n_features):
+        self.indptr, self.indices, self.data = indptr, indices, data
+        self.shape = (indptr.shape[0] - 1, n_features)
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def _take_rows(indptr, indices, data, rows):
+    n = rows.shape[0]
+    out_ptr = np.empty(n + 1, indptr.dtype)
+    out_ptr[0] = 0
+    for i in range(n):
+        r = rows[i]
+        out_ptr[i + 1] = out_ptr[i] + indptr[r + 1] - indptr[r]
+    nnz = out_ptr[n]
+    out_ind = np.empty(nnz, indices.dtype)
+    out_dat = np.empty(nnz, data.dtype)
+    for i in range(n):
+        r = rows[i]
+        q = out_ptr[i]
+        for p in range(indptr[r], indptr[r + 1]):
+            out_ind[q] = indices[p]
+            out_dat[q] = data[p]
+            q += 1
+    return out_ptr, out_ind, out_dat
+
+
+def take_rows(X, rows, _unused=None):
+    """The rows ``rows`` of the CSR matrix X as a :class:`CSRBatch` (O(their nnz))."""
+    return CSRBatch(*_take_rows(X.indptr, X.indices, X.data, rows), X.shape[1])
 
 
 @numba.njit(**config.JIT_OPTIONS)
@@ -35,17 +74,17 @@ def csr_forward(indptr, indices, data, Wf, Z):
 
 
 @numba.njit(**config.JIT_OPTIONS)
-def lazy_adam_step(indptr, indices, data, D, Wf, M, V, mark, reg, lr_t, beta1, beta2,
-                   eps):
+def lazy_adam_step(indptr, indices, data, D, Wf, MV, mark, reg, lr_t, beta1, beta2, eps):
     """One lazy Adam step of the weight Wf from a CSR minibatch X and the output-side
     delta D (n, k) of the layer: the gradient of row j is G_j = sum_i X[i, j] D[i, :]
     + reg * Wf[j, :] for every feature j with a nonzero value in X; those rows (and only
     those) get, with the step's ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``:
 
+        (M_j, V_j = MV[j, :, 0], MV[j, :, 1])
         M_j = beta1 M_j + (1 - beta1) G_j;   V_j = beta2 V_j + (1 - beta2) G_j**2
         Wf_j -= lr_t * M_j / (sqrt(V_j) + eps)
 
-    G is accumulated in float64. ``mark`` (n_features,) int64 must be all -1 on entry and
+    G is accumulated in float64. ``mark`` (n_features,) int32 must be all -1 on entry and
     is all -1 again on return (it maps a feature to its slot while the step runs).
     Returns the change of sum(Wf**2) (float64), for the L2 term of the reported loss."""
     n, k = D.shape
@@ -62,7 +101,7 @@ def lazy_adam_step(indptr, indices, data, D, Wf, M, V, mark, reg, lr_t, beta1, b
             s = mark[j]
             if s < 0:
                 s = nt
-                mark[j] = s
+                mark[j] = np.int32(s)
                 touched[nt] = j
                 nt += 1
                 for o in range(k):
@@ -76,11 +115,11 @@ def lazy_adam_step(indptr, indices, data, D, Wf, M, V, mark, reg, lr_t, beta1, b
         for o in range(k):
             w = np.float64(Wf[j, o])
             g = G[s, o] + reg * w
-            m = beta1 * M[j, o] + (1.0 - beta1) * g
-            v = beta2 * V[j, o] + (1.0 - beta2) * (g * g)
-            M[j, o] = m
-            V[j, o] = v
-            Wf[j, o] = w - lr_t * (np.float64(M[j, o]) / (math.sqrt(V[j, o]) + eps))
+            m = beta1 * MV[j, o, 0] + (1.0 - beta1) * g
+            v = beta2 * MV[j, o, 1] + (1.0 - beta2) * (g * g)
+            MV[j, o, 0] = m
+            MV[j, o, 1] = v
+            Wf[j, o] = w - lr_t * (np.float64(MV[j, o, 0]) / (math.sqrt(MV[j, o, 1]) + eps))
             w1 = np.float64(Wf[j, o])
             dsq += w1 * w1 - w * w
     return dsq

@@ -52,20 +52,18 @@ class _Network:
 
     def _new_optimizer(self):
         """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
-        first weight layer is not in it: its moments ``_lazy_m``/``_lazy_v`` and step
-        count ``_lazy_t`` live here and :func:`._lazy.lazy_adam_step` steps its rows."""
+        first weight layer is not in it: its moments ``_lazy_mv`` (n_features, fan_out,
+        2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live here and :func:`._lazy.lazy_adam_step` steps its rows."""
         lazy = getattr(self, "_lazy", False)
         params = self._weights[1:] if lazy else self._weights
         self.optimizer_ = Adam(params + self._intercepts, lr=self.learning_rate_init,
                                betas=(self.beta_1, self.beta_2), eps=self.epsilon,
                                eps_mode="hat")
         if lazy:
-            W0 = self._weights[0]
-            self._lazy_m = np.zeros_like(W0)
-            self._lazy_v = np.zeros_like(W0)
+            self._lazy_mv = np.zeros(self._units[:2] + [2], self._flat.dtype)
             self._lazy_t = 0
         else:
-            for k in ("_lazy_m", "_lazy_v", "_lazy_t"):
+            for k in ("_lazy_mv", "_lazy_t"):
                 self.__dict__.pop(k, None)
 
     def _grad_views(self):
@@ -90,13 +88,10 @@ class _Network:
         A, D, reg = self._lazy_batch
         self._lazy_batch = None
         Wf = self._dense_weights()[0]
-        lin = self._linear
-        M = self._lazy_m.T if lin else self._lazy_m
-        V = self._lazy_v.T if lin else self._lazy_v
         lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
                              self._lazy_t)
         self._lazy_sq += _lazy.lazy_adam_step(
-            A.indptr, A.indices, A.data, D, Wf, M, V, self._lazy_mark, float(reg), lr_t,
+            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, self._lazy_mark, float(reg), lr_t,
             float(self.beta_1), float(self.beta_2), float(self.epsilon))
 
     def _sync_optimizer_hyperparams(self):
@@ -124,12 +119,12 @@ class _Network:
         opt_state = state.get("optimizer_")
         super().__setstate__(state)
         if arrays is not None:
-            lazy_state = [state.get(k) for k in ("_lazy_m", "_lazy_v", "_lazy_t")]
+            lazy_state = [state.get(k) for k in ("_lazy_mv", "_lazy_t")]
             self._set_param_arrays(arrays, arrays[0].dtype)
             self._new_optimizer()
             self.optimizer_.load_state_dict(opt_state)
             if getattr(self, "_lazy", False):
-                self._lazy_m, self._lazy_v, self._lazy_t = lazy_state
+                self._lazy_mv, self._lazy_t = lazy_state
 
     # ---- forward / backward ------------------------------------------------------------
     @property
@@ -173,7 +168,7 @@ class _Network:
         if not sw_sum > 0:
             return None
         lazy = getattr(self, "_lazy", False)
-        if lazy and not sp.issparse(Xb):
+        if lazy and not hasattr(Xb, "indptr"):
             Xb = sp.csr_matrix(Xb)       # dense rows under lazy updates: nonzeros touch
         acts = self._forward(Xb, ws["Z"])
         D = acts[-1]
@@ -221,7 +216,7 @@ class _Network:
     def _make_workspace(self, batch_size, dtype, sparse=False):
         units = self._units
         if getattr(self, "_lazy", False):
-            self._lazy_mark = np.full(units[0], -1, np.int64)
+            self._lazy_mark = np.full(units[0], -1, np.int32)
         return {"Z": [np.empty((batch_size, u), dtype) for u in units[1:]],
                 "D": [np.empty((batch_size, u), dtype) for u in units[1:-1]],
                 # a dense copy of the batch rows only for dense X (batch x n_features)
