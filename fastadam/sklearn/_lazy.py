@@ -74,21 +74,28 @@ def csr_forward(indptr, indices, data, Wf, Z):
 
 
 @numba.njit(**config.JIT_OPTIONS)
-def lazy_adam_step(indptr, indices, data, D, Wf, MV, mark, reg, lr_t, beta1, beta2, eps):
+def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, eps):
     """One lazy Adam step of the weight Wf from a CSR minibatch X and the output-side
     delta D (n, k) of the layer: the gradient of row j is G_j = sum_i X[i, j] D[i, :]
     + reg * Wf[j, :] for every feature j with a nonzero value in X; those rows (and only
-    those) get, with the step's ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``:
+    those) get, with the step's ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``
+    (M_j, V_j = MV[j, :, 0], MV[j, :, 1]):
 
-        (M_j, V_j = MV[j, :, 0], MV[j, :, 1])
         M_j = beta1 M_j + (1 - beta1) G_j;   V_j = beta2 V_j + (1 - beta2) G_j**2
         Wf_j -= lr_t * M_j / (sqrt(V_j) + eps)
 
-    G is accumulated in float64. ``mark`` (n_features,) int32 must be all -1 on entry and
-    is all -1 again on return (it maps a feature to its slot while the step runs).
-    Returns the change of sum(Wf**2) (float64), for the L2 term of the reported loss."""
+    G is accumulated in float64. The batch's distinct features are found with an
+    open-addressing hash table of ~2 * nnz slots (it stays in cache; a feature-indexed
+    marker array would cost a random memory access per nonzero). Returns the change of
+    sum(Wf**2) (float64), for the L2 term of the reported loss."""
     n, k = D.shape
     nnz = indptr[n] - indptr[0]
+    cap = 16
+    while cap < 2 * nnz:
+        cap *= 2
+    mask = cap - 1
+    keys = np.full(cap, -1, np.int64)
+    slots = np.empty(cap, np.int32)
     touched = np.empty(nnz, np.int64)
     G = np.empty((nnz, k), np.float64)
     nt = 0
@@ -97,21 +104,28 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, mark, reg, lr_t, beta1, bet
             x = data[p]
             if x == 0:
                 continue
-            j = indices[p]
-            s = mark[j]
-            if s < 0:
-                s = nt
-                mark[j] = np.int32(s)
-                touched[nt] = j
-                nt += 1
-                for o in range(k):
-                    G[s, o] = 0.0
+            j = np.int64(indices[p])
+            h = (j * 2654435761) & mask
+            while True:
+                kj = keys[h]
+                if kj == j:
+                    s = slots[h]
+                    break
+                if kj < 0:
+                    keys[h] = j
+                    s = nt
+                    slots[h] = s
+                    touched[nt] = j
+                    nt += 1
+                    for o in range(k):
+                        G[s, o] = 0.0
+                    break
+                h = (h + 1) & mask
             for o in range(k):
                 G[s, o] += x * D[i, o]
     dsq = 0.0
     for s in range(nt):
         j = touched[s]
-        mark[j] = -1
         for o in range(k):
             w = np.float64(Wf[j, o])
             g = G[s, o] + reg * w

@@ -91,7 +91,7 @@ class _Network:
         lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
                              self._lazy_t)
         self._lazy_sq += _lazy.lazy_adam_step(
-            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, self._lazy_mark, float(reg), lr_t,
+            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, float(reg), lr_t,
             float(self.beta_1), float(self.beta_2), float(self.epsilon))
 
     def _sync_optimizer_hyperparams(self):
@@ -108,7 +108,7 @@ class _Network:
             state = dict(state)
             state["optimizer_"] = self.optimizer_.state_dict()
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
-            for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_mark",
+            for k in ("_flat", "_weights", "_intercepts", "_workspace",
                       "_lazy_batch", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
@@ -215,8 +215,6 @@ class _Network:
 
     def _make_workspace(self, batch_size, dtype, sparse=False):
         units = self._units
-        if getattr(self, "_lazy", False):
-            self._lazy_mark = np.full(units[0], -1, np.int32)
         return {"Z": [np.empty((batch_size, u), dtype) for u in units[1:]],
                 "D": [np.empty((batch_size, u), dtype) for u in units[1:-1]],
                 # a dense copy of the batch rows only for dense X (batch x n_features)

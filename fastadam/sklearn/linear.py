@@ -37,6 +37,16 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     synthetic data, at or above 1e-3's 0.951 / 0.938 / 0.956 / 0.894 and in 55 epochs
     instead of 190 on the last. 1e-1 is faster still but overshoots (R^2 0.773 on the
     first set).
+
+    ``sparse_updates``: ``"auto"`` (default), ``"lazy"`` or ``"dense"``. For sparse
+    (CSR/CSC) ``X``, ``"lazy"`` steps only the ``coef_`` columns of the features present
+    (nonzero) in each minibatch, at O(nnz) cost per minibatch; ``alpha``'s L2 gradient
+    is applied to those columns only, and columns a minibatch does not touch get no L2
+    term and no decay (not even later as catch-up). ``"dense"`` steps every weight
+    every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
+    ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
+    is present, so there is nothing to skip). It is read at ``fit`` (and the first
+    ``partial_fit``); see docs/sparse.md.
     """
 
     _linear = True
@@ -101,6 +111,16 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     Adam's steps do not grow with the size of the error, so with raw targets of mean
     152 and spread 77 (diabetes) 200 epochs leave R^2 below 0 at any learning rate up
     to 1e-1.
+
+    ``sparse_updates``: ``"auto"`` (default), ``"lazy"`` or ``"dense"``. For sparse
+    (CSR/CSC) ``X``, ``"lazy"`` steps only the ``coef_`` columns of the features present
+    (nonzero) in each minibatch, at O(nnz) cost per minibatch; ``alpha``'s L2 gradient
+    is applied to those columns only, and columns a minibatch does not touch get no L2
+    term and no decay (not even later as catch-up). ``"dense"`` steps every weight
+    every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
+    ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
+    is present, so there is nothing to skip). It is read at ``fit`` (and the first
+    ``partial_fit``); see docs/sparse.md.
     """
 
     _linear = True

@@ -25,6 +25,17 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
     ``validation_scores_``, ``best_validation_score_``, ``optimizer_``,
     ``optimizer_time_``, ``n_features_in_``.
+
+    ``sparse_updates``: ``"auto"`` (default), ``"lazy"`` or ``"dense"``. For sparse
+    (CSR/CSC) ``X``, ``"lazy"`` steps only the first-layer rows (``coefs_[0][j]``) of
+    the features present (nonzero) in each minibatch, at O(nnz * hidden) cost per
+    minibatch; ``alpha``'s L2 gradient is applied to those rows only, and rows a minibatch does not touch get no L2
+    term and no decay (not even later as catch-up). ``"dense"`` steps every weight
+    every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
+    ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
+    is present, so there is nothing to skip). It is read at ``fit`` (and the first
+    ``partial_fit``); see docs/sparse.md.
+    The other layers and all intercepts always take dense steps.
     """
 
     _multilabel = True
@@ -71,6 +82,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     (also ``"huber"``, threshold ``huber_delta``). Same objective, initialisation,
     batching and stopping rules as scikit-learn; ``epsilon`` is epsilon-hat (fastadam
     ``eps_mode="hat"``). Attributes as :class:`AdamMLPClassifier`, without ``classes_``.
+    ``sparse_updates`` as in :class:`AdamMLPClassifier`.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",
