@@ -97,7 +97,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--plot", default=os.path.join("docs", "img", "sparse_estimators.png"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw the plot from the --json file of an earlier run")
     a = ap.parse_args(argv)
+    if a.replot:
+        with open(a.replot) as f:
+            plot(json.load(f), a.plot, a.n_train)
+        return
     if a.quick:
         a.n_train, a.n_test, a.log2_features, a.epochs, a.slow_epochs = \
             5000, 2000, [14, 18], 2, 1
@@ -152,24 +158,29 @@ def main(argv=None):
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     if a.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name in ms:
-            pts = [(2 ** r["log2_features"], r["epoch_s"]) for r in rows if r["method"] == name]
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("n_features (same ~30 nonzeros per row)")
-        ax.set_ylabel("seconds per epoch")
-        ax.set_title(f"Logistic regression, {a.n_train} hashed sparse rows")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(a.plot, dpi=110)
-        print(f"plot: {a.plot}")
+        plot(rows, a.plot, a.n_train)
+
+
+def plot(rows, path, n_train):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    for name in names:
+        pts = [(2 ** r["log2_features"], r["epoch_s"]) for r in rows if r["method"] == name]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("n_features (same ~30 nonzeros per row)")
+    ax.set_ylabel("seconds per epoch")
+    ax.set_title(f"Logistic regression, {n_train} hashed sparse rows")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
