@@ -74,7 +74,8 @@ def csr_forward(indptr, indices, data, Wf, Z):
 
 
 @numba.njit(**config.JIT_OPTIONS)
-def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, eps):
+def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, eps, keys,
+                   slots, touched, hpos, G):
     """One lazy Adam step of the weight Wf from a CSR minibatch X and the output-side
     delta D (n, k) of the layer: the gradient of row j is G_j = sum_i X[i, j] D[i, :]
     + reg * Wf[j, :] for every feature j with a nonzero value in X; those rows (and only
@@ -86,18 +87,13 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
 
     G is accumulated in float64. The batch's distinct features are found with an
     open-addressing hash table of ~2 * nnz slots (it stays in cache; a feature-indexed
-    marker array would cost a random memory access per nonzero). Returns the change of
-    sum(Wf**2) (float64), for the L2 term of the reported loss."""
+    marker array would cost a random memory access per nonzero). The scratch arrays come
+    from :class:`Scratch` (allocating them per call cost page faults every minibatch):
+    ``keys`` (power of two >= 2 nnz, all -1 on entry and again on return), ``slots``
+    like it, ``touched``/``hpos`` (>= nnz) and ``G`` (>= nnz, k) float64. Returns the
+    change of sum(Wf**2) (float64), for the L2 term of the reported loss."""
     n, k = D.shape
-    nnz = indptr[n] - indptr[0]
-    cap = 16
-    while cap < 2 * nnz:
-        cap *= 2
-    mask = cap - 1
-    keys = np.full(cap, -1, np.int64)
-    slots = np.empty(cap, np.int32)
-    touched = np.empty(nnz, np.int64)
-    G = np.empty((nnz, k), np.float64)
+    mask = keys.shape[0] - 1
     nt = 0
     for i in range(n):
         for p in range(indptr[i], indptr[i + 1]):
@@ -116,6 +112,7 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
                     s = nt
                     slots[h] = s
                     touched[nt] = j
+                    hpos[nt] = h
                     nt += 1
                     for o in range(k):
                         G[s, o] = 0.0
@@ -126,6 +123,7 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
     dsq = 0.0
     for s in range(nt):
         j = touched[s]
+        keys[hpos[s]] = -1
         for o in range(k):
             w = np.float64(Wf[j, o])
             g = G[s, o] + reg * w
@@ -137,6 +135,28 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
             w1 = np.float64(Wf[j, o])
             dsq += w1 * w1 - w * w
     return dsq
+
+
+class Scratch:
+    """The lazy step's scratch arrays, grown (doubling) to the largest minibatch nnz."""
+
+    def __init__(self, k):
+        self.k = k
+        self.nnz = -1
+
+    def get(self, nnz):
+        if nnz > self.nnz:
+            n = max(16, 2 * nnz)
+            cap = 16
+            while cap < 2 * n:
+                cap *= 2
+            self.keys = np.full(cap, -1, np.int64)
+            self.slots = np.empty(cap, np.int32)
+            self.touched = np.empty(n, np.int64)
+            self.hpos = np.empty(n, np.int64)
+            self.G = np.empty((n, self.k), np.float64)
+            self.nnz = n
+        return self.keys, self.slots, self.touched, self.hpos, self.G
 
 
 def step_lr(lr, beta1, beta2, t):

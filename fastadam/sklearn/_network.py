@@ -88,11 +88,15 @@ class _Network:
         A, D, reg = self._lazy_batch
         self._lazy_batch = None
         Wf = self._dense_weights()[0]
+        scratch = getattr(self, "_lazy_scratch", None)
+        if scratch is None or scratch.k != D.shape[1]:
+            scratch = self._lazy_scratch = _lazy.Scratch(D.shape[1])
         lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
                              self._lazy_t)
         self._lazy_sq += _lazy.lazy_adam_step(
             A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, float(reg), lr_t,
-            float(self.beta_1), float(self.beta_2), float(self.epsilon))
+            float(self.beta_1), float(self.beta_2), float(self.epsilon),
+            *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
     def _sync_optimizer_hyperparams(self):
         g = self.optimizer_.param_groups[0]
@@ -108,8 +112,8 @@ class _Network:
             state = dict(state)
             state["optimizer_"] = self.optimizer_.state_dict()
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
-            for k in ("_flat", "_weights", "_intercepts", "_workspace",
-                      "_lazy_batch", "coef_", "intercept_", "coefs_", "intercepts_"):
+            for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_batch",
+                      "_lazy_scratch", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
 
