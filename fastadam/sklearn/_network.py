@@ -53,7 +53,8 @@ class _Network:
     def _new_optimizer(self):
         """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
         first weight layer is not in it: its moments ``_lazy_mv`` (n_features, fan_out,
-        2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live here and :func:`._lazy.lazy_adam_step` steps its rows."""
+        2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live on the estimator, and
+        :func:`._lazy.lazy_adam_step` steps its touched rows."""
         lazy = getattr(self, "_lazy", False)
         params = self._weights[1:] if lazy else self._weights
         self.optimizer_ = Adam(params + self._intercepts, lr=self.learning_rate_init,
@@ -70,10 +71,9 @@ class _Network:
         """(weight gradients, intercept gradients) of ``optimizer_.grads``; the first
         weight's entry is None with lazy sparse updates."""
         grads = self.optimizer_.grads
-        if getattr(self, "_lazy", False):
-            L = len(self._weights)
-            return [None] + grads[:L - 1], grads[L - 1:]
         L = len(self._weights)
+        if getattr(self, "_lazy", False):
+            return [None] + grads[:L - 1], grads[L - 1:]
         return grads[:L], grads[L:]
 
     def _train_step(self):

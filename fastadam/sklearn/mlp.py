@@ -29,13 +29,13 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     ``sparse_updates``: ``"auto"`` (default), ``"lazy"`` or ``"dense"``. For sparse
     (CSR/CSC) ``X``, ``"lazy"`` steps only the first-layer rows (``coefs_[0][j]``) of
     the features present (nonzero) in each minibatch, at O(nnz * hidden) cost per
-    minibatch; ``alpha``'s L2 gradient is applied to those rows only, and rows a minibatch does not touch get no L2
-    term and no decay (not even later as catch-up). ``"dense"`` steps every weight
-    every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
-    ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
-    is present, so there is nothing to skip). It is read at ``fit`` (and the first
-    ``partial_fit``); see docs/sparse.md.
-    The other layers and all intercepts always take dense steps.
+    minibatch; ``alpha``'s L2 gradient is applied to those rows only, and rows a
+    minibatch does not touch get no L2 term and no decay (not even later as catch-up).
+    The other layers and all intercepts always take dense steps. ``"dense"`` steps
+    every weight every minibatch (the exact objective; O(n_features) per minibatch).
+    ``"auto"`` is ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows
+    every feature is present, so there is nothing to skip). It is read at ``fit`` (and
+    the first ``partial_fit``); see docs/sparse.md.
     """
 
     _multilabel = True
