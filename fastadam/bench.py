@@ -421,7 +421,8 @@ def targets(res):
                      "measured": None if ratio is None else round(ratio, 3),
                      "met": None if ratio is None or ok(ratio) is None else bool(ok(ratio))})
 
-    for dtype, sizes, lim in (("float32", (10**7, 10**8), 0.95), ("float32", (10**5, 10**6), 0.90),
+    for dtype, sizes, lim in (("float32", (10**6, 10**7, 10**8), 0.95),
+                              ("float32", (10**5,), 0.85), ("float32", (10**4,), 0.50),
                               ("float64", (10**7, 10**8), 0.95)):
         for n in sizes:
             r = _ratio(_sec(fa, "flat", dtype, str(n)), _sec(fa, "floor", dtype, str(n)))
@@ -429,13 +430,22 @@ def targets(res):
                 lambda x, lim=lim: x >= lim)
     r = _ratio(_sec(fa, "flat", "float32", str(10**5)), _sec(torch, "flat", "float32", str(10**5)))
     add("float32 step 1e5 vs torch fused", ">= 2 x torch fused", r, lambda x: x >= 2)
+    sec = _sec(fa, "flat", "float32", str(10**3))
+    add("functional adam_step, float32 1e3: microseconds", "<= 1.5 us",
+        None if sec is None else sec * 1e6, lambda x: x <= 1.5)
+    r = _ratio(sec, _sec(torch, "flat", "float32", str(10**3)))
+    add("functional adam_step, float32 1e3, vs torch fused", ">= 20 x torch fused", r,
+        lambda x: x >= 20)
     name = OBJECT_CASE[0]
     r = _ratio(_sec(fa, "cases", name), _sec(torch, "cases", name))
     add("object API step (opt.grads), 1e3 params in 2 arrays, vs torch fused",
         ">= 25 x torch fused", r, lambda x: x >= 25)
     r = _ratio(_sec(fa, "cases", name + "_list"), _sec(torch, "cases", name))
-    add("  same with a grads list each step (no target; for reference)", "-", r,
-        lambda x: None)
+    add("  same with a grads list each step, vs torch fused", ">= 20 x torch fused", r,
+        lambda x: x >= 20)
+    sec = _sec(fa, "cases", name + "_list")
+    add("  same with a grads list each step: microseconds", "<= 1.5 us",
+        None if sec is None else sec * 1e6, lambda x: x <= 1.5)
     name = MANY_CASE[0]
     r = _ratio(_sec(fa, "cases", name), _sec(fa, "cases", name + "_flat"))
     add("100 separate arrays of 1e4 vs flat path", ">= 0.87 x flat (within 15%)", r,

@@ -30,7 +30,9 @@ import numpy as np
 
 from . import _checks as C
 from . import config
+from .kernels import registry
 from .kernels import sparse as _K
+from .optim.groups import Validator, normalize_params
 
 _INT_KINDS = "iu"
 _I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
@@ -247,9 +249,10 @@ class SparseAdam:
     """
 
     algorithm = _algorithm = "sparse_adam"
-    _state_names = ("exp_avg", "exp_avg_sq")
-    _hparams = {"lr": C.check_lr, "betas": C.check_betas, "eps": C.check_eps,
-                "maximize": _bool}
+    _spec = registry.get("sparse_adam")
+    _state_names = _spec.state
+    _validate = Validator(_spec)
+    _hparams = {o.name: o.check for o in _validate.options}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *,
                  nonfinite="propagate"):
@@ -274,51 +277,15 @@ class SparseAdam:
 
     # ------------------------------------------------------------------ validation
     def _check_hparams(self, h, where):
-        out = {}
-        for key, check in self._hparams.items():
-            name = f"{where}[{key!r}]" if where else key
-            if key not in h:
-                raise ValueError(f"{where or 'defaults'} is missing {key!r}")
-            out[key] = check(h[key], name)
-        return out
+        # The registry's validator: the options sparse_adam serves, and a refusal of other
+        # algorithms' options (weight_decay, amsgrad, ...) a group may carry.
+        return self._validate(h, where)
 
     @staticmethod
     def _normalize_groups(params, existing):
         """Validated copies of the param-group dicts; ``existing``: parameters already
         held (new ones must not share memory with them)."""
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "not a single array; wrap it: [param]")
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError("params must be a list of arrays or of param-group dicts, got "
-                            f"{type(params).__name__}") from None
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = [dict(g) for g in params]
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        named = [(f"params[{i}]", p) for i, p in enumerate(existing)]
-        for gi, g in enumerate(groups):
-            if "params" not in g:
-                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-            ps = g["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"param_groups[{gi}]['params'] is empty")
-            for pi, p in enumerate(ps):
-                name = f"param_groups[{gi}]['params'][{pi}]"
-                _check_param(name, p)
-                named.append((name, p))
-            for k in {"foreach", "fused", "capturable", "differentiable"} & set(g):
-                del g[k]   # torch backend switches: meaningless here
-            g["params"] = ps
-        C.check_no_overlap(named)
-        return groups
+        return normalize_params(params, _check_param, existing)
 
     def _owned_spans(self):
         """Sorted byte ranges of the parameters and moments, which no gradient may
@@ -348,8 +315,7 @@ class SparseAdam:
             if g.get("params") is not self._group_params[gi]:
                 raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
                                  "are fixed at construction (use add_param_group)")
-            out.append(g if _plain_hparams(g) else
-                       self._check_hparams(g, where=f"param_groups[{gi}]"))
+            out.append(self._check_hparams(g, where=f"param_groups[{gi}]"))  # cached
         return out
 
     def _checked_grads(self, grads):
@@ -580,17 +546,6 @@ class SparseAdam:
                 if k != "params":
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines) + "\n)"
-
-
-def _plain_hparams(g):
-    """Fast acceptance of a group whose hyperparameters are already normalised (floats,
-    a tuple of floats, a bool) and in range; anything else goes through the checkers."""
-    lr, betas, eps, mx = g.get("lr"), g.get("betas"), g.get("eps"), g.get("maximize")
-    return (type(lr) is float and 0.0 <= lr < _INF and type(eps) is float
-            and 0.0 <= eps < _INF and (mx is True or mx is False)
-            and type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
-            and type(betas[1]) is float and 0.0 <= betas[0] < 1.0
-            and 0.0 <= betas[1] < 1.0)
 
 
 def _step_scalars(step, h, dtype):

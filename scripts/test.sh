@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # torch==2.13.0 is the CPU build available on these machines; any torch>=2.0 works.
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn,plot,mpi]" "torch==2.13.0"
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn,plot,mpi,dask]" "torch==2.13.0"
 # The parity and error tests again with every unsafe shortcut off (kernels/unsafe.py).
 FASTADAM_PORTABLE=1 "$PY" -m pytest -q tests/test_variants.py \
     tests/test_torch_parity.py tests/test_errors.py -k "torch or reference or grads"

@@ -43,7 +43,8 @@ def test_incremental_classifier_block_by_block(name):
                                atol=1e-12)
 
 
-def test_incremental_regressor_sees_only_blocks():
+@pytest.mark.parametrize("name", ["AdamRegressor", "AdamMLPRegressor"])
+def test_incremental_regressor_sees_only_blocks(name):
     from dask import config
 
     import fastadam.sklearn as fsk
@@ -51,7 +52,7 @@ def test_incremental_regressor_sees_only_blocks():
     Xd = da.from_array(X, chunks=(400, X.shape[1]))        # 15 blocks
     yd = da.from_array(y, chunks=400)
 
-    class Recording(fsk.AdamRegressor):          # survives Incremental's clone()
+    class Recording(getattr(fsk, name)):          # survives Incremental's clone()
         sizes = []
 
         def partial_fit(self, X, y, **kw):

@@ -127,6 +127,69 @@ def test_failure_on_one_rank_raises_everywhere(n):
     assert all(v == n for v in found.values()), found
 
 
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_data_parallel_estimators(n):
+    """tests/mpi/estimators.py: each rank holds its own uneven rows; comm= fits equal
+    partial_fit on the pooled minibatches, score within one point of one process."""
+    pytest.importorskip("sklearn")
+    out = run_mpi(n, "estimators.py")
+    found = cases(out, n)
+    assert set(found) == {"exact_linear_classifier_sorted_weighted", "exact_mlp_classifier",
+                          "exact_linear_regressor_huber", "exact_mlp_regressor",
+                          "accuracy_linear_classifier", "accuracy_linear_regressor",
+                          "accuracy_mlp_classifier", "accuracy_mlp_regressor",
+                          "pickle_drops_comm", "clone_keeps_comm", "early_stopping",
+                          "errors_everywhere", "partial_fit_blocks", "zero_rows",
+                              "sparse_dense_under_comm"}
+    assert all(v == n for v in found.values()), found
+
+
+def test_estimator_comm_parameter_without_mpiexec():
+    """comm is an ordinary parameter: stored as given, None by default; a value that is
+    not a communicator is refused when fitting, naming it (clone: tests/mpi/estimators.py)."""
+    pytest.importorskip("sklearn")
+    import fastadam.sklearn as fsk
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    for cls in (fsk.AdamClassifier, fsk.AdamRegressor, fsk.AdamMLPClassifier,
+                fsk.AdamMLPRegressor):
+        assert cls().comm is None
+        marker = object()
+        est = cls(comm=marker)
+        assert est.get_params()["comm"] is marker
+        assert est.set_params(comm=None).comm is None
+        with pytest.raises((TypeError, ImportError), match="comm"):
+            cls(comm="world", max_iter=2).fit(X, y)
+
+
+@pytest.mark.parametrize("kind", ["clf", "clf-multilabel", "reg", "reg-2d"])
+def test_pooled_validation_score_from_parts(kind):
+    """The data-parallel validation score (sufficient statistics summed over ranks)
+    equals scikit-learn's score on the pooled rows, for every kind of target."""
+    pytest.importorskip("sklearn")
+    import warnings
+
+    import fastadam.sklearn as fsk
+    from fastadam.sklearn._parallel import score_from_stats, score_stats
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 4))
+    w = rng.uniform(0.1, 2.0, 90)
+    y = {"clf": (X[:, 0] + 0.5 * rng.standard_normal(90) > 0).astype(int),
+         "clf-multilabel": (X[:, :2] > 0).astype(int),
+         "reg": X @ [1.0, -2.0, 0.5, 0.0], "reg-2d": np.c_[X[:, 0], X[:, 1] ** 2]}[kind]
+    cls = {"clf": fsk.AdamClassifier, "clf-multilabel": fsk.AdamMLPClassifier}.get(
+        kind, fsk.AdamRegressor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = cls(max_iter=5, random_state=0).fit(X, y)
+    parts = [slice(0, 40), slice(40, 40), slice(40, 90)]      # one "rank" without rows
+    v = sum(score_stats(est, X[s], y[s], w[s]) for s in parts)
+    # (R^2 from sums of squares about zero: a little cancellation, hence 1e-10)
+    assert score_from_stats(est, v) == pytest.approx(est.score(X, y, sample_weight=w),
+                                                     rel=1e-10, abs=1e-10)
+
+
 def test_shard_bounds():
     from fastadam.distributed import shard_bounds
     b = shard_bounds(1001, 3, itemsize=4)            # 16-element (64-byte) alignment

@@ -236,3 +236,77 @@ def test_sparse_updates_validated_in_fit():
     assert est.sparse_updates == "sometimes"
     with pytest.raises(ValueError, match="sparse_updates"):
         est.fit(X, y)
+
+
+# ------------------------------------------------------------------ with comm (MPI)
+ESTIMATORS = [AdamClassifier, AdamRegressor, AdamMLPClassifier, AdamMLPRegressor]
+
+
+class _FakeComm:
+    """Stands for a communicator where no collective is reached."""
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_lazy_with_comm_refused_and_auto_resolves_to_dense(Est):
+    # the lazy layer's moments live outside the sharded optimizer: "lazy" + comm is an
+    # error naming both parameters, "auto" + comm is dense even for sparse X
+    X, _, _ = _sparse_data()
+    est = Est(sparse_updates="lazy", comm=_FakeComm())
+    with pytest.raises(ValueError, match=r"sparse_updates='lazy'.*comm"):
+        est._validate_hyperparams(False)
+    assert not Est(comm=_FakeComm())._resolve_sparse_updates(X)
+    assert not Est(sparse_updates="dense", comm=_FakeComm())._resolve_sparse_updates(X)
+    assert Est()._resolve_sparse_updates(X)
+    Est(comm=_FakeComm())._validate_hyperparams(False)          # "auto": accepted
+
+
+def _comm_self():
+    pytest.importorskip("mpi4py")
+    from mpi4py import MPI
+    return MPI.COMM_SELF
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_fit_with_comm_and_lazy_raises_before_training(Est):
+    comm = _comm_self()
+    X, y, r = _sparse_data(classes=3)
+    target = y if Est in (AdamClassifier, AdamMLPClassifier) else r
+    est = Est(sparse_updates="lazy", comm=comm, max_iter=2)
+    with pytest.raises(ValueError, match=r"sparse_updates='lazy'.*comm"):
+        est.fit(X, target)
+    assert not hasattr(est, "optimizer_")
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_comm_auto_on_sparse_input_is_the_dense_fit(Est):
+    from fastadam.distributed import ShardedOptimizer
+    comm = _comm_self()
+    X, y, r = _sparse_data(classes=3)
+    target = y if Est in (AdamClassifier, AdamMLPClassifier) else r
+    kw = {"max_iter": 3, "random_state": 0, "batch_size": 30, "alpha": 0.1}
+    if Est in (AdamMLPClassifier, AdamMLPRegressor):
+        kw["hidden_layer_sizes"] = (8,)
+    a = Est(comm=comm, **kw).fit(X, target)
+    assert not a._lazy and isinstance(a.optimizer_, ShardedOptimizer)
+    assert not hasattr(a, "_lazy_mv")
+    b = Est(sparse_updates="dense", **kw).fit(X, target)
+    for p, q in zip(_params(a), _params(b)):
+        np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_lazy_model_under_a_comm_continues_dense():
+    # partial_fit under another comm than the optimizer's starts fresh moments: the
+    # layer updates are chosen again, dense with the comm
+    from fastadam.distributed import ShardedOptimizer
+    comm = _comm_self()
+    X, y, _ = _sparse_data(classes=3)
+    est = AdamClassifier(random_state=0)
+    est.partial_fit(X, y, classes=np.arange(3))
+    assert est._lazy and hasattr(est, "_lazy_mv")
+    est.set_params(comm=comm)
+    est.partial_fit(X, y)
+    assert not est._lazy and not hasattr(est, "_lazy_mv")
+    assert isinstance(est.optimizer_, ShardedOptimizer)
+    est.set_params(comm=None)
+    est.partial_fit(X, y)                    # back to one process: "auto" is lazy again
+    assert est._lazy and not isinstance(est.optimizer_, ShardedOptimizer)

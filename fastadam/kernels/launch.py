@@ -217,7 +217,9 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
                    like64):
         if source < 0:       # never: see SOURCE_HASH
             return -2
-        descr = descr_of(pr)
+        descr = descr_of(pr, nd_type)
+        if descr == 0:
+            return -3
         if descr == d32:
             return _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, d32, threshold, like32,
                             alg, variant, n_state, wd_mode, scale_grad, False, decoupled)

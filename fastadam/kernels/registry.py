@@ -1,6 +1,7 @@
 """The registry of algorithms, and the compile-time dispatch to their numba functions.
 
-``ALGORITHMS`` maps a name ("adam", "adamw", "adamax", "nadam", "radam") to its
+``ALGORITHMS`` maps a name ("adam", "adamw", "adamax", "nadam", "radam",
+"sparse_adam") to its
 :class:`~fastadam.kernels.spec.Algorithm`; an algorithm's ``id`` is its position. The
 launchers call ``alg_scalars`` / ``alg_advance`` / ``alg_consts`` / ``alg_element`` with
 the id as a compile-time constant, and numba resolves each call to that algorithm's own
@@ -19,9 +20,9 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from ..config import JIT_OPTIONS
-from . import adam, adamax, nadam, radam
+from . import adam, adamax, nadam, radam, sparse
 
-_MODULES = (adam, adamax, nadam, radam)
+_MODULES = (adam, adamax, nadam, radam, sparse)
 
 ALGORITHMS = {}
 BY_ID = []
@@ -54,7 +55,10 @@ def _no_advance(h, t, gs):
 def _algorithm(alg):
     if not isinstance(alg, types.IntegerLiteral):
         raise TypingError(f"the algorithm id must be a compile-time constant, got {alg}")
-    return BY_ID[alg.literal_value]
+    a = BY_ID[alg.literal_value]
+    if a.layout != "dense":
+        raise TypingError(f"{a.name} updates rows with kernels of its own, not the shared loop")
+    return a
 
 
 # Stubs: numba replaces each call in compiled code by the overload below.

@@ -37,7 +37,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .. import _checks as C
 from ..config import JIT_OPTIONS
+from .spec import Algorithm, Option
 
 #: Indices of the scalars row ``sc`` (dtype of the buffers).
 OMB1, OMB2, EPS, NEG_STEP_SIZE, GSIGN = range(5)
@@ -377,3 +379,40 @@ def sparse_floor_parallel(p2, rows, vals2, m2, v2, acc2):
 @njit(**JIT_OPTIONS)
 def sparse_floor_serial(p2, rows, vals2, m2, v2, acc2):
     _floor_range(p2, rows, vals2, m2, v2, acc2[0], 0, vals2.shape[0])
+
+
+# ---------------------------------------------------------------- the registry entry
+def reference(param, indices, values, state, step, hp):
+    """Slow float64 SparseAdam step (numpy), in place on ``state``: duplicate indices
+    summed, only the touched rows of param, exp_avg and exp_avg_sq change (the eps is not
+    bias-corrected, as in torch.optim.SparseAdam). Returns the new parameter."""
+    p = param.astype(np.float64)
+    shape = p.shape
+    p2 = p.reshape(shape[0], -1)
+    vals = np.asarray(values, np.float64).reshape(len(indices), p2.shape[1])
+    rows = np.unique(indices)
+    g = np.zeros((rows.size, p2.shape[1]))
+    np.add.at(g, np.searchsorted(rows, indices), vals)
+    if hp["maximize"]:
+        g = -g
+    b1, b2 = hp["betas"]
+    m = state["exp_avg"].reshape(p2.shape)
+    v = state["exp_avg_sq"].reshape(p2.shape)
+    m[rows] = b1 * m[rows] + (1.0 - b1) * g
+    v[rows] = b2 * v[rows] + (1.0 - b2) * g * g
+    step_size = hp["lr"] * np.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
+    p2[rows] -= step_size * m[rows] / (np.sqrt(v[rows]) + hp["eps"])
+    return p2.reshape(shape)
+
+
+SPARSE_ADAM = Algorithm(
+    name="sparse_adam",
+    options=(Option("betas", (0.9, 0.999), C.check_betas),
+             Option("eps", 1e-8, C.check_eps)),
+    state=("exp_avg", "exp_avg_sq"),
+    n_state=lambda g: 2, variant=lambda g: 0, decoupled=lambda g: False,
+    hyper=lambda g: (g["betas"][0], g["betas"][1], g["eps"]),
+    reference=reference, layout="rows", shared=("lr", "maximize"),
+    doc="SparseAdam = torch.optim.SparseAdam (lazy Adam on the touched rows)")
+
+ALGORITHMS = (SPARSE_ADAM,)

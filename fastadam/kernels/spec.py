@@ -84,7 +84,7 @@ class Algorithm:
     ``group_scalars``: ((name, initial value), ...), see the module docstring.
     ``scalars(h, t, gs, out)``, ``advance(h, t, gs)``, ``consts(sc)``,
     ``element(variant, p, g, s0, s1, s2, k)``: numba functions (``inline="always"``), see
-    ``loop.py``. ``reference``: the slow float64 NumPy step, for tests.
+    ``loop.py`` (dense layout only). ``reference``: the slow float64 NumPy step, for tests.
     """
     name: str
     options: Tuple[Option, ...]
@@ -93,13 +93,18 @@ class Algorithm:
     variant: Callable[[dict], int]
     decoupled: Callable[[dict], bool]
     hyper: Callable[[dict], tuple]
-    scalars: Any
-    consts: Any
-    element: Any
+    scalars: Any = None
+    consts: Any = None
+    element: Any = None
     advance: Any = None
     group_scalars: Tuple[Tuple[str, float], ...] = ()
     reference: Optional[Callable] = None
     doc: str = ""
+    #: "dense": stepped by the shared fused loop (loop.py, launch.py); "rows": a sparse
+    #: algorithm with kernels of its own that update the touched rows only.
+    layout: str = "dense"
+    #: Which of the shared options (lr, weight_decay, maximize, max_grad_norm) it serves.
+    shared: Tuple[str, ...] = ("lr", "weight_decay", "maximize", "max_grad_norm")
     id: int = field(default=-1, compare=False)
 
     @property

@@ -141,9 +141,13 @@ def first_unlike(refs, expect, dims):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def descr_of(ref):
-    """Address of the dtype object of the array object at ``ref`` (0 for ref 0)."""
-    return load_int64(ref + _DESCR) if ref != 0 else 0
+def descr_of(ref, ndarray_type):
+    """Address of the dtype object of the object at ``ref`` when it is exactly an ndarray
+    (type object ``ndarray_type``), else 0. The type is read first (every Python object
+    has one at that offset); only an ndarray is read further."""
+    if ref == 0 or load_int64(ref + _TYPE) != ndarray_type:
+        return 0
+    return load_int64(ref + _DESCR)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -19,7 +19,7 @@ from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DEC
                             N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
-from .groups import TORCH_SWITCHES, ParamGroup, Validator
+from .groups import TORCH_SWITCHES, ParamGroup, Validator, normalize_params
 from .guard import grad_norms
 from .plan import Bucket, Launch
 from .state import StateDictMixin
@@ -66,39 +66,9 @@ class Optimizer(StateDictMixin):
 
     # ------------------------------------------------------------------ construction
     def _normalize_groups(self, params):
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "not a single array; wrap it: [param]")
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError("params must be a list of arrays or of param-group dicts, got "
-                            f"{type(params).__name__}") from None
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            groups = [dict(g) for g in params]
-        elif any(isinstance(p, dict) for p in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        else:
-            groups = [{"params": params}]
-        all_params, names = [], []
-        for gi, g in enumerate(groups):
-            if "params" not in g:
-                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-            ps = g["params"]
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
-            if not ps:
-                raise ValueError(f"param_groups[{gi}]['params'] is empty")
-            for pi, p in enumerate(ps):
-                names.append(f"param_groups[{gi}]['params'][{pi}]")
-                C.check_array(names[-1], p, writable=True)
-            for k in TORCH_SWITCHES & set(g):
-                del g[k]
-            g["params"] = ps
-            all_params.extend(ps)
-        C.check_no_overlap(list(zip(names, all_params)))
-        self._params = all_params
+        groups = normalize_params(
+            params, lambda name, p: C.check_array(name, p, writable=True))
+        self._params = [p for g in groups for p in g["params"]]
         return groups
 
     def _build(self, saved_state, steps, group_scalars):

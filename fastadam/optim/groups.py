@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
 from .. import _checks as C
 from ..kernels.registry import KNOWN_OPTIONS
 from ..kernels.spec import Option
@@ -18,6 +20,46 @@ SHARED_OPTIONS = (
 _SHARED_NAMES = frozenset(o.name for o in SHARED_OPTIONS)
 #: torch's backend switches: meaningless here, dropped from groups for drop-in use.
 TORCH_SWITCHES = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+def normalize_params(params, check_param, existing=()):
+    """torch's ``params`` argument -> a list of group dicts (copies) whose "params" are
+    lists of checked arrays, torch's backend switches dropped. ``params``: a list of
+    arrays or a list of param-group dicts. ``check_param(name, array)`` raises for an
+    array the optimizer cannot hold; no array may share memory with another or with
+    ``existing`` (arrays already held). Raises TypeError/ValueError naming the culprit."""
+    if isinstance(params, np.ndarray):
+        raise TypeError("params must be a list of arrays or of param-group dicts, "
+                        "not a single array; wrap it: [param]")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError("params must be a list of arrays or of param-group dicts, got "
+                        f"{type(params).__name__}") from None
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(p, dict) for p in params):
+        groups = [dict(g) for g in params]
+    elif any(isinstance(p, dict) for p in params):
+        raise TypeError("params must be all arrays or all param-group dicts, not a mix")
+    else:
+        groups = [{"params": params}]
+    named = [(f"params[{i}]", p) for i, p in enumerate(existing)]
+    for gi, g in enumerate(groups):
+        if "params" not in g:
+            raise ValueError(f"param_groups[{gi}] has no 'params' entry")
+        ps = g["params"]
+        ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+        if not ps:
+            raise ValueError(f"param_groups[{gi}]['params'] is empty")
+        for pi, p in enumerate(ps):
+            named.append((f"param_groups[{gi}]['params'][{pi}]", p))
+            check_param(named[-1][0], p)
+        for k in TORCH_SWITCHES & set(g):
+            del g[k]
+        g["params"] = ps
+    C.check_no_overlap(named)
+    return groups
 
 
 class ParamGroup(dict):
@@ -81,7 +123,8 @@ class Validator:
 
     def __init__(self, algorithm):
         self.algorithm = algorithm
-        self.options = SHARED_OPTIONS + tuple(algorithm.options)
+        self.options = tuple(o for o in SHARED_OPTIONS if o.name in algorithm.shared) \
+            + tuple(algorithm.options)
         names = {o.name for o in self.options}
         self.foreign = (KNOWN_OPTIONS | _SHARED_NAMES) - names
         self._cache = OrderedDict()

@@ -14,7 +14,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
+                                      validate_data)
 
 from . import _lazy
 from ._network import _Network
@@ -54,36 +55,87 @@ class _BaseAdam(_Network, BaseEstimator):
         if self.sparse_updates not in ("auto", "lazy", "dense"):
             raise ValueError("sparse_updates must be 'auto', 'lazy' or 'dense', got "
                              f"{self.sparse_updates!r}")
+        if self.sparse_updates == "lazy" and getattr(self, "comm", None) is not None:
+            # the lazy layer's moments live on the estimator, outside the sharded
+            # optimizer: its updates would not be shared by the ranks
+            raise ValueError("sparse_updates='lazy' cannot be combined with comm (a "
+                             "data-parallel fit): the lazily updated first layer is not "
+                             "shared across ranks; use sparse_updates='auto' or 'dense' "
+                             "with comm, or comm=None for lazy updates")
 
     def _resolve_sparse_updates(self, X):
         """Whether this fit steps the first weight layer lazily: "lazy" always, "dense"
-        never, "auto" (the default) when X is a sparse matrix."""
+        never, "auto" (the default) when X is a sparse matrix and there is no ``comm``
+        (data-parallel fits are dense; "lazy" with a comm is refused by
+        ``_validate_hyperparams``)."""
         if self.sparse_updates == "auto":
-            return sp.issparse(X)
+            return sp.issparse(X) and getattr(self, "comm", None) is None
         return self.sparse_updates == "lazy"
 
     # ---- fitting -----------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental, classes=None):
-        self._validate_hyperparams(incremental)
-        fitted = hasattr(self, "optimizer_")
-        first = not fitted or (not incremental and not self.warm_start)
-        X, y = validate_data(self, X, y, reset=first, accept_sparse="csr",
-                             dtype=(np.float64, np.float32), multi_output=True)
-        if not first:
-            X = X.astype(self._flat.dtype, copy=False)
-        dtype = X.dtype
-        Y = self._encode_targets(y, first, incremental, classes, dtype)
-        n_samples = X.shape[0]
-        sw = check_sample_weight(sample_weight, n_samples, dtype)
+        comm = getattr(self, "comm", None)
+        dp = None
+        if comm is not None:
+            from ._parallel import DataParallel
+            dp = DataParallel(comm)
+        # Local checks; with a comm the ranks agree on the outcome before any collective.
+        err = None
+        try:
+            self._validate_hyperparams(incremental)
+            fitted = hasattr(self, "optimizer_")
+            first = not fitted or (not incremental and not self.warm_start)
+            if dp is None:
+                X, y = validate_data(self, X, y, reset=first, accept_sparse="csr",
+                                     dtype=(np.float64, np.float32), multi_output=True)
+            else:
+                # the same checks as above, but a rank may hold no rows
+                X = validate_data(self, X, reset=first, accept_sparse="csr",
+                                  dtype=(np.float64, np.float32), ensure_min_samples=0)
+                y = check_array(y, accept_sparse="csr", ensure_2d=False, dtype=None,
+                                ensure_min_samples=0, input_name="y", estimator=self)
+                check_consistent_length(X, y)
+            if not first:
+                X = X.astype(self._flat.dtype, copy=False)
+            labels = None
+            if dp is not None:
+                labels = self._local_labels(y)
+        except Exception as e:
+            if dp is None:
+                raise
+            err = e
+        if dp is not None:
+            dp.agree(err)
+            dtype, labels = self._agree_layout(dp, X, y, first, incremental, labels)
+            X = X.astype(dtype, copy=False)
+            err = None
+        try:
+            dtype = X.dtype
+            Y = self._encode_targets(y, first, incremental, classes, dtype,
+                                     **({} if labels is None else {"labels": labels}))
+            n_samples = X.shape[0]
+            sw = check_sample_weight(sample_weight, n_samples, dtype,
+                                     allow_zero_sum=dp is not None)
+        except Exception as e:
+            if dp is None:
+                raise
+            err = e
+        if dp is not None:
+            dp.agree(err)
+            self._agree_targets(dp, Y, sw)
         self._random_state = rng = check_random_state(self.random_state)
-        if first or not incremental:
+        # fresh moments (warm start, or partial_fit under another comm than the
+        # optimizer's): the layer updates are chosen again, as for a new model
+        renew = not first and (not incremental or
+                               getattr(self, "_optimizer_comm", None) is not comm)
+        if first or renew:
             self._lazy = self._resolve_sparse_updates(X)
         if first:
             self._allocate(X.shape[1], Y.shape[1], dtype, rng)
             self.n_iter_ = 0
             self.t_ = 0
             self.loss_curve_ = []
-        elif not incremental:
+        elif renew:
             self._new_optimizer()            # warm start: keep weights, fresh moments
         self._sync_optimizer_hyperparams()
         if not incremental:
@@ -98,10 +150,26 @@ class _BaseAdam(_Network, BaseEstimator):
             # scikit-learn's MLP stratifies single-output classification only; same
             # rule so that the same random_state gives the same split.
             stratify = y if (isinstance(self, ClassifierMixin) and Y.shape[1] == 1) else None
-            idx_train, idx_val = train_test_split(
-                np.arange(n_samples), random_state=rng, test_size=self.validation_fraction,
-                stratify=stratify)
-            if idx_val.shape[0] < 2:
+            err = None
+            try:
+                if dp is not None and stratify is not None and (
+                        n_samples == 0 or np.unique(stratify, return_counts=True)[1].min() < 2):
+                    stratify = None        # this rank's rows are too few to stratify
+                if dp is not None and n_samples < 2:
+                    idx_train, idx_val = np.arange(n_samples), np.arange(0)
+                else:
+                    idx_train, idx_val = train_test_split(
+                        np.arange(n_samples), random_state=rng,
+                        test_size=self.validation_fraction, stratify=stratify)
+                n_val = idx_val.shape[0]
+            except Exception as e:
+                if dp is None:
+                    raise
+                err, n_val = e, 0
+            if dp is not None:
+                dp.agree(err)
+                n_val = int(dp.sum([n_val])[0])
+            if n_val < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
             X_val, y_val = X[idx_val], y[idx_val]
@@ -113,13 +181,21 @@ class _BaseAdam(_Network, BaseEstimator):
             self.best_loss_ = None
             best_flat = self._flat.copy()
         n = X.shape[0]
+        counts = [n] if dp is None else dp.allgather(n)
+        n_total = int(sum(counts))
         if self.batch_size == "auto":
-            batch_size = min(200, n)
+            batch_size = min(200, n_total)
         else:
-            if self.batch_size > n:
+            if self.batch_size > n_total:
                 warnings.warn(f"batch_size={self.batch_size} is larger than the number of "
-                              f"training samples ({n}); it is clipped to {n}")
-            batch_size = int(min(self.batch_size, n))
+                              f"training samples ({n_total}); it is clipped to {n_total}")
+            batch_size = int(min(self.batch_size, n_total))
+        plan = None
+        if dp is not None:
+            from ._parallel import pooled_counts
+            steps = -(-n_total // batch_size)
+            plan = (dp, steps, pooled_counts(counts, steps), n_total)
+            batch_size = max(1, -(-n // steps))       # the largest local slice
         ws = self._make_workspace(batch_size, dtype, sparse=sp.issparse(X))
         if getattr(self, "_lazy", False) and not sp.issparse(X):
             X = sp.csr_matrix(X)     # lazy updates on a dense array: its nonzeros touch
@@ -131,7 +207,7 @@ class _BaseAdam(_Network, BaseEstimator):
         work = batch_size * max(a * b for a, b in zip(units[:-1], units[1:]))
         with _blas_limit(work):
             converged = self._epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
-                                     early and (X_val, y_val, sw_val, best_flat))
+                                     early and (X_val, y_val, sw_val, best_flat), plan)
         if early:
             self._flat[...] = best_flat
         if not np.isfinite(self._flat).all():
@@ -144,8 +220,54 @@ class _BaseAdam(_Network, BaseEstimator):
                           ConvergenceWarning)
         return self
 
-    def _epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early):
-        """The training loop; returns True when the stopping rule fired."""
+    # ---- data-parallel agreement (comm given) --------------------------------------------
+    def _local_labels(self, y):
+        """This rank's class labels (1-D classification targets), else None."""
+        if not isinstance(self, ClassifierMixin) or y.ndim != 1:
+            return None
+        return np.unique(y) if y.shape[0] else None
+
+    def _agree_layout(self, dp, X, y, first, incremental, labels):
+        """Collective: the ranks must agree on the feature count, the target layout and
+        whether this call starts a new model; the dtype is float64 if any rank's X is.
+        Returns (dtype, union of the ranks' labels or None)."""
+        has_y = y.shape[0] > 0
+        info = (int(X.shape[1]), bool(first), bool(incremental),
+                (y.ndim, y.shape[1:]) if has_y else None)
+        infos = dp.allgather((info, X.dtype.str, labels))
+        kinds = [i[0][3] for i in infos if i[0][3] is not None]
+        for r, (i, _, _) in enumerate(infos):
+            if i[:3] != infos[0][0][:3] or (i[3] is not None and i[3] != kinds[0]):
+                raise ValueError(
+                    f"rank {r} passed data of another layout than rank 0, or is in another "
+                    f"fit state: (n_features, starts a new model, partial_fit, (y.ndim, "
+                    f"y.shape[1:])) = {i} on rank {r}, {infos[0][0]} on rank 0; every rank "
+                    "must pass X with the same features and y of the same kind")
+        dtype = np.result_type(*[np.dtype(d) for _, d, _ in infos])
+        union = None
+        if any(lab is not None for _, _, lab in infos):
+            union = np.unique(np.concatenate([lab for _, _, lab in infos if lab is not None]))
+        return dtype, union
+
+    def _agree_targets(self, dp, Y, sw):
+        """Collective: the encoded targets have the same width everywhere (the classes
+        agreed), and the pooled sample weights have a positive sum."""
+        sig = (Y.shape[1], repr(getattr(self, "classes_", None)))
+        sigs = dp.allgather(sig)
+        bad = [r for r, s in enumerate(sigs) if s != sigs[0]]
+        if bad:
+            raise ValueError(f"rank {bad[0]} encodes the targets differently from rank 0 "
+                             f"(outputs, classes): {sigs[bad[0]]} vs {sigs[0]}; pass the "
+                             "same classes= to partial_fit on every rank")
+        if sw is not None and not dp.sum([sw.sum()])[0] > 0:
+            raise ValueError("sample_weight must not be all zero: the weights must have a "
+                             "positive sum")
+
+    # ---- training loop ---------------------------------------------------------------------
+    def _epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early,
+                plan=None):
+        """The training loop; returns True when the stopping rule fired. ``plan``: the
+        data-parallel batching (see ``_parallel``), None in one process."""
         if early:
             X_val, y_val, sw_val, best_flat = early
         n = X.shape[0]
@@ -156,6 +278,15 @@ class _BaseAdam(_Network, BaseEstimator):
         clock = time.perf_counter
         t_opt = 0.0
         converged = False
+        if plan is None:
+            starts = list(range(0, n, batch_size))
+            bounds = starts + [n]
+        else:
+            from ._parallel import score_from_stats, score_stats, slice_bounds
+            dp, steps, pooled, n_total = plan
+            bounds = slice_bounds(n, steps).tolist()
+            starts = range(steps)
+            adds_l2 = dp.rank == 0
         for _ in range(n_epochs):
             if self.shuffle:
                 rng.shuffle(idx)
@@ -165,8 +296,8 @@ class _BaseAdam(_Network, BaseEstimator):
                 w = self._weights[0].reshape(-1)
                 self._lazy_sq = float(np.dot(w, w)) if self.alpha else 0.0
             acc = 0.0
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
+            for k in range(len(bounds) - 1):
+                start, stop = bounds[k], bounds[k + 1]
                 if self.shuffle:
                     bi = idx[start:stop]
                     Xb = take(X, bi, ws["X"])
@@ -176,16 +307,31 @@ class _BaseAdam(_Network, BaseEstimator):
                     Xb = take(X, idx[start:stop], None) if lazy else X[start:stop]
                     Yb = Y[start:stop]
                     swb = None if sw is None else sw[start:stop]
-                loss = self._loss_grad(Xb, Yb, swb, ws)
-                if loss is None:
-                    continue
+                if plan is None:
+                    loss = self._loss_grad(Xb, Yb, swb, ws)
+                    if loss is None:
+                        continue
+                    weight = stop - start
+                else:
+                    # the pooled minibatch's total weight: known from the row counts
+                    # without sample weights, else summed over the ranks
+                    total = float(pooled[k]) if sw is None else \
+                        float(dp.sum([0.0 if swb is None else swb.sum()])[0])
+                    if not total > 0:
+                        continue                  # every rank skips this step
+                    loss = self._loss_grad(Xb, Yb, swb, ws, total=total, l2=adds_l2)
+                    weight = float(pooled[k])
                 t0 = clock()
                 step()
                 t_opt += clock() - t0
-                acc += loss * (stop - start)
+                acc += loss * weight
             self.n_iter_ += 1
-            self.t_ += n
-            self.loss_ = acc / n
+            if plan is None:
+                self.t_ += n
+                self.loss_ = acc / n
+            else:
+                self.t_ += n_total
+                self.loss_ = float(dp.sum([acc])[0]) / n_total
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
@@ -194,7 +340,11 @@ class _BaseAdam(_Network, BaseEstimator):
             if not np.isfinite(self.loss_):
                 break
             if early:
-                score = self._score_raw(X_val, y_val, sw_val)
+                if plan is None:
+                    score = self._score_raw(X_val, y_val, sw_val)
+                else:
+                    score = score_from_stats(self, dp.sum(score_stats(self, X_val, y_val,
+                                                                      sw_val)))
                 self.validation_scores_.append(score)
                 if self.verbose:
                     print(f"Validation score: {score:f}")
@@ -233,6 +383,20 @@ class _BaseAdam(_Network, BaseEstimator):
         X = validate_data(self, X, reset=False, accept_sparse="csr",
                           dtype=(np.float64, np.float32))
         return X.astype(self._flat.dtype, copy=False)
+
+    def __sklearn_clone__(self):
+        # A communicator is shared by the clone, never copied (clone would deep-copy
+        # it, which mpi4py refuses for all but the predefined communicators).
+        comm = getattr(self, "comm", None)
+        if comm is None:
+            return super().__sklearn_clone__()
+        self.comm = None
+        try:
+            new = super().__sklearn_clone__()
+        finally:
+            self.comm = comm
+        new.comm = comm
+        return new
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

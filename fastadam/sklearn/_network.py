@@ -54,12 +54,26 @@ class _Network:
         """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
         first weight layer is not in it: its moments ``_lazy_mv`` (n_features, fan_out,
         2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live on the estimator, and
-        :func:`._lazy.lazy_adam_step` steps its touched rows."""
+        :func:`._lazy.lazy_adam_step` steps its touched rows. With a ``comm`` the optimizer
+        is a :class:`fastadam.distributed.ShardedOptimizer` (never with lazy updates: the
+        lazy layer's moments would not be shared by the ranks)."""
         lazy = getattr(self, "_lazy", False)
-        params = self._weights[1:] if lazy else self._weights
-        self.optimizer_ = Adam(params + self._intercepts, lr=self.learning_rate_init,
-                               betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                               eps_mode="hat")
+        params = (self._weights[1:] if lazy else self._weights) + self._intercepts
+        hyper = {"lr": self.learning_rate_init, "betas": (self.beta_1, self.beta_2),
+                 "eps": self.epsilon, "eps_mode": "hat"}
+        comm = getattr(self, "comm", None)
+        if comm is None:
+            self.optimizer_ = Adam(params, **hyper)
+        else:
+            if lazy:     # _fit resolves sparse_updates to dense with a comm
+                raise ValueError("sparse_updates='lazy' cannot be used with comm")
+            # Data-parallel (collective): every rank passes its slice of the pooled
+            # minibatch gradient, already divided by the pooled weight, so the sum over
+            # ranks is the pooled gradient; rank 0's initial weights are broadcast.
+            from ..distributed import ShardedOptimizer
+            self.optimizer_ = ShardedOptimizer(params, Adam, comm=comm,
+                                               grad_reduction="sum", **hyper)
+        self._optimizer_comm = comm
         if lazy:
             self._lazy_mv = np.zeros(self._units[:2] + [2], self._flat.dtype)
             self._lazy_t = 0
@@ -107,10 +121,18 @@ class _Network:
     def __getstate__(self):
         # The optimizer holds raw data addresses of the parameters; pickle its plain
         # state_dict and rebuild it (over fresh views of one buffer) on unpickling.
+        # A communicator is never pickled (``comm`` comes back as None), and a sharded
+        # optimizer's moments live on all ranks: the copy keeps the parameters and
+        # starts fresh moments, like warm_start, if it is trained further.
         state = super().__getstate__()
+        if state.get("comm") is not None:
+            state = dict(state)
+            state["comm"] = None
+        state.pop("_optimizer_comm", None)
         if "optimizer_" in state:
             state = dict(state)
-            state["optimizer_"] = self.optimizer_.state_dict()
+            local = getattr(self, "_optimizer_comm", None) is None
+            state["optimizer_"] = self.optimizer_.state_dict() if local else None
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
             for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_batch",
                       "_lazy_scratch", "coef_", "intercept_", "coefs_", "intercepts_"):
@@ -126,7 +148,8 @@ class _Network:
             lazy_state = [state.get(k) for k in ("_lazy_mv", "_lazy_t")]
             self._set_param_arrays(arrays, arrays[0].dtype)
             self._new_optimizer()
-            self.optimizer_.load_state_dict(opt_state)
+            if opt_state is not None:
+                self.optimizer_.load_state_dict(opt_state)
             if getattr(self, "_lazy", False):
                 self._lazy_mv, self._lazy_t = lazy_state
 
@@ -164,13 +187,20 @@ class _Network:
             A = Z
         return acts
 
-    def _loss_grad(self, Xb, Yb, swb, ws):
+    def _loss_grad(self, Xb, Yb, swb, ws, total=None, l2=True):
         """Batch objective; writes its gradient into ``optimizer_.grads``. None when the
-        batch has zero total weight (nothing to learn from it)."""
+        batch has zero total weight (nothing to learn from it).
+
+        Data-parallel: ``total`` is the pooled minibatch's weight, by which this rank's
+        share is divided, and ``l2`` says whether this rank adds the L2 term (one rank
+        does); the shares of all ranks then sum to the pooled objective and gradient."""
         n = Xb.shape[0]
-        sw_sum = float(n) if swb is None else float(swb.sum())
-        if not sw_sum > 0:
-            return None
+        if total is None:
+            sw_sum = float(n) if swb is None else float(swb.sum())
+            if not sw_sum > 0:
+                return None
+        else:
+            sw_sum = float(total)
         lazy = getattr(self, "_lazy", False)
         if lazy and not hasattr(Xb, "indptr"):
             Xb = sp.csr_matrix(Xb)       # dense rows under lazy updates: nonzeros touch
@@ -202,7 +232,7 @@ class _Network:
             else:
                 np.dot(A.T, D, out=gW)
             W = self._weights[l]
-            if self.alpha and gW is not None:
+            if self.alpha and l2 and gW is not None:
                 w = W.reshape(-1)
                 sq += float(np.dot(w, w))
                 K.add_scaled(gW.reshape(-1), w, reg)

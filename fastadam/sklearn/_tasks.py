@@ -18,7 +18,8 @@ class _ClassifierMixinAdam:
 
     _multilabel = False
 
-    def _encode_targets(self, y, first, incremental, classes, dtype):
+    def _encode_targets(self, y, first, incremental, classes, dtype, labels=None):
+        """``labels``: data-parallel fits, the union of every rank's labels (1-D y)."""
         if y.ndim == 2 and y.shape[1] == 1:
             warnings.warn("A column-vector y was passed when a 1d array was expected. "
                           "Please change the shape of y to (n_samples, ), for example "
@@ -27,7 +28,8 @@ class _ClassifierMixinAdam:
         if y.ndim == 2 and not self._multilabel:
             raise ValueError(f"{type(self).__name__} expects y of shape (n_samples,), got "
                              f"{y.shape}; for several binary targets use AdamMLPClassifier")
-        check_classification_targets(y)
+        if y.shape[0] or labels is None:
+            check_classification_targets(y)
         if incremental and not hasattr(self, "classes_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
@@ -37,7 +39,7 @@ class _ClassifierMixinAdam:
             self.classes_ = lb.classes_
         elif first:
             lb = LabelBinarizer()
-            lb.fit(y)
+            lb.fit(y if labels is None or y.ndim == 2 else labels)
             self._label_binarizer = lb
             self.classes_ = lb.classes_
         else:
@@ -55,6 +57,10 @@ class _ClassifierMixinAdam:
         self._out_kind = "softmax" if self._label_binarizer.y_type_ == "multiclass" \
             else "logistic"
         self.out_activation_ = self._out_kind
+        if y.shape[0] == 0:            # a data-parallel rank without rows
+            lb = self._label_binarizer
+            width = y.shape[1] if y.ndim == 2 else lb.transform(lb.classes_[:1]).shape[1]
+            return np.zeros((0, width), dtype=dtype)
         return np.ascontiguousarray(self._label_binarizer.transform(y), dtype=dtype)
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):

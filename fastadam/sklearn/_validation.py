@@ -12,9 +12,10 @@ from sklearn.utils.validation import check_array
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 
 
-def check_sample_weight(sample_weight, n_samples, dtype):
+def check_sample_weight(sample_weight, n_samples, dtype, allow_zero_sum=False):
     """1-D float array of n_samples non-negative finite weights with a positive sum, or
-    None."""
+    None. ``allow_zero_sum``: one rank's share of data-parallel weights, whose pooled sum
+    is checked by the caller."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
@@ -28,7 +29,7 @@ def check_sample_weight(sample_weight, n_samples, dtype):
                          "(one weight per sample)")
     if np.any(sw < 0):
         raise ValueError("sample_weight must be non-negative")
-    if not sw.sum() > 0:
+    if not allow_zero_sum and not sw.sum() > 0:
         raise ValueError("sample_weight must not be all zero: the weights must have a "
                          "positive sum")
     return sw

@@ -18,6 +18,10 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     objective (``alpha`` is L2 on ``coef_`` with scikit-learn's MLP scaling) and for the
     Adam formula (``epsilon`` is epsilon-hat, fastadam ``eps_mode="hat"``, as scikit-learn).
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the package docstring. Data-parallel
+    fits take dense steps (``sparse_updates`` below).
+
     Attributes: ``coef_`` (1 or n_classes, n_features) and ``intercept_`` (1 or
     n_classes,) - views of one flat float buffer that ``optimizer_`` updates in place;
     ``classes_``, ``n_iter_`` (epochs), ``t_`` (samples seen), ``loss_``,
@@ -46,7 +50,10 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
     ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
     is present, so there is nothing to skip). It is read at ``fit`` (and the first
-    ``partial_fit``); see docs/sparse.md.
+    ``partial_fit``); see docs/sparse.md. With ``comm`` (a data-parallel fit) ``"auto"``
+    is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped layer's moments
+    live on each rank outside the sharded optimizer, so the ranks would not share its
+    updates.
     """
 
     _linear = True
@@ -55,7 +62,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 random_state=None, warm_start=False, verbose=False,
+                 random_state=None, warm_start=False, verbose=False, comm=None,
                  sparse_updates="auto"):
         self.loss = loss
         self.alpha = alpha
@@ -68,6 +75,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
         self.sparse_updates = sparse_updates
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -100,6 +108,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     See the module docstring for the objective (``alpha`` is L2 on ``coef_`` with
     scikit-learn's MLP scaling) and the Adam formula (fastadam ``eps_mode="hat"``).
 
+    ``comm``: data-parallel fitting over MPI, as in :class:`AdamClassifier`.
+
     Attributes: ``coef_`` (n_features,) for 1-D y, else (n_outputs, n_features), and
     ``intercept_`` (1,) or (n_outputs,) - views of one flat buffer; ``n_iter_``, ``t_``,
     ``loss_``, ``loss_curve_``, ``best_loss_``, ``validation_scores_``,
@@ -120,7 +130,10 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     every minibatch (the exact objective; O(n_features) per minibatch). ``"auto"`` is
     ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows every feature
     is present, so there is nothing to skip). It is read at ``fit`` (and the first
-    ``partial_fit``); see docs/sparse.md.
+    ``partial_fit``); see docs/sparse.md. With ``comm`` (a data-parallel fit) ``"auto"``
+    is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped layer's moments
+    live on each rank outside the sharded optimizer, so the ranks would not share its
+    updates.
     """
 
     _linear = True
@@ -130,7 +143,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  shuffle=True, random_state=None, warm_start=False, verbose=False,
-                 sparse_updates="auto"):
+                 comm=None, sparse_updates="auto"):
         self.loss = loss
         self.huber_delta = huber_delta
         self.alpha = alpha
@@ -143,6 +156,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
         self.sparse_updates = sparse_updates
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction

@@ -20,6 +20,10 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     scikit-learn (see the module docstring); ``epsilon`` is epsilon-hat (fastadam
     ``eps_mode="hat"``). Binary, multiclass (softmax) and multilabel targets.
 
+    ``comm``: an mpi4py communicator for a data-parallel fit under ``mpiexec`` (each
+    rank passes its own rows), or None (default); see the package docstring. Data-parallel
+    fits take dense steps (``sparse_updates`` below).
+
     Attributes: ``coefs_[i]`` (fan_in, fan_out) and ``intercepts_[i]`` - views of one
     flat buffer; ``classes_``, ``n_layers_``, ``n_outputs_``, ``out_activation_``,
     ``n_iter_``, ``t_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
@@ -35,7 +39,10 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     every weight every minibatch (the exact objective; O(n_features) per minibatch).
     ``"auto"`` is ``"lazy"`` for sparse ``X`` and ``"dense"`` for arrays (on dense rows
     every feature is present, so there is nothing to skip). It is read at ``fit`` (and
-    the first ``partial_fit``); see docs/sparse.md.
+    the first ``partial_fit``); see docs/sparse.md. With ``comm`` (a data-parallel fit)
+    ``"auto"`` is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped
+    layer's moments live on each rank outside the sharded optimizer, so the ranks would
+    not share its updates.
     """
 
     _multilabel = True
@@ -44,7 +51,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, sparse_updates="auto"):
+                 epsilon=1e-8, n_iter_no_change=10, comm=None, sparse_updates="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -55,7 +62,6 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
-        self.sparse_updates = sparse_updates
         self.warm_start = warm_start
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -63,6 +69,8 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
+        self.sparse_updates = sparse_updates
 
     def _publish(self):
         self.coefs_ = list(self._weights)
@@ -81,15 +89,15 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     ``sklearn.neural_network.MLPRegressor(solver="adam")`` with ``loss="squared_error"``
     (also ``"huber"``, threshold ``huber_delta``). Same objective, initialisation,
     batching and stopping rules as scikit-learn; ``epsilon`` is epsilon-hat (fastadam
-    ``eps_mode="hat"``). Attributes as :class:`AdamMLPClassifier`, without ``classes_``.
-    ``sparse_updates`` as in :class:`AdamMLPClassifier`.
+    ``eps_mode="hat"``). ``comm``, ``sparse_updates`` and the attributes as
+    :class:`AdamMLPClassifier`, without ``classes_``.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",
                  *, huber_delta=1.0, alpha=1e-4, batch_size="auto", learning_rate_init=1e-3,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, comm=None,
                  sparse_updates="auto"):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -103,7 +111,6 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.tol = tol
         self.verbose = verbose
-        self.sparse_updates = sparse_updates
         self.warm_start = warm_start
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -111,5 +118,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.comm = comm
+        self.sparse_updates = sparse_updates
 
     _publish = AdamMLPClassifier._publish

@@ -2,13 +2,12 @@
 
     from fastadam.torch import Adam        # instead of: from torch.optim import Adam
 
-``Adam``, ``AdamW`` and ``Adamax`` subclass their ``torch.optim`` twins (so they take
-exactly torch's arguments, are ``isinstance`` of them and of ``torch.optim.Optimizer``,
+``Adam``, ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam`` and ``SparseAdam`` subclass their
+``torch.optim`` twins (so they take exactly torch's arguments, are ``isinstance`` of them and of ``torch.optim.Optimizer``,
 and work with every ``torch.optim.lr_scheduler``, step hooks and state-dict hooks), and
 step the parameters' memory in place with fastadam's fused kernels: one kernel launch
 per parameter dtype over zero-copy NumPy views of the CPU tensors. ``state_dict()`` is in
 torch's format, so checkpoints move both ways between fastadam and ``torch.optim``.
-``NAdam``, ``RAdam`` and ``SparseAdam`` appear here when fastadam provides them.
 
 Importing this module imports torch; ``import fastadam`` does not. See docs/torch.md.
 """

@@ -15,8 +15,10 @@ How torch's semantics map onto the inner optimizer:
   times keep separate step counts, as in torch, and still share one kernel launch (the
   inner optimizer launches by kernel flags, not by group). While the active set stays the
   same (the usual case: all parameters, or all but some frozen ones) a step costs one
-  NumPy view per gradient plus the kernel. When it changes, the inner optimizer is
-  rebuilt and the moments are copied over (O(parameters), measured in docs/torch.md).
+  NumPy view per gradient plus the kernel. When it changes, parameters are split into
+  *blocks* that have had gradients together (each with its own inner optimizers): a step
+  runs the blocks of the current set, a set seen before costs a dict lookup, a new one
+  splits the blocks it cuts (state copied once). See ``_switch`` and docs/torch.md.
 * **State.** ``self.state[p]`` holds torch tensors that *are* the inner optimizer's
   buffers (``torch.from_numpy`` of its views), and ``step`` is a 0-d view of one float
   buffer bumped once per step: ``opt.state[p]["exp_avg"]`` reads (and in-place writes)
@@ -27,7 +29,8 @@ How torch's semantics map onto the inner optimizer:
   (including OneCycleLR's momentum cycling, which writes ``betas``) work.
 
 Algorithms are described by :class:`Spec` (a few lines each); an algorithm appears when
-fastadam has its optimizer class (``hasattr(fastadam, "NAdam")`` ...).
+fastadam has its optimizer class (``hasattr(fastadam, "NAdam")`` ...). SparseAdam has its
+own ``step`` and layout (one inner ``fastadam.SparseAdam`` over every parameter).
 """
 from __future__ import annotations
 
@@ -123,7 +126,9 @@ class Spec:
     buffer). ``fa_class``: group -> name of the fastadam class (torch.optim.Adam with
     ``decoupled_weight_decay=True`` is AdamW). ``structural``: group keys whose change
     needs a rebuild rather than a hyperparameter update. ``sparse_grads``: the algorithm
-    takes sparse gradients (its class overrides ``_grad_array``)."""
+    takes sparse gradients (its class overrides ``_grad_array``). ``scalar_keys``: state
+    keys (among ``state_keys``) that torch keeps per parameter as 0-d tensors and fastadam
+    as one float per param group (NAdam's ``mu_product``)."""
 
     fa_name: str
     hparams: tuple
@@ -132,6 +137,7 @@ class Spec:
     fa_class: Optional[Callable[[dict], str]] = None
     structural: tuple = ()
     sparse_grads: bool = False
+    scalar_keys: tuple = ()
 
     def fa_class_name(self, group):
         return self.fa_class(group) if self.fa_class else self.fa_name
@@ -164,8 +170,9 @@ class _Layout:
     """The inner optimizers for one active set, and what the fast path needs."""
 
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
-                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_buf",
-                 "step_np")
+                 "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_nps",
+                 "gs_rows", "shapes2", "skipped", "views", "params", "gidx", "names",
+                 "all_ptrs", "blocks", "block_of", "patterns")
 
 
 def _twin_defaults(twin):
@@ -277,9 +284,10 @@ class FastadamTorchOptimizer:
         # torch hands out the live state; our step counters are views of one shared
         # buffer, so hand out separate step tensors (an optimizer loading this dict,
         # fastadam's or torch's, must not bump ours).
-        sd["state"] = {k: ({**v, "step": v["step"].clone()}
-                           if isinstance(v, dict) and isinstance(v.get("step"), torch.Tensor)
-                           else v)
+        shared = ("step",) + self._spec.scalar_keys
+        sd["state"] = {k: ({**v, **{key: v[key].clone() for key in shared
+                                    if isinstance(v.get(key), torch.Tensor)}}
+                           if isinstance(v, dict) else v)
                        for k, v in sd["state"].items()}
         return sd
 
@@ -334,7 +342,10 @@ class FastadamTorchOptimizer:
             for inner, lo, hi in L.inners:
                 inner.step(gl[lo:hi])
         increment_version(L.active)      # in-place update, as torch's optimizers record
-        np.add(L.step_np, 1, out=L.step_np)
+        for s in L.step_nps:
+            np.add(s, 1, out=s)
+        if L.gs_rows:
+            _copy_group_scalars(L.gs_rows)
         return loss
 
     @staticmethod
@@ -386,10 +397,13 @@ class FastadamTorchOptimizer:
         params = [p for g in self.param_groups for p in g["params"]]
         have = [p.grad is not None for p in params]
         active = {id(p) for p, h in zip(params, have) if h}
-        if [p.data_ptr() for p in L.active] != L.ptrs or active != L.active_ids:
-            if not active:
-                return None, None
+        if not active:
+            return None, None
+        if [p.data_ptr() for p in L.active] != L.ptrs \
+                or any(p.data_ptr() != q for p, q in zip(params, L.all_ptrs)):
             L = self._rebuild(have)
+        elif active != L.active_ids:
+            L = self._switch(have)
         return L, [self._grad_array(p.grad) for p in L.active]
 
     def _grad_array(self, g):
@@ -425,6 +439,15 @@ class FastadamTorchOptimizer:
             if key not in st:
                 continue
             v = st[key]
+            if key in self._spec.scalar_keys:
+                if isinstance(v, torch.Tensor) and v.numel() == 1:
+                    v = v.item()
+                if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                        or not np.isfinite(v):
+                    raise ValueError(f"state of {name}: {key!r} must be a finite number "
+                                     f"or a one-element tensor, got {v!r}")
+                arrays[key] = float(v)
+                continue
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"state of {name}: {key!r} must be a tensor, got "
                                 f"{type(v).__name__}")
@@ -441,38 +464,120 @@ class FastadamTorchOptimizer:
                 arrays[key] = np.zeros(tuple(p.shape), dtype=numpy_view(p, name).dtype)
         return int(step), arrays
 
-    def _rebuild(self, have=None):
-        """Build the inner fastadam optimizer(s) over the parameters with gradients (or
-        ``have``), carrying every parameter's state over through ``self.state``."""
-        spec = self._spec
-        groups = self.param_groups
+    @staticmethod
+    def _inner_states(inner):
+        return inner.state
+
+    @staticmethod
+    def _inner_state(inner, states, j):
+        """{state key: live ndarray} of the inner optimizer's parameter ``j``."""
+        return states[j]
+
+    def _all_params(self):
         params, gidx, names = [], [], []
-        for gi, g in enumerate(groups):
+        for gi, g in enumerate(self.param_groups):
             self._check_group(g, gi)
             for k, p in enumerate(g["params"]):
                 params.append(p)
                 gidx.append(gi)
                 names.append(f"param_groups[{gi}]['params'][{k}]")
+        return params, gidx, names
+
+    def _rebuild(self, have=None):
+        """A fresh layout: one block (inner optimizers) over the parameters with gradients
+        (or ``have``), every parameter's state read from ``self.state``."""
+        params, gidx, names = self._all_params()
+        groups = self.param_groups
         if have is None:
             have = [p.grad is not None for p in params]
+        S = _Layout()
+        S.params, S.gidx, S.names = params, gidx, names
+        S.all_ptrs = [p.data_ptr() for p in params]
+        S.group_params = [g["params"] for g in groups]
+        S.group_lens = [len(g["params"]) for g in groups]
+        S.getter = operator.itemgetter(*self._watched)
+        S.seen = [S.getter(g) for g in groups]
+        S.tensor_groups = {gi for gi, v in enumerate(S.seen)
+                           if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+        S.blocks, S.block_of, S.patterns = [], [None] * len(params), {}
+        block = self._build_block(S, [i for i in range(len(params)) if have[i]])
+        S.blocks.append(block)
+        for i in block.order:
+            S.block_of[i] = block
+        _collect_cells(S)
+        # parameters outside every block keep a copy of their state (not views that would
+        # keep a previous layout's buffers alive)
+        old = self._layout
+        if old is not None and getattr(old, "blocks", None):
+            old_ids = {id(p) for b in old.blocks for p in b.active}
+            for i, p in enumerate(params):
+                st = dict.get(self.state, p)
+                if S.block_of[i] is None and st and id(p) in old_ids:
+                    self.state[p] = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                     for k, v in st.items()}
+        self._layout = S
+        _use_pattern(S, tuple(have))
+        return S
+
+    def _switch(self, have):
+        """The set of parameters with gradients changed (memory and groups did not).
+        Parameters live in *blocks*, each with its own inner optimizers and state, and a
+        step runs the blocks whose parameters have gradients. A pattern seen before costs
+        a dict lookup; a new one splits the blocks it cuts through (their state is copied
+        once into the two halves) and builds a block for parameters never stepped."""
+        S = self._layout
+        key = tuple(have)
+        if key in S.patterns:
+            _use_pattern(S, key)
+            return S
+        blocks, changed = [], False
+        for b in S.blocks:
+            on = [i for i in b.order if have[i]]
+            if on and len(on) < len(b.order):
+                changed = True
+                off = [i for i in b.order if not have[i]]
+                blocks.append(self._build_block(S, on))
+                blocks.append(self._build_block(S, off))
+            else:
+                blocks.append(b)
+        new = [i for i, h in enumerate(have) if h and S.block_of[i] is None]
+        if new:
+            blocks.append(self._build_block(S, new))
+        if len(blocks) > _MAX_BLOCKS:          # patterns too varied: one launch per block
+            return self._rebuild(have)         # would cost more than an occasional rebuild
+        S.blocks = blocks
+        for b in blocks:
+            for i in b.order:
+                S.block_of[i] = b
+        if changed:
+            S.patterns.clear()
+        _collect_cells(S)
+        # the hyperparameters pushed so far apply to the new blocks too (they were read
+        # from self.param_groups by _build_block)
+        _use_pattern(S, key)
+        return S
+
+    def _build_block(self, S, idx):
+        """Inner optimizer(s) over parameters ``idx`` (indices into ``S.params``), their
+        state read from ``self.state`` and then published there as views of the inner
+        buffers."""
+        spec = self._spec
+        groups = self.param_groups
+        params, gidx, names = S.params, S.gidx, S.names
         # ---- read all state first: nothing changes if anything is invalid
         cells, steps, saved = {}, {}, {}
-        for i, p in enumerate(params):
-            if not have[i]:
-                continue
+        for i in idx:
+            p = params[i]
             step, arrays = self._read_state(p, names[i], groups[gidx[i]])
             steps[i], saved[i] = step, arrays
-            key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step)
+            # parameters share an inner group when they share step count and group
+            # scalars (NAdam's mu_product depends on the betas of the steps they took)
+            scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
+            key = (spec.fa_class_name(groups[gidx[i]]), gidx[i], step, scal)
             cells.setdefault(key, []).append(i)
-        L = _Layout()
-        L.group_params = [g["params"] for g in groups]
-        L.group_lens = [len(g["params"]) for g in groups]
-        L.getter = operator.itemgetter(*self._watched)
-        L.seen = [L.getter(g) for g in groups]
-        L.tensor_groups = {gi for gi, v in enumerate(L.seen)
-                           if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
-        L.cells = {gi: [] for gi in range(len(groups))}
-        L.inners, order = [], []
+        B = _Block()
+        B.cells = {gi: [] for gi in range(len(groups))}
+        B.inners, order = [], []
         sdt = _scalar_dtype()
         for cls_name in dict.fromkeys(k[0] for k in sorted(cells, key=lambda k: (k[1], k[2]))):
             keys = sorted((k for k in cells if k[0] == cls_name), key=lambda k: (k[1], k[2]))
@@ -492,41 +597,88 @@ class FastadamTorchOptimizer:
             inner.load_state_dict({"param_groups": pgroups, "state": {
                 j: {"step": steps[i], **saved[i]} for j, i in enumerate(members)}})
             for k, ig in zip(keys, inner.param_groups):
-                L.cells[k[1]].append(ig)
-            L.inners.append((inner, len(order), len(order) + len(members)))
+                B.cells[k[1]].append(ig)
+            B.inners.append((inner, len(order), len(order) + len(members)))
             order.extend(members)
-        L.single = len(L.inners) == 1
-        L.active = [params[i] for i in order]
-        L.active_ids = {id(p) for p in L.active}
-        L.ptrs = [p.data_ptr() for p in L.active]
-        L.inactive = [p for i, p in enumerate(params) if not have[i]]
-        L.step_buf = torch.tensor([float(steps[i]) for i in order], dtype=sdt)
-        L.step_np = L.step_buf.numpy()       # bumped in place after each step
+        B.order = order
+        B.active = [params[i] for i in order]
+        nsc = len(spec.scalar_keys)
+        B.gs_buf = torch.zeros((len(order), nsc), dtype=sdt)
+        gs_np = B.gs_buf.numpy()
+        B.gs_rows = []
+        if nsc:
+            for inner, lo, hi in B.inners:
+                rows = [gi for gi, g in enumerate(inner.param_groups) for _ in g["params"]]
+                names_ = [n for n, _ in inner._alg.group_scalars]
+                cols = [names_.index(k) for k in spec.scalar_keys]
+                B.gs_rows.append((inner, gs_np[lo:hi],
+                                  np.ix_(np.array(rows, dtype=np.intp), cols)))
+            _copy_group_scalars(B.gs_rows)
+        B.step_buf = torch.tensor([float(steps[i]) for i in order], dtype=sdt)
+        B.step_np = B.step_buf.numpy()       # bumped in place after each step
         # ---- publish: self.state[p] now holds the inner buffers
-        for inner, lo, hi in L.inners:
-            ist = inner.state
+        for inner, lo, hi in B.inners:
+            ist = self._inner_states(inner)
             for j in range(hi - lo):
                 i = order[lo + j]
                 p = params[i]
                 g = groups[gidx[i]]
-                new = {"step": L.step_buf[lo + j]}
+                new = {"step": B.step_buf[lo + j]}
+                arrays = self._inner_state(inner, ist, j)
                 for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
                                                    if g.get(flag)):
-                    new[key] = torch.from_numpy(ist[j][key])
+                    if key in spec.scalar_keys:
+                        new[key] = B.gs_buf[lo + j, spec.scalar_keys.index(key)]
+                    else:
+                        new[key] = torch.from_numpy(arrays[key]).view(p.shape)
                 old = dict.get(self.state, p) or {}
                 new.update({k: v for k, v in old.items() if k not in new})
                 self.state[p] = new
-        # parameters leaving the active set keep a copy of their state (not views that
-        # would keep the previous inner optimizer's buffers alive)
-        old_layout = self._layout
-        if old_layout is not None:
-            for p in old_layout.active:
-                st = dict.get(self.state, p)
-                if st and id(p) not in L.active_ids:
-                    self.state[p] = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-                                     for k, v in st.items()}
-        self._layout = L
-        return L
+        return B
+
+
+class _Block:
+    """Inner optimizers over a set of parameters that (so far) always had gradients
+    together."""
+
+    __slots__ = ("cells", "inners", "order", "active", "gs_buf", "gs_rows", "step_buf",
+                 "step_np")
+
+
+_MAX_BLOCKS = 16
+
+
+def _copy_group_scalars(gs_rows):
+    """Publish the inner optimizers' group scalars (NAdam's mu_product, advanced by the
+    kernel) into the per-parameter 0-d tensors of ``self.state``."""
+    for inner, dst, rows in gs_rows:
+        dst[...] = inner._gscal[rows]
+
+
+def _collect_cells(S):
+    S.cells = {gi: [ig for b in S.blocks for ig in b.cells[gi]]
+               for gi in range(len(S.group_params))}
+
+
+def _use_pattern(S, key):
+    """Point the layout's step fields at the blocks of pattern ``key`` (grad presence
+    per parameter), computing them on first use."""
+    P = S.patterns.get(key)
+    if P is None:
+        blocks = [b for b in S.blocks if b.order and key[b.order[0]]]
+        active, inners, step_nps, gs_rows = [], [], [], []
+        for b in blocks:
+            off = len(active)
+            inners.extend((inner, lo + off, hi + off) for inner, lo, hi in b.inners)
+            active.extend(b.active)
+            step_nps.append(b.step_np)
+            gs_rows.extend(b.gs_rows)
+        ids = {id(p) for p in active}
+        P = (active, ids, [p for p in S.params if id(p) not in ids], inners, step_nps, gs_rows)
+        S.patterns[key] = P
+    S.active, S.active_ids, S.inactive, S.inners, S.step_nps, S.gs_rows = P
+    S.single = len(S.inners) == 1
+    S.ptrs = [p.data_ptr() for p in S.active]
 
 
 def _flatten(v):
@@ -573,7 +725,7 @@ if hasattr(fa, "NAdam"):
             (torch.optim.NAdam.__doc__ or "")
         _spec = Spec("NAdam", ("lr", "betas", "eps", "weight_decay", "momentum_decay",
                                "decoupled_weight_decay", "maximize"),
-                     ("mu_product", "exp_avg", "exp_avg_sq"))
+                     ("mu_product", "exp_avg", "exp_avg_sq"), scalar_keys=("mu_product",))
 
 if hasattr(fa, "RAdam"):
     class RAdam(FastadamTorchOptimizer, torch.optim.RAdam):
@@ -584,20 +736,147 @@ if hasattr(fa, "RAdam"):
 
 if hasattr(fa, "SparseAdam"):
     class SparseAdam(FastadamTorchOptimizer, torch.optim.SparseAdam):
-        __doc__ = "torch.optim.SparseAdam with fastadam's CPU step.\n\n" + \
-            (torch.optim.SparseAdam.__doc__ or "")
+        __doc__ = ("torch.optim.SparseAdam with fastadam's fused CPU step over the touched "
+                   "rows (same arguments, results, state_dict).\n\n"
+                   + (torch.optim.SparseAdam.__doc__ or ""))
         _spec = Spec("SparseAdam", ("lr", "betas", "eps", "maximize"),
                      ("exp_avg", "exp_avg_sq"), sparse_grads=True)
 
-        def _grad_array(self, g):
-            # Assumed contract of fastadam.SparseAdam.step: per parameter, (rows, values)
-            # of a gradient sparse along dim 0 (torch.nn.Embedding(sparse=True)), rows
-            # int64 and unique, values of shape (len(rows), *param.shape[1:]).
+        # One inner fastadam.SparseAdam over *every* parameter (it keeps a step count per
+        # parameter and takes None for "no gradient"), built once: a changing set of
+        # parameters with gradients costs nothing. torch keeps ``state["step"]`` as a
+        # Python int here, so it is written after each step for the parameters stepped.
+
+        def step(self, closure=None):
+            """One step for every parameter that has a (sparse COO) gradient, as
+            torch.optim.SparseAdam: duplicate indices are summed, only the touched rows
+            of the parameter and its moments change, the step count advances."""
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if torch.get_num_threads() != _threads_seen[0]:
+                _share_threads()
+            L = self._layout
+            groups = self.param_groups
+            if L is None or len(groups) != len(L.group_params) or any(
+                    g["params"] is not gp or len(gp) != n
+                    for g, gp, n in zip(groups, L.group_params, L.group_lens)) \
+                    or [p.data_ptr() for p in L.active] != L.ptrs:
+                L = self._rebuild()
+            for gi, g in enumerate(groups):
+                vals = L.getter(g)
+                if vals != L.seen[gi] or gi in L.tensor_groups:
+                    if self._push(L, gi, g, vals):
+                        L = self._rebuild()
+            grads, stepped = [], []
+            for j, p in enumerate(L.active):
+                g = p.grad
+                if g is None:
+                    grads.append(None)
+                    continue
+                grads.append(self._sparse_pair(g, p, L.shapes2[j]))
+                stepped.append(j)
+            if not stepped:
+                return loss
+            inner = L.inners[0][0]
+            inner.step(grads)
+            if inner.skipped_steps != L.skipped:     # nonfinite policy: nothing changed
+                L.skipped = inner.skipped_steps
+                return loss
+            increment_version([L.active[j] for j in stepped])
+            state, steps = self.state, inner._steps
+            for j in stepped:
+                p = L.active[j]
+                st = dict.get(state, p)
+                if not st or "exp_avg" not in st or st["exp_avg"] is not L.views[j][0]:
+                    st = state[p] = {"step": 0, "exp_avg": L.views[j][0],
+                                     "exp_avg_sq": L.views[j][1]}
+                st["step"] = steps[j]
+            return loss
+
+        step = FastadamTorchOptimizer._hooked(step)
+
+        @staticmethod
+        def _sparse_pair(g, p, shape2):
+            """(row indices, values) NumPy views of a sparse COO gradient, uncoalesced
+            (the kernel sums duplicate rows)."""
             if g.layout != torch.sparse_coo:
                 raise RuntimeError("SparseAdam does not support dense gradients, please "
                                    "consider Adam instead")
-            g = g.detach().coalesce()
-            if g.sparse_dim() != 1:
-                raise ValueError("fastadam.torch.SparseAdam takes gradients sparse along "
-                                 f"dim 0 only, got sparse_dim={g.sparse_dim()}")
-            return g.indices()[0].numpy(), g.values().contiguous().numpy()
+            if g.dtype != p.dtype or tuple(g.shape) != tuple(p.shape):
+                raise ValueError(f"a gradient of dtype {g.dtype} and shape "
+                                 f"{tuple(g.shape)} for a parameter of dtype {p.dtype} and "
+                                 f"shape {tuple(p.shape)}")
+            g = g.detach()
+            if g.sparse_dim() != 1:        # sparse along several dims: rows of dim 0
+                g = g.coalesce().to_dense().to_sparse(1)
+            idx, vals = g._indices()[0], g._values()
+            if not vals.is_contiguous():
+                vals = vals.contiguous()
+            vals = vals.numpy()
+            if shape2 is not None:
+                vals = vals.reshape(vals.shape[0], shape2[1])
+            return idx.numpy(), vals
+
+        def _rebuild(self, have=None):
+            spec = self._spec
+            groups = self.param_groups
+            params, names, gidx = [], [], []
+            for gi, g in enumerate(groups):
+                self._check_group(g, gi)
+                for k, p in enumerate(g["params"]):
+                    name = f"param_groups[{gi}]['params'][{k}]"
+                    if p.dim() == 0:
+                        raise ValueError(f"{name} is 0-d; fastadam.torch.SparseAdam steps "
+                                         "parameters with rows (1-D or more)")
+                    params.append(p)
+                    names.append(name)
+                    gidx.append(gi)
+            saved = {}
+            for i, p in enumerate(params):
+                step, arrays = self._read_state(p, names[i], groups[gidx[i]])
+                if step or arrays:
+                    saved[i] = {"step": step, **{k: a if a.ndim <= 2 else a.reshape(a.shape[0], -1)
+                                                for k, a in arrays.items()}}
+            shapes2 = [None if p.dim() <= 2 else (p.shape[0], p[0].numel()) for p in params]
+            views = [numpy_view(p, n) if s is None else numpy_view(p, n).reshape(s)
+                     for p, n, s in zip(params, names, shapes2)]
+            fa_groups, index = [], 0
+            for g in groups:
+                n = len(g["params"])
+                fa_groups.append({"params": views[index:index + n],
+                                  **{h: _fa_value(h, g[h]) for h in spec.hparams}})
+                index += n
+            inner = fa.SparseAdam(fa_groups)
+            pgroups, index = [], 0
+            for g in groups:
+                pgroups.append({"params": list(range(index, index + len(g["params"])))})
+                index += len(g["params"])
+            inner.load_state_dict({"param_groups": pgroups, "state": saved})
+            L = _Layout()
+            L.group_params = [g["params"] for g in groups]
+            L.group_lens = [len(g["params"]) for g in groups]
+            L.getter = operator.itemgetter(*self._watched)
+            L.seen = [L.getter(g) for g in groups]
+            L.tensor_groups = {gi for gi, v in enumerate(L.seen)
+                               if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+            L.cells = {gi: [ig] for gi, ig in enumerate(inner.param_groups)}
+            L.inners = [(inner, 0, len(params))]
+            L.active = params
+            L.ptrs = [p.data_ptr() for p in params]
+            L.shapes2 = shapes2
+            L.skipped = inner.skipped_steps
+            L.views = [(torch.from_numpy(inner._m[j]).view(p.shape),
+                        torch.from_numpy(inner._v[j]).view(p.shape))
+                       for j, p in enumerate(params)]
+            # publish: self.state[p] holds the inner buffers (parameters that have state)
+            for i, p in enumerate(params):
+                if i in saved:
+                    old = dict.get(self.state, p) or {}
+                    new = {"step": saved[i]["step"], "exp_avg": L.views[i][0],
+                           "exp_avg_sq": L.views[i][1]}
+                    new.update({k: v for k, v in old.items() if k not in new})
+                    self.state[p] = new
+            self._layout = L
+            return L
