@@ -140,7 +140,8 @@ def test_data_parallel_estimators(n):
                           "accuracy_linear_classifier", "accuracy_linear_regressor",
                           "accuracy_mlp_classifier", "accuracy_mlp_regressor",
                           "pickle_drops_comm", "clone_keeps_comm", "early_stopping",
-                          "errors_everywhere", "partial_fit_blocks", "zero_rows"}
+                          "errors_everywhere", "partial_fit_blocks", "zero_rows",
+                              "sparse_dense_under_comm"}
     assert all(v == n for v in found.values()), found
 
 

@@ -37,21 +37,35 @@ Conventions shared by all four estimators (chosen to match ``MLPClassifier``):
   huber_delta`` else ``huber_delta * (|r| - 0.5 * huber_delta)``.
 * **Stopping.** ``tol``/``n_iter_no_change``/``early_stopping``/``validation_fraction``
   mean what they mean in ``MLPClassifier``; ``max_iter`` counts epochs.
+* **Sparse input** (``sparse_updates``). With CSR/CSC ``X`` and ``"lazy"`` (what the
+  default ``"auto"`` picks for sparse ``X``; dense arrays get ``"dense"``), a minibatch
+  steps only the first-layer weight rows (``coef_`` columns) of the features with a
+  nonzero value in it; the other rows and their moments are not read or written, and
+  the fit costs O(nnz) per minibatch instead of O(n_features). ``alpha`` then reaches a
+  row only in the minibatches that touch it: a touched row's gradient gets ``alpha /
+  sum_{i in B} s_i * w``, an untouched row gets no L2 term and no decay (no catch-up
+  later). Bias correction uses the global step count. ``"dense"`` is the exact dense
+  objective above. With ``comm`` (below) ``"auto"`` is ``"dense"`` and ``"lazy"`` raises
+  ValueError: the lazy layer's moments are not in the sharded optimizer, so the ranks
+  would not share its updates. See docs/sparse.md, "Estimators on sparse input".
 * **Randomness.** ``random_state`` seeds the initial weights (Glorot-uniform, as
   scikit-learn; linear models start at zero), the validation split and the per-epoch
   shuffles, drawing from the random stream in the same order as scikit-learn's MLP.
-
 * **Data-parallel.** ``comm`` (default None): an mpi4py communicator; under ``mpiexec``
   each rank passes its own rows to ``fit``/``partial_fit`` (collective calls) and the
   ranks train one model, each step on the pooled minibatch of ``batch_size`` rows, with
   the Adam state sharded by :class:`fastadam.distributed.ShardedOptimizer` and identical
   coefficients on every rank (see ``_parallel`` and docs/distributed.md). ``clone``
   shares the communicator; pickles and deep copies drop it (``comm=None``; further
-  training of the copy starts fresh Adam moments).
+  training of the copy starts fresh Adam moments). Sparse ``X`` takes dense steps
+  (``sparse_updates``).
 
-Fitted attributes besides scikit-learn's: ``optimizer_`` (the :class:`fastadam.Adam`),
+Fitted attributes besides scikit-learn's: ``optimizer_`` (the :class:`fastadam.Adam`, or
+the :class:`fastadam.distributed.ShardedOptimizer` with ``comm``),
 ``optimizer_time_`` (seconds spent in ``optimizer_.step()`` during the last ``fit`` or
-``partial_fit`` call; the rest of the fit time is gradients, batching and bookkeeping).
+``partial_fit`` call, with lazy updates including the lazy first-layer step; the rest of
+the fit time is gradients, batching and bookkeeping). With lazy updates ``optimizer_``
+holds every parameter but the first weight layer, whose moments are ``_lazy_mv``.
 """
 from __future__ import annotations
 

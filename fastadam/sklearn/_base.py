@@ -17,6 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
                                       validate_data)
 
+from . import _lazy
 from ._network import _Network
 from ._validation import check_hyperparams, check_sample_weight
 
@@ -51,6 +52,25 @@ class _BaseAdam(_Network, BaseEstimator):
 
     def _validate_hyperparams(self, incremental):
         check_hyperparams(self, incremental)
+        if self.sparse_updates not in ("auto", "lazy", "dense"):
+            raise ValueError("sparse_updates must be 'auto', 'lazy' or 'dense', got "
+                             f"{self.sparse_updates!r}")
+        if self.sparse_updates == "lazy" and getattr(self, "comm", None) is not None:
+            # the lazy layer's moments live on the estimator, outside the sharded
+            # optimizer: its updates would not be shared by the ranks
+            raise ValueError("sparse_updates='lazy' cannot be combined with comm (a "
+                             "data-parallel fit): the lazily updated first layer is not "
+                             "shared across ranks; use sparse_updates='auto' or 'dense' "
+                             "with comm, or comm=None for lazy updates")
+
+    def _resolve_sparse_updates(self, X):
+        """Whether this fit steps the first weight layer lazily: "lazy" always, "dense"
+        never, "auto" (the default) when X is a sparse matrix and there is no ``comm``
+        (data-parallel fits are dense; "lazy" with a comm is refused by
+        ``_validate_hyperparams``)."""
+        if self.sparse_updates == "auto":
+            return sp.issparse(X) and getattr(self, "comm", None) is None
+        return self.sparse_updates == "lazy"
 
     # ---- fitting -----------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental, classes=None):
@@ -104,12 +124,18 @@ class _BaseAdam(_Network, BaseEstimator):
             dp.agree(err)
             self._agree_targets(dp, Y, sw)
         self._random_state = rng = check_random_state(self.random_state)
+        # fresh moments (warm start, or partial_fit under another comm than the
+        # optimizer's): the layer updates are chosen again, as for a new model
+        renew = not first and (not incremental or
+                               getattr(self, "_optimizer_comm", None) is not comm)
+        if first or renew:
+            self._lazy = self._resolve_sparse_updates(X)
         if first:
             self._allocate(X.shape[1], Y.shape[1], dtype, rng)
             self.n_iter_ = 0
             self.t_ = 0
             self.loss_curve_ = []
-        elif not incremental or getattr(self, "_optimizer_comm", None) is not comm:
+        elif renew:
             self._new_optimizer()            # warm start: keep weights, fresh moments
         self._sync_optimizer_hyperparams()
         if not incremental:
@@ -170,7 +196,9 @@ class _BaseAdam(_Network, BaseEstimator):
             steps = -(-n_total // batch_size)
             plan = (dp, steps, pooled_counts(counts, steps), n_total)
             batch_size = max(1, -(-n // steps))       # the largest local slice
-        ws = self._make_workspace(batch_size, dtype)
+        ws = self._make_workspace(batch_size, dtype, sparse=sp.issparse(X))
+        if getattr(self, "_lazy", False) and not sp.issparse(X):
+            X = sp.csr_matrix(X)     # lazy updates on a dense array: its nonzeros touch
         if not sp.issparse(X):
             X = np.ascontiguousarray(X)
         n_epochs = 1 if incremental else self.max_iter
@@ -244,7 +272,9 @@ class _BaseAdam(_Network, BaseEstimator):
             X_val, y_val, sw_val, best_flat = early
         n = X.shape[0]
         idx = np.arange(n)
-        step = self.optimizer_.step
+        step = self._train_step()
+        lazy = getattr(self, "_lazy", False)
+        take = _lazy.take_rows if lazy else _take_rows
         clock = time.perf_counter
         t_opt = 0.0
         converged = False
@@ -260,16 +290,22 @@ class _BaseAdam(_Network, BaseEstimator):
         for _ in range(n_epochs):
             if self.shuffle:
                 rng.shuffle(idx)
+            if lazy:
+                # exact sum of squares of the lazy layer once an epoch (O(n_features)
+                # per epoch, not per minibatch); _lazy_step keeps it up to date
+                w = self._weights[0].reshape(-1)
+                self._lazy_sq = float(np.dot(w, w)) if self.alpha else 0.0
             acc = 0.0
             for k in range(len(bounds) - 1):
                 start, stop = bounds[k], bounds[k + 1]
                 if self.shuffle:
                     bi = idx[start:stop]
-                    Xb = _take_rows(X, bi, ws["X"])
+                    Xb = take(X, bi, ws["X"])
                     Yb = np.take(Y, bi, axis=0, out=ws["Y"][:stop - start])
                     swb = None if sw is None else np.take(sw, bi, out=ws["w"][:stop - start])
                 else:
-                    Xb, Yb = X[start:stop], Y[start:stop]
+                    Xb = take(X, idx[start:stop], None) if lazy else X[start:stop]
+                    Yb = Y[start:stop]
                     swb = None if sw is None else sw[start:stop]
                 if plan is None:
                     loss = self._loss_grad(Xb, Yb, swb, ws)

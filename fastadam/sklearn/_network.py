@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from ..flat import flatten
 from ..optim import Adam
 from . import _kernels as K
+from . import _lazy
 
 
 class _Network:
@@ -50,13 +51,22 @@ class _Network:
         self._publish()
 
     def _new_optimizer(self):
-        params = self._weights + self._intercepts
-        hyper = dict(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
-                     eps=self.epsilon, eps_mode="hat")
+        """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
+        first weight layer is not in it: its moments ``_lazy_mv`` (n_features, fan_out,
+        2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live on the estimator, and
+        :func:`._lazy.lazy_adam_step` steps its touched rows. With a ``comm`` the optimizer
+        is a :class:`fastadam.distributed.ShardedOptimizer` (never with lazy updates: the
+        lazy layer's moments would not be shared by the ranks)."""
+        lazy = getattr(self, "_lazy", False)
+        params = (self._weights[1:] if lazy else self._weights) + self._intercepts
+        hyper = {"lr": self.learning_rate_init, "betas": (self.beta_1, self.beta_2),
+                 "eps": self.epsilon, "eps_mode": "hat"}
         comm = getattr(self, "comm", None)
         if comm is None:
             self.optimizer_ = Adam(params, **hyper)
         else:
+            if lazy:     # _fit resolves sparse_updates to dense with a comm
+                raise ValueError("sparse_updates='lazy' cannot be used with comm")
             # Data-parallel (collective): every rank passes its slice of the pooled
             # minibatch gradient, already divided by the pooled weight, so the sum over
             # ranks is the pooled gradient; rank 0's initial weights are broadcast.
@@ -64,6 +74,43 @@ class _Network:
             self.optimizer_ = ShardedOptimizer(params, Adam, comm=comm,
                                                grad_reduction="sum", **hyper)
         self._optimizer_comm = comm
+        if lazy:
+            self._lazy_mv = np.zeros(self._units[:2] + [2], self._flat.dtype)
+            self._lazy_t = 0
+        else:
+            for k in ("_lazy_mv", "_lazy_t"):
+                self.__dict__.pop(k, None)
+
+    def _grad_views(self):
+        """(weight gradients, intercept gradients) of ``optimizer_.grads``; the first
+        weight's entry is None with lazy sparse updates."""
+        grads = self.optimizer_.grads
+        L = len(self._weights)
+        if getattr(self, "_lazy", False):
+            return [None] + grads[:L - 1], grads[L - 1:]
+        return grads[:L], grads[L:]
+
+    def _train_step(self):
+        """The step function of the training loop (after ``_loss_grad``)."""
+        if not getattr(self, "_lazy", False):
+            return self.optimizer_.step
+        return self._lazy_step
+
+    def _lazy_step(self):
+        self.optimizer_.step()
+        self._lazy_t += 1
+        A, D, reg = self._lazy_batch
+        self._lazy_batch = None
+        Wf = self._dense_weights()[0]
+        scratch = getattr(self, "_lazy_scratch", None)
+        if scratch is None or scratch.k != D.shape[1]:
+            scratch = self._lazy_scratch = _lazy.Scratch(D.shape[1])
+        lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
+                             self._lazy_t)
+        self._lazy_sq += _lazy.lazy_adam_step(
+            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, float(reg), lr_t,
+            float(self.beta_1), float(self.beta_2), float(self.epsilon),
+            *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
     def _sync_optimizer_hyperparams(self):
         g = self.optimizer_.param_groups[0]
@@ -87,8 +134,8 @@ class _Network:
             local = getattr(self, "_optimizer_comm", None) is None
             state["optimizer_"] = self.optimizer_.state_dict() if local else None
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
-            for k in ("_flat", "_weights", "_intercepts", "_workspace",
-                      "coef_", "intercept_", "coefs_", "intercepts_"):
+            for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_batch",
+                      "_lazy_scratch", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
 
@@ -98,10 +145,13 @@ class _Network:
         opt_state = state.get("optimizer_")
         super().__setstate__(state)
         if arrays is not None:
+            lazy_state = [state.get(k) for k in ("_lazy_mv", "_lazy_t")]
             self._set_param_arrays(arrays, arrays[0].dtype)
             self._new_optimizer()
             if opt_state is not None:
                 self.optimizer_.load_state_dict(opt_state)
+            if getattr(self, "_lazy", False):
+                self._lazy_mv, self._lazy_t = lazy_state
 
     # ---- forward / backward ------------------------------------------------------------
     @property
@@ -123,7 +173,10 @@ class _Network:
         for l, (W, b) in enumerate(zip(Ws, self._intercepts)):
             if buffers is not None:
                 Z = buffers[l][:n]
-                if sp.issparse(A):
+                if l == 0 and getattr(self, "_lazy", False):
+                    # reads only the weight rows of the batch's features (no copy of W)
+                    _lazy.csr_forward(A.indptr, A.indices, A.data, W, Z)
+                elif sp.issparse(A):
                     Z[...] = A @ W
                 else:
                     np.dot(A, W, out=Z)
@@ -148,20 +201,30 @@ class _Network:
                 return None
         else:
             sw_sum = float(total)
+        lazy = getattr(self, "_lazy", False)
+        if lazy and not hasattr(Xb, "indptr"):
+            Xb = sp.csr_matrix(Xb)       # dense rows under lazy updates: nonzeros touch
         acts = self._forward(Xb, ws["Z"])
         D = acts[-1]
         loss = K.output_loss_delta(D, Yb, ws["w"] if swb is None else swb, swb is not None,
                                   1.0 / sw_sum, K.OUT_CODE[self._out_kind],
                                   float(getattr(self, "huber_delta", 1.0)))
-        grads = self.optimizer_.grads
+        grads_w, grads_b = self._grad_views()
         L = len(self._weights)
         Ws = self._dense_weights()
         reg = self.alpha / sw_sum
         sq = 0.0
         for l in range(L - 1, -1, -1):
             A = acts[l]
-            gW = grads[l]
-            if sp.issparse(A):
+            gW = grads_w[l]
+            if gW is None:
+                # lazy first layer: _lazy_step forms the gradient of the touched rows
+                # (with their L2 term) and steps them; the L2 loss term uses the running
+                # sum of squares of W (kept by _lazy_step, exact at each epoch start).
+                self._lazy_batch = (A, D, reg)
+                if self.alpha:
+                    sq += self._lazy_sq
+            elif sp.issparse(A):
                 g = A.T @ D
                 gW[...] = g.T if self._linear else g
             elif self._linear:
@@ -169,14 +232,14 @@ class _Network:
             else:
                 np.dot(A.T, D, out=gW)
             W = self._weights[l]
-            if self.alpha and l2:
+            if self.alpha and l2 and gW is not None:
                 w = W.reshape(-1)
                 sq += float(np.dot(w, w))
                 K.add_scaled(gW.reshape(-1), w, reg)
             if getattr(self, "fit_intercept", True):
-                np.sum(D, axis=0, out=grads[L + l])
+                np.sum(D, axis=0, out=grads_b[l])
             else:
-                grads[L + l].fill(0)
+                grads_b[l].fill(0)
             if l > 0:
                 Dp = ws["D"][l - 1][:n]
                 np.dot(D, Ws[l].T, out=Dp)
@@ -184,11 +247,12 @@ class _Network:
                 D = Dp
         return (loss + 0.5 * self.alpha * sq) / sw_sum
 
-    def _make_workspace(self, batch_size, dtype):
+    def _make_workspace(self, batch_size, dtype, sparse=False):
         units = self._units
         return {"Z": [np.empty((batch_size, u), dtype) for u in units[1:]],
                 "D": [np.empty((batch_size, u), dtype) for u in units[1:-1]],
-                "X": np.empty((batch_size, units[0]), dtype),
+                # a dense copy of the batch rows only for dense X (batch x n_features)
+                "X": np.empty((0 if sparse else batch_size, units[0]), dtype),
                 "Y": np.empty((batch_size, units[-1]), dtype),
                 "w": np.empty(batch_size, dtype)}
 

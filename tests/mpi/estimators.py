@@ -8,6 +8,8 @@
   fit on all the data, identical parameters on every rank;
 * early stopping decided on the pooled validation score, the same everywhere;
 * bad input on one rank raises the same error on every rank; pickling drops the comm.
+* sparse X takes dense steps under a comm; sparse_updates="lazy" (even on one rank)
+  raises the same error on every rank.
 """
 import pickle
 import warnings
@@ -211,4 +213,29 @@ for cls in (fsk.AdamClassifier, fsk.AdamMLPRegressor):
     e.set_params(early_stopping=False).partial_fit(Xr, yr)
     assert_same_everywhere("zero_rows_partial_fit", [e._flat])
 ok("zero_rows")
+
+# ---- sparse X: "auto" is dense under a comm (the lazy layer's moments would stay on
+# each rank); "lazy" on any rank raises the same error everywhere, before training
+import scipy.sparse as sp  # noqa: E402
+X, X_test, y, y_test = clf_data(seed=4)
+X = sp.csr_matrix(np.where(np.abs(X) > 0.8, X, 0.0))
+b = shares(X.shape[0], [0.5, 0.3, 0.2])
+Xr, yr = mine(b, X, y)
+kw = dict(hidden_layer_sizes=(8,), random_state=0, max_iter=5, shuffle=False)
+sparse_dp = fsk.AdamMLPClassifier(comm=COMM, **kw).fit(Xr, yr)
+assert not sparse_dp._lazy and not hasattr(sparse_dp, "_lazy_mv")
+assert_same_everywhere("sparse_auto_dense", [sparse_dp._flat])
+mode = "lazy" if RANK == 0 else "auto"
+bad = fsk.AdamClassifier(comm=COMM, sparse_updates=mode, max_iter=2)
+try:
+    bad.fit(Xr, yr)
+except ValueError as e:
+    msg = str(e)
+else:
+    raise AssertionError("sparse_updates='lazy' with comm: no error")
+msgs = COMM.allgather(msg)
+assert all(m == msgs[0] for m in msgs), msgs
+assert "sparse_updates" in msg and "comm" in msg and "on rank 0" in msg, msg
+assert not hasattr(bad, "optimizer_")
+ok("sparse_dense_under_comm")
 done()
