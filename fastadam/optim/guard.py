@@ -11,6 +11,11 @@ from ..kernels.norms import grad_sumsq_parallel, grad_sumsq_serial
 from ..kernels.spec import H_CLIP
 
 
+def _like(b):
+    # a 1-D array of the bucket's dtype (low-precision state has no float32 state rows)
+    return b.state[0] if b.state.shape[0] else b.grad_flat
+
+
 def grad_norms(opt, grads, grefs, g_mode):
     """Per-group gradient norms (float64 sums in a fixed order), the non-finite policy, and
     this step's clipping factors (hyper[:, H_CLIP]). Returns False when the step is to be
@@ -21,9 +26,9 @@ def grad_norms(opt, grads, grefs, g_mode):
         plan, blocks = L.tables(g_mode)
         if config.use_parallel(L.size):
             with config.launch_lock():
-                grad_sumsq_parallel(plan, grefs, g_mode, blocks, b.state[0], sq)
+                grad_sumsq_parallel(plan, grefs, g_mode, blocks, _like(b), sq)
         else:
-            grad_sumsq_serial(plan, grefs, g_mode, blocks, b.state[0], sq)
+            grad_sumsq_serial(plan, grefs, g_mode, blocks, _like(b), sq)
     norms = [math.sqrt(x) for x in sq.tolist()]      # NaN and inf stay as they are
     bad_groups = [gi for gi, n in enumerate(norms) if not math.isfinite(n)]
     if bad_groups:
