@@ -60,6 +60,8 @@ class _BaseAdam(_Network, BaseEstimator):
                              dtype=(np.float64, np.float32), multi_output=True)
         if not first:
             X = X.astype(self._flat.dtype, copy=False)
+        elif getattr(self, "state_dtype", None) is not None:
+            X = X.astype(np.float32, copy=False)    # state_dtype: float32 weights
         dtype = X.dtype
         Y = self._encode_targets(y, first, incremental, classes, dtype)
         n_samples = X.shape[0]

@@ -49,12 +49,32 @@ class _Network:
         self._weights, self._intercepts = views[:n], views[n:]
         self._publish()
 
-    def _new_optimizer(self):
+    def _new_optimizer(self, state_dtype=False):
+        if state_dtype is False:
+            state_dtype = getattr(self, "state_dtype", None)
+        if state_dtype is not None and self._flat.dtype != np.float32:
+            raise ValueError(f"state_dtype={state_dtype!r} needs float32 weights, but this "
+                             f"estimator was fitted in {self._flat.dtype}; refit it "
+                             "(fit with warm_start=False)")
         self.optimizer_ = Adam(self._weights + self._intercepts, lr=self.learning_rate_init,
                                betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                               eps_mode="hat")
+                               eps_mode="hat", state_dtype=state_dtype)
 
     def _sync_optimizer_hyperparams(self):
+        want = getattr(self, "state_dtype", None)
+        if (self.optimizer_.state_dtype or "float32") != (want or "float32"):
+            # state_dtype changed between partial_fit calls: convert the moments
+            from ..lowp import convert_state_dict
+            sd = convert_state_dict(self.optimizer_.state_dict(),
+                                    state_dtype=want or "float32",
+                                    shapes=[p.shape for p in self._weights + self._intercepts])
+            old = self.optimizer_
+            self._new_optimizer()
+            try:
+                self.optimizer_.load_state_dict(sd)
+            except (TypeError, ValueError):
+                self.optimizer_ = old
+                raise
         g = self.optimizer_.param_groups[0]
         g["lr"] = float(self.learning_rate_init)
         g["betas"] = (float(self.beta_1), float(self.beta_2))
@@ -80,7 +100,9 @@ class _Network:
         super().__setstate__(state)
         if arrays is not None:
             self._set_param_arrays(arrays, arrays[0].dtype)
-            self._new_optimizer()
+            from ..optim.lowp import state_dtype_of
+            sdt = state_dtype_of(opt_state)
+            self._new_optimizer(None if sdt == "float32" else sdt)
             self.optimizer_.load_state_dict(opt_state)
 
     # ---- forward / backward ------------------------------------------------------------

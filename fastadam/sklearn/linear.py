@@ -45,7 +45,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
-                 random_state=None, warm_start=False, verbose=False):
+                 random_state=None, warm_start=False, verbose=False, state_dtype=None):
         self.loss = loss
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -63,6 +63,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.state_dtype = state_dtype
 
     def _validate_hyperparams(self, incremental):
         if self.loss != "log_loss":
@@ -107,7 +108,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  fit_intercept=True, learning_rate_init=1e-2, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
-                 shuffle=True, random_state=None, warm_start=False, verbose=False):
+                 shuffle=True, random_state=None, warm_start=False, verbose=False, state_dtype=None):
         self.loss = loss
         self.huber_delta = huber_delta
         self.alpha = alpha
@@ -126,6 +127,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.state_dtype = state_dtype
 
     def _publish(self):
         W, b = self._weights[0], self._intercepts[0]

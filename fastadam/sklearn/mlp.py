@@ -33,7 +33,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10):
+                 epsilon=1e-8, n_iter_no_change=10, state_dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -50,6 +50,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
+        self.state_dtype = state_dtype
         self.n_iter_no_change = n_iter_no_change
 
     def _publish(self):
@@ -76,7 +77,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  *, huber_delta=1.0, alpha=1e-4, batch_size="auto", learning_rate_init=1e-3,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, state_dtype=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -95,6 +96,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
+        self.state_dtype = state_dtype
         self.n_iter_no_change = n_iter_no_change
 
     _publish = AdamMLPClassifier._publish
