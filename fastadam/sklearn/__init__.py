@@ -41,6 +41,10 @@ Conventions shared by all four estimators (chosen to match ``MLPClassifier``):
   scikit-learn; linear models start at zero), the validation split and the per-epoch
   shuffles, drawing from the random stream in the same order as scikit-learn's MLP.
 
+* **State precision.** ``state_dtype`` (default None) is passed to the
+  :class:`fastadam.Adam`: ``"bfloat16"`` or ``"int8"`` keep Adam's moments in 4 or about 2
+  bytes per weight and train the network in float32 (docs/low_precision.md).
+
 Fitted attributes besides scikit-learn's: ``optimizer_`` (the :class:`fastadam.Adam`),
 ``optimizer_time_`` (seconds spent in ``optimizer_.step()`` during the last ``fit`` or
 ``partial_fit`` call; the rest of the fit time is gradients, batching and bookkeeping).
