@@ -389,3 +389,76 @@ def test_sklearn_state_dtype(state_dtype):
     assert est.optimizer_.state_dtype is None
     with pytest.raises(ValueError, match="state_dtype"):
         AdamClassifier(state_dtype="fp16").fit(X, y)
+
+
+@pytest.mark.parametrize("state_dtype", [None, "float32", "int8"])
+@pytest.mark.parametrize("mode", [{}, {"rounding": "stochastic", "seed": 7},
+                                  {"compensation": True}, {"master_weights": True}])
+def test_bfloat16_params_match_functional(state_dtype, mode, tmp_path):
+    rng = np.random.default_rng(11)
+    ps = [p.astype(BF) for p in params()]
+    ref = [p.reshape(-1).copy() for p in ps]
+    opt = fa.AdamW(ps, lr=1e-2, weight_decay=0.01, max_grad_norm=1.0,
+                   state_dtype=state_dtype, **mode)
+    init = {k: v for k, v in mode.items() if k in ("compensation", "master_weights")}
+    step_kw = {k: v for k, v in mode.items() if k in ("rounding", "seed")}
+    sts = [lowp.init_lowp_state(r, state_dtype=state_dtype or "bfloat16", **init) for r in ref]
+    for t in range(1, 4):
+        gs = [g.astype(BF) for g in grads_like(ps, rng)]
+        opt.step(gs)
+        norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gs))
+        clip = np.float32(min(1.0, 1.0 / (norm + 1e-6)))
+        for r, g, st in zip(ref, gs, sts):
+            gc = (g.astype(np.float32) * clip).astype(BF) if clip != 1 else g
+            lowp.adam_step_lowp(r, gc.reshape(-1), st, step=t, lr=1e-2, weight_decay=0.01,
+                                decoupled_weight_decay=True, **step_kw)
+    for p, r in zip(ps, ref):
+        assert np.array_equal(p.reshape(-1).view(np.uint16), r.view(np.uint16))
+    sd = opt.state_dict()
+    assert sd["state_dtype"] == (state_dtype or "bfloat16")
+    if mode.get("master_weights"):
+        assert sd["state"][0]["master"].dtype == np.float32
+    if mode.get("compensation"):
+        assert sd["state"][0]["compensation"].dtype == np.uint16
+    opt.save(tmp_path / "bf.npz")
+    qs = [p.copy() for p in ps]
+    o2 = fa.AdamW(qs, lr=1e-2, weight_decay=0.01, max_grad_norm=1.0,
+                  state_dtype=state_dtype, **mode)
+    o2.load(tmp_path / "bf.npz")
+    o3 = copy.deepcopy(opt)
+    g = [x.astype(BF) for x in grads_like(ps, rng)]
+    for o in (opt, o2, o3):
+        o.step([x.copy() for x in g])
+    q3 = o3.param_groups[0]["params"]
+    assert same_snapshot(snapshot(opt, ps), snapshot(o2, qs))
+    assert same_snapshot(snapshot(opt, ps), snapshot(o3, q3))
+
+
+def test_bfloat16_param_refusals():
+    ps = params()
+    bs = [p.astype(BF) for p in ps]
+    with pytest.raises(ValueError, match="master_weights"):
+        fa.Adam(ps, master_weights=True)
+    with pytest.raises(ValueError, match="compensation"):
+        fa.Adam(ps, state_dtype="int8", compensation=True)
+    with pytest.raises(ValueError, match="rounding"):
+        fa.Adam(ps, rounding="stochastic")
+    with pytest.raises(ValueError, match="rounding"):
+        fa.Adam(bs, rounding="up")
+    with pytest.raises(ValueError, match="choose one"):
+        fa.Adam(bs, master_weights=True, compensation=True)
+    with pytest.raises(ValueError, match="stochastic"):
+        fa.Adam(bs, master_weights=True, rounding="stochastic")
+    with pytest.raises(TypeError, match="seed"):
+        fa.Adam(bs, rounding="stochastic", seed=1.5)
+    with pytest.raises(TypeError, match="bfloat16"):
+        fa.Adam([ps[0], bs[1]])
+    with pytest.raises(ValueError, match="average"):
+        fa.Adam(bs, average=0.99)
+    with pytest.raises(ValueError, match="amsgrad"):
+        fa.Adam(bs, amsgrad=True)
+    opt = fa.Adam(bs[:1], lr=1e-2)
+    with pytest.raises(TypeError, match="bfloat16"):
+        opt.add_param_group({"params": [np.zeros(3, np.float32)]})
+    with pytest.raises(TypeError, match=r"grads\[0\]"):
+        opt.step([np.zeros(bs[0].shape, np.float32)])

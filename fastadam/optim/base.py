@@ -21,7 +21,7 @@ from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
 from .groups import TORCH_SWITCHES, ParamGroup, Validator
 from .guard import grad_norms
-from .lowp import LowpState, check_state_dtype
+from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
 from .plan import Bucket, Launch
 from .state import StateDictMixin
 
@@ -39,7 +39,7 @@ class Optimizer(StateDictMixin):
     algorithm = "adam"
 
     def __init__(self, params, *, average=None, nonfinite="propagate", state_dtype=None,
-                 **defaults):
+                 lowp_options=None, **defaults):
         self._alg = registry.get(self.algorithm)
         self._validate = Validator(self._alg)
         self._lock = threading.Lock()
@@ -48,6 +48,7 @@ class Optimizer(StateDictMixin):
         #: "float32" / "bfloat16" / "int8", or None: the parameters' dtype.
         self.state_dtype = check_state_dtype(state_dtype, self.algorithm, self._average)
         self._lowp = None            # low-precision state (optim/lowp.py), set below
+        lowp_options = check_lowp_options(lowp_options)
         for k in TORCH_SWITCHES & set(defaults):
             del defaults[k]
         self.defaults = self._validate(self._validate.defaults(defaults), where="")
@@ -55,9 +56,10 @@ class Optimizer(StateDictMixin):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected option(s) "
                             f"{sorted(unknown)}")
-        if self.state_dtype not in (None, "float32"):
-            self._lowp = LowpState(self.state_dtype)
-        groups = self._normalize_groups(params)
+        groups = self._normalize_groups(params, init=True)
+        self._lowp = make_lowp(self.state_dtype, lowp_options, self._params, self.algorithm,
+                               self._average)
+        self._check_param_dtypes(groups, self._params)
         self.param_groups = []
         for i, g in enumerate(groups):
             full = dict(self.defaults)
@@ -72,7 +74,7 @@ class Optimizer(StateDictMixin):
         self._build([None] * len(self._params), [0] * len(self.param_groups), None)
 
     # ------------------------------------------------------------------ construction
-    def _normalize_groups(self, params):
+    def _normalize_groups(self, params, init=False):
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list of arrays or of param-group dicts, "
                             "not a single array; wrap it: [param]")
@@ -99,20 +101,26 @@ class Optimizer(StateDictMixin):
                 raise ValueError(f"param_groups[{gi}]['params'] is empty")
             for pi, p in enumerate(ps):
                 names.append(f"param_groups[{gi}]['params'][{pi}]")
-                C.check_array(names[-1], p, writable=True)
+                C.check_array(names[-1], p, writable=True,
+                              dtype=p.dtype if (init or self._lowp is not None) and is_bf16(p)
+                              else None)
             for k in TORCH_SWITCHES & set(g):
                 del g[k]
             g["params"] = ps
             all_params.extend(ps)
         C.check_no_overlap(list(zip(names, all_params)))
+        if not init:
+            self._check_param_dtypes(groups, all_params)
+        self._params = all_params
+        return groups
+
+    def _check_param_dtypes(self, groups, all_params):
         if self._lowp is not None:
             self._lowp.check_groups(groups, self.defaults,
                                     lambda gi, pi: f"param_groups[{gi}]['params'][{pi}]")
         elif self.state_dtype == "float32" and any(p.dtype != np.float32 for p in all_params):
-            raise TypeError("state_dtype='float32' needs float32 parameters; use "
-                            "state_dtype=None for the parameters' own dtype")
-        self._params = all_params
-        return groups
+            raise TypeError("state_dtype='float32' needs float32 (or bfloat16) parameters; "
+                            "use state_dtype=None for the parameters' own dtype")
 
     def _build(self, saved_state, steps, group_scalars):
         """Lay out buckets (one per dtype) and copy ``saved_state[i]`` (dict or None)."""
@@ -414,7 +422,9 @@ class Optimizer(StateDictMixin):
         # pickle) is rebuilt from the parameters and the state_dict.
         return {"param_groups": self.param_groups, "defaults": self.defaults,
                 "average": self._average, "nonfinite": self.nonfinite,
-                "state_dtype": self.state_dtype, "state_dict": self.state_dict()}
+                "state_dtype": self.state_dtype,
+                "lowp": self._lowp.options if self._lowp is not None else None,
+                "state_dict": self.state_dict()}
 
     def __setstate__(self, st):
         self._alg = registry.get(self.algorithm)
@@ -424,8 +434,8 @@ class Optimizer(StateDictMixin):
         self.nonfinite = st["nonfinite"]
         self.defaults = st["defaults"]
         self.state_dtype = st.get("state_dtype")
-        self._lowp = (LowpState(self.state_dtype)
-                      if self.state_dtype not in (None, "float32") else None)
+        lp = st.get("lowp")
+        self._lowp = LowpState(lp["state_dtype"], lp) if lp is not None else None
         groups = self._normalize_groups(st["param_groups"])
         self.param_groups = [ParamGroup(g) for g in groups]
         self.skipped_steps = 0

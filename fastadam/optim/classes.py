@@ -12,7 +12,9 @@ _EXTRAS_DOC = """
     cost nothing; "skip": such a step changes nothing and is counted in
     ``skipped_steps``; "raise": ValueError, nothing changed). Adam and AdamW take
     ``state_dtype`` (None: the parameters' dtype; "bfloat16" or "int8": low-precision
-    moments for float32 parameters, see docs/low_precision.md)."""
+    moments) and, for ``ml_dtypes.bfloat16`` parameters, ``master_weights``,
+    ``compensation`` or ``rounding="stochastic"`` with ``seed``; see
+    docs/low_precision.md."""
 
 
 class Adam(Optimizer):
@@ -30,14 +32,18 @@ class Adam(Optimizer):
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
                  bias_correction=True, eps_mode="paper", max_grad_norm=None, average=None,
                  nonfinite="propagate", foreach=None, fused=None, capturable=False,
-                 differentiable=False, state_dtype=None):
+                 differentiable=False, state_dtype=None, master_weights=False,
+                 compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          bias_correction=bias_correction, eps_mode=eps_mode,
                          max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class AdamW(Optimizer):
@@ -50,12 +56,16 @@ class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper",
                  max_grad_norm=None, average=None, nonfinite="propagate", foreach=None,
-                 fused=None, capturable=False, differentiable=False, state_dtype=None):
+                 fused=None, capturable=False, differentiable=False, state_dtype=None,
+                 master_weights=False, compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction,
                          eps_mode=eps_mode, max_grad_norm=max_grad_norm, average=average,
-                         nonfinite=nonfinite, state_dtype=state_dtype)
+                         nonfinite=nonfinite, state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class Adamax(Optimizer):

@@ -16,13 +16,15 @@ def _like(b):
     return b.state[0] if b.state.shape[0] else b.grad_flat
 
 
-def grad_norms(opt, grads, grefs, g_mode):
+def grad_norms(opt, grads, grefs, g_mode, sums=None):
     """Per-group gradient norms (float64 sums in a fixed order), the non-finite policy, and
     this step's clipping factors (hyper[:, H_CLIP]). Returns False when the step is to be
     skipped; raises ValueError (nothing changed) under nonfinite="raise"."""
     sq = opt._norm_sq
     sq[:] = 0.0
-    for b, L in opt._launches:
+    if sums is not None:          # computed by the caller (bfloat16 gradients)
+        sq[:] = sums
+    for b, L in ([] if sums is not None else opt._launches):
         plan, blocks = L.tables(g_mode)
         if config.use_parallel(L.size):
             with config.launch_lock():

@@ -56,13 +56,78 @@ def check_state_dtype(state_dtype, algorithm, average):
     return state_dtype
 
 
+def is_bf16(a):
+    return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
+
+
+_DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": "nearest",
+                    "seed": 0}
+
+
+def check_lowp_options(options):
+    """master_weights / compensation / rounding / seed (for bfloat16 parameters), checked
+    and normalised."""
+    import numbers
+    out = dict(_DEFAULT_OPTIONS)
+    out.update(options or {})
+    out["master_weights"] = C.check_bool("master_weights", out["master_weights"])
+    out["compensation"] = C.check_bool("compensation", out["compensation"])
+    if out["master_weights"] and out["compensation"]:
+        raise ValueError("master_weights=True and compensation=True are two ways to keep "
+                         "the same precision; choose one")
+    from ..lowp import ROUNDINGS
+    if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
+    if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
+        raise ValueError("rounding='stochastic' cannot be combined with master_weights or "
+                         "compensation: choose one way to keep the parameters' precision")
+    seed = out["seed"]
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    out["seed"] = int(seed)
+    return out
+
+
+def make_lowp(state_dtype, options, params, algorithm, average):
+    """The LowpState of an optimizer over ``params`` (validated), or None for the
+    ordinary path (float32/float64 parameters with their own dtype's state)."""
+    bf = [is_bf16(p) for p in params]
+    if any(bf) and not all(bf):
+        i = bf.index(not bf[0])
+        raise TypeError(f"parameter {i} has dtype {params[i].dtype} but parameter 0 "
+                        f"{params[0].dtype}: an optimizer over bfloat16 parameters needs all "
+                        "of them bfloat16 (mixed float32/bfloat16 is not supported)")
+    if not any(bf):
+        for name in ("master_weights", "compensation"):
+            if options[name]:
+                raise ValueError(f"{name}=True needs bfloat16 parameters (float32 "
+                                 "parameters are stepped exactly already)")
+        if options["rounding"] != "nearest":
+            raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
+                             "parameters are not rounded)")
+        if state_dtype in (None, "float32"):
+            return None
+        return LowpState(state_dtype, options)
+    if algorithm not in LOWP_ALGORITHMS:
+        raise TypeError(f"bfloat16 parameters are supported by {LOWP_ALGORITHMS}, not "
+                        f"{algorithm!r}")
+    if average is not None:
+        raise ValueError(f"bfloat16 parameters cannot be combined with average={average!r}")
+    return LowpState(state_dtype or "bfloat16", options)
+
+
 class LowpState:
     """The low-precision side of one optimizer: its state_dtype and per-parameter state."""
 
-    def __init__(self, state_dtype):
+    def __init__(self, state_dtype, options=None):
         self.state_dtype = state_dtype
+        self.options = dict(_DEFAULT_OPTIONS if options is None else options)
+        self.options["state_dtype"] = state_dtype
         self.states = []          # per parameter: dict of init_lowp_state
         self.kw = None            # per group: keyword arguments of adam_step_lowp
+        self.bf16 = None          # whether the parameters are bfloat16 (set by build)
 
     # -------------------------------------------------------------- validation
     def check_groups(self, groups, defaults, names_of):
@@ -74,10 +139,15 @@ class LowpState:
             full.update(g)
             self.check_group(full, f"param_groups[{gi}]")
             for pi, p in enumerate(g["params"]):
-                if p.dtype != np.float32:
+                if p.dtype != np.float32 and not is_bf16(p):
                     raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; "
                                     f"state_dtype={self.state_dtype!r} needs float32 "
-                                    "parameters (all of them)")
+                                    "(or bfloat16) parameters")
+                bf = is_bf16(g["params"][0])
+                if is_bf16(p) != bf or (self.bf16 is not None and bf != self.bf16):
+                    raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; the "
+                                    "optimizer's parameters must all be float32 or all "
+                                    "bfloat16")
 
     def check_group(self, g, where):
         if g.get("amsgrad", False):
@@ -91,8 +161,12 @@ class LowpState:
         (add_param_group)."""
         from ..lowp import init_lowp_state
         old = getattr(self, "_by_id", {})
+        o = self.options
+        self.bf16 = is_bf16(opt._params[0])
+        kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
+              if self.bf16 else {})
         self.states = [old.get(id(p)) or init_lowp_state(p.reshape(-1),
-                                                         state_dtype=self.state_dtype)
+                                                         state_dtype=self.state_dtype, **kw)
                        for p in opt._params]
         self._by_id = {id(p): st for p, st in zip(opt._params, self.states)}
         self.kw = None
@@ -110,6 +184,8 @@ class LowpState:
                             maximize=bool(g["maximize"]),
                             bias_correction=bool(g.get("bias_correction", True)),
                             eps_mode=g.get("eps_mode", "paper")))
+            if self.bf16:
+                out[-1].update(rounding=self.options["rounding"], seed=self.options["seed"])
         return out
 
     # -------------------------------------------------------------- step
@@ -139,16 +215,22 @@ class LowpState:
             grefs, g_mode = opt._data_refs(grads, 0), G_INDEXED
             opt._check_aliasing(grefs, g_mode)       # params, buffers and lowp state
             arrays = grads
-        if opt._checked_pass and not grad_norms(opt, grads, grefs, g_mode):
-            return
+        if opt._checked_pass:
+            sums = None
+            if self.bf16:        # no compiled norm kernel for bfloat16: float64 NumPy sums
+                sums = np.zeros(len(opt.param_groups))
+                for i, g in enumerate(arrays):
+                    sums[opt._group_of[i]] += float(np.sum(np.square(g.astype(np.float64))))
+            if not grad_norms(opt, grads, grefs, g_mode, sums):
+                return
         steps = opt._steps
         for i, p in enumerate(opt._params):
             gi = opt._group_of[i]
             g = arrays[i]
             if opt._clipping[gi]:
                 clip = opt._hyper[gi, H_CLIP]
-                if clip != 1.0:
-                    g = g * np.float32(clip)
+                if clip != 1.0:   # bfloat16: the scaled gradient is rounded (nearest)
+                    g = (g.astype(np.float32) * np.float32(clip)).astype(g.dtype)
             adam_step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
                            step=int(steps[gi]) + 1, **self.kw[gi])
         steps += 1
