@@ -669,6 +669,42 @@ def torch_frontend(quick=False, threads=None):
     return benchmark.format_rows(benchmark.run(quick=quick, threads=threads))
 
 
+def state_rows(states, sizes=None, quick=False, threads=None):
+    """``fastadam bench --state``: fa.Adam(state_dtype=...).step() on one float32 buffer
+    per size, the layouts timed interleaved in one process (ratios are what to read)."""
+    import fastadam as fa
+    from . import config
+    if threads is not None:
+        config.set_num_threads(threads)
+    states = ["float32"] + [s for s in states if s != "float32"]
+    rows = []
+    for n in sizes or [10**5, 10**6, 10**7]:
+        rng = np.random.default_rng(0)
+        fns, nbytes = {}, {}
+        for sd in states:
+            p = rng.standard_normal(n).astype(np.float32)
+            opt = fa.Adam([p], lr=1e-3, state_dtype=None if sd == "float32" else sd)
+            opt.grads[0][...] = 1e-3 * rng.standard_normal(n).astype(np.float32)
+            fns[sd], nbytes[sd] = opt.step, opt.state_bytes()
+        _progress(f"state dtypes {states} at n={n}")
+        r = measure(fns, n, quick=quick)
+        base = r["float32"]["sec"]
+        for sd in states:
+            rows.append({"n": n, "state_dtype": sd, "ms": 1e3 * r[sd]["sec"],
+                         "speedup_vs_float32": base / r[sd]["sec"],
+                         "state_bytes_per_param": nbytes[sd]})
+    return {"machine": machine_info(), "load": _load(), "rows": rows}
+
+
+def format_state_rows(res):
+    lines = [f"{'n':>10}  {'state':>9}  {'ms/step':>9}  {'x fp32':>7}  {'state B/param':>13}"]
+    for r in res["rows"]:
+        lines.append(f"{r['n']:>10.0e}  {r['state_dtype']:>9}  {r['ms']:>9.3f}  "
+                     f"{r['speedup_vs_float32']:>7.2f}  {r['state_bytes_per_param']:>13.3f}")
+    lines.append(f"(load {res['load']}; one process, interleaved; ratios are what to read)")
+    return "\n".join(lines)
+
+
 def _worker_main(argv):
     impl, spec = argv[0], json.loads(argv[1])
     print(json.dumps(_WORKERS[impl](spec)))

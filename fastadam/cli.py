@@ -68,6 +68,11 @@ def _parser():
                    "against its floor kernel, torch.optim.SparseAdam and a dense step; "
                    "takes --threads, --runs, --quick, --json, --peers")
 
+    b.add_argument("--state", default=None, metavar="DTYPES",
+                   help="instead: time fa.Adam.step() with state_dtype from "
+                   "float32,bfloat16,int8 (comma-separated; float32 is always run as the "
+                   "baseline) on one float32 buffer per --sizes (default 1e5,1e6,1e7): "
+                   "ms/step, ratio to float32 state, state bytes per parameter")
     b.add_argument("--torch", action="store_true",
                    help="instead: time fastadam.torch.Adam.step() against torch fused Adam "
                    "on models of 1e5-1e7 parameters in 10-100 tensors (needs torch)")
@@ -81,6 +86,18 @@ def _bench(args):
     if args.sparse:
         return _bench_sparse(args)
     from . import bench
+
+    if args.state is not None:
+        states = [s.strip() for s in args.state.split(",") if s.strip()]
+        bad = [s for s in states if s not in ("float32", "bfloat16", "int8")]
+        if not states or bad:
+            print("fastadam bench: --state must be among float32,bfloat16,int8, got "
+                  f"{args.state!r}", file=sys.stderr)
+            return 2
+        sizes = args.sizes or ([10**3, 10**4] if args.quick else None)
+        res = bench.state_rows(states, sizes=sizes, quick=args.quick, threads=args.threads)
+        print(json.dumps(res, indent=1) if args.json == "-" else bench.format_state_rows(res))
+        return 0
 
     if args.torch:
         print(bench.torch_frontend(quick=args.quick, threads=args.threads))

@@ -83,3 +83,32 @@ class PercentOfFloorLowp:
     def track_percent_of_floor(self, n, layout):
         r = self.measure({"step": self.step, "floor": self.floor}, n)
         return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
+
+
+class OptimizerState:
+    """fa.Adam(state_dtype=...).step() on one float32 buffer (float32 state = None), and
+    the optimizer's state bytes per parameter."""
+    params = [[10**5, 10**6, 10**7], ["float32", "bfloat16", "int8"]]
+    param_names = ["size", "state_dtype"]
+    timeout = 600
+
+    def setup(self, n, state_dtype):
+        import inspect
+        if "state_dtype" not in inspect.signature(fa.Adam).parameters:
+            raise NotImplementedError("this fastadam has no Adam(state_dtype=...)")
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(n).astype(np.float32)
+        self.opt = fa.Adam([p], lr=1e-3,
+                           state_dtype=None if state_dtype == "float32" else state_dtype)
+        self.opt.grads[0][...] = 1e-3 * rng.standard_normal(n).astype(np.float32)
+        self.opt.step()
+        self.k = steps_per_call(n)
+
+    def time_step(self, n, state_dtype):
+        for _ in range(self.k):
+            self.opt.step()
+
+    def track_state_bytes_per_param(self, n, state_dtype):
+        return self.opt.state_bytes()
+
+    track_state_bytes_per_param.unit = "bytes"

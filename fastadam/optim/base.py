@@ -21,6 +21,7 @@ from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
 from .groups import TORCH_SWITCHES, ParamGroup, Validator, normalize_params
 from .guard import grad_norms
+from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
 from .plan import Bucket, Launch
 from .state import StateDictMixin
 
@@ -37,12 +38,17 @@ class Optimizer(StateDictMixin):
 
     algorithm = "adam"
 
-    def __init__(self, params, *, average=None, nonfinite="propagate", **defaults):
+    def __init__(self, params, *, average=None, nonfinite="propagate", state_dtype=None,
+                 lowp_options=None, **defaults):
         self._alg = registry.get(self.algorithm)
         self._validate = Validator(self._alg)
         self._lock = threading.Lock()
         self._average = C.check_average(average)
         self.nonfinite = C.check_nonfinite(nonfinite)
+        #: "float32" / "bfloat16" / "int8", or None: the parameters' dtype.
+        self.state_dtype = check_state_dtype(state_dtype, self.algorithm, self._average)
+        self._lowp = None            # low-precision state (optim/lowp.py), set below
+        lowp_options = check_lowp_options(lowp_options)
         for k in TORCH_SWITCHES & set(defaults):
             del defaults[k]
         self.defaults = self._validate(self._validate.defaults(defaults), where="")
@@ -50,7 +56,10 @@ class Optimizer(StateDictMixin):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected option(s) "
                             f"{sorted(unknown)}")
-        groups = self._normalize_groups(params)
+        groups = self._normalize_groups(params, init=True)
+        self._lowp = make_lowp(self.state_dtype, lowp_options, self._params, self.algorithm,
+                               self._average)
+        self._check_param_dtypes(groups, self._params)
         self.param_groups = []
         for i, g in enumerate(groups):
             full = dict(self.defaults)
@@ -65,11 +74,26 @@ class Optimizer(StateDictMixin):
         self._build([None] * len(self._params), [0] * len(self.param_groups), None)
 
     # ------------------------------------------------------------------ construction
-    def _normalize_groups(self, params):
-        groups = normalize_params(
-            params, lambda name, p: C.check_array(name, p, writable=True))
-        self._params = [p for g in groups for p in g["params"]]
+    def _normalize_groups(self, params, init=False):
+        def check(name, p):
+            # bfloat16 parameters go to the low-precision path (optim/lowp.py)
+            C.check_array(name, p, writable=True,
+                          dtype=p.dtype if (init or self._lowp is not None) and is_bf16(p)
+                          else None)
+        groups = normalize_params(params, check)
+        all_params = [p for g in groups for p in g["params"]]
+        if not init:
+            self._check_param_dtypes(groups, all_params)
+        self._params = all_params
         return groups
+
+    def _check_param_dtypes(self, groups, all_params):
+        if self._lowp is not None:
+            self._lowp.check_groups(groups, self.defaults,
+                                    lambda gi, pi: f"param_groups[{gi}]['params'][{pi}]")
+        elif self.state_dtype == "float32" and any(p.dtype != np.float32 for p in all_params):
+            raise TypeError("state_dtype='float32' needs float32 (or bfloat16) parameters; "
+                            "use state_dtype=None for the parameters' own dtype")
 
     def _build(self, saved_state, steps, group_scalars):
         """Lay out buckets (one per dtype) and copy ``saved_state[i]`` (dict or None)."""
@@ -80,7 +104,7 @@ class Optimizer(StateDictMixin):
         by_dtype = {}
         for i, p in enumerate(self._params):
             by_dtype.setdefault(p.dtype, []).append((i, self._group_of[i], p))
-        n_rows = max(alg.n_state(g) for g in self.param_groups)
+        n_rows = 0 if self._lowp else max(alg.n_state(g) for g in self.param_groups)
         self._buckets = [Bucket(dt, mem, len(self.param_groups), n_rows,
                                 self._average is not None)
                          for dt, mem in by_dtype.items()]
@@ -104,13 +128,16 @@ class Optimizer(StateDictMixin):
             self._gscal[:len(group_scalars)] = group_scalars
         self._norm_sq = np.zeros(len(self.param_groups))
         self._group_params = [g["params"] for g in self.param_groups]
+        if self._lowp is not None:
+            self._lowp.build(self)
         self._refresh_layout()
         for i, st in enumerate(saved_state):
             if st:
                 self._write_param_state(i, st)
 
     def _refresh_layout(self):
-        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
+        lowp = self._lowp.arrays() if self._lowp is not None else []
+        self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets] + lowp)
         self._groups_seen = None                        # re-read groups at next step
         self._launch_keys = None                        # and rebuild the launches
 
@@ -180,7 +207,7 @@ class Optimizer(StateDictMixin):
             h[H_AVERAGE] = avg
             own = alg.hyper(values)
             h[H_ALG:H_ALG + len(own)] = own
-        n_rows = max(alg.n_state(g) for g in groups)
+        n_rows = 0 if self._lowp else max(alg.n_state(g) for g in groups)
         grew = [b.ensure_rows(n_rows) for b in self._buckets]
         if any(grew):                         # a new state block: new ranges, new launches
             self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets])
@@ -257,6 +284,8 @@ class Optimizer(StateDictMixin):
             self._step(grads)
 
     def _step(self, grads):
+        if self._lowp is not None:
+            return self._lowp.step(self, grads)
         if self._groups_changed():
             self._refresh_groups()
         launches = self._launches
@@ -366,6 +395,8 @@ class Optimizer(StateDictMixin):
         # pickle) is rebuilt from the parameters and the state_dict.
         return {"param_groups": self.param_groups, "defaults": self.defaults,
                 "average": self._average, "nonfinite": self.nonfinite,
+                "state_dtype": self.state_dtype,
+                "lowp": self._lowp.options if self._lowp is not None else None,
                 "state_dict": self.state_dict()}
 
     def __setstate__(self, st):
@@ -375,6 +406,9 @@ class Optimizer(StateDictMixin):
         self._average = st["average"]
         self.nonfinite = st["nonfinite"]
         self.defaults = st["defaults"]
+        self.state_dtype = st.get("state_dtype")
+        lp = st.get("lowp")
+        self._lowp = LowpState(lp["state_dtype"], lp) if lp is not None else None
         groups = self._normalize_groups(st["param_groups"])
         self.param_groups = [ParamGroup(g) for g in groups]
         self.skipped_steps = 0

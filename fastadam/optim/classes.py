@@ -10,7 +10,11 @@ _EXTRAS_DOC = """
     averaging of the parameters, paper section 7.2, see :meth:`averaged_params`),
     ``nonfinite`` ("propagate", the default: NaN/inf flow into the state as in torch and
     cost nothing; "skip": such a step changes nothing and is counted in
-    ``skipped_steps``; "raise": ValueError, nothing changed)."""
+    ``skipped_steps``; "raise": ValueError, nothing changed). Adam and AdamW take
+    ``state_dtype`` (None: the parameters' dtype; "bfloat16" or "int8": low-precision
+    moments) and, for ``ml_dtypes.bfloat16`` parameters, ``master_weights``,
+    ``compensation`` or ``rounding="stochastic"`` with ``seed``; see
+    docs/low_precision.md."""
 
 
 class Adam(Optimizer):
@@ -28,13 +32,18 @@ class Adam(Optimizer):
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
                  bias_correction=True, eps_mode="paper", max_grad_norm=None, average=None,
                  nonfinite="propagate", foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+                 differentiable=False, state_dtype=None, master_weights=False,
+                 compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          bias_correction=bias_correction, eps_mode=eps_mode,
-                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite)
+                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
+                         state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class AdamW(Optimizer):
@@ -47,12 +56,16 @@ class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, bias_correction=True, eps_mode="paper",
                  max_grad_norm=None, average=None, nonfinite="propagate", foreach=None,
-                 fused=None, capturable=False, differentiable=False):
+                 fused=None, capturable=False, differentiable=False, state_dtype=None,
+                 master_weights=False, compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction,
                          eps_mode=eps_mode, max_grad_norm=max_grad_norm, average=average,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class Adamax(Optimizer):

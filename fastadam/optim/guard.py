@@ -11,19 +11,26 @@ from ..kernels.norms import grad_sumsq_parallel, grad_sumsq_serial
 from ..kernels.spec import H_CLIP
 
 
-def grad_norms(opt, grads, grefs, g_mode):
+def _like(b):
+    # a 1-D array of the bucket's dtype (low-precision state has no float32 state rows)
+    return b.state[0] if b.state.shape[0] else b.grad_flat
+
+
+def grad_norms(opt, grads, grefs, g_mode, sums=None):
     """Per-group gradient norms (float64 sums in a fixed order), the non-finite policy, and
     this step's clipping factors (hyper[:, H_CLIP]). Returns False when the step is to be
     skipped; raises ValueError (nothing changed) under nonfinite="raise"."""
     sq = opt._norm_sq
     sq[:] = 0.0
-    for b, L in opt._launches:
+    if sums is not None:          # computed by the caller (bfloat16 gradients)
+        sq[:] = sums
+    for b, L in ([] if sums is not None else opt._launches):
         plan, blocks = L.tables(g_mode)
         if config.use_parallel(L.size):
             with config.launch_lock():
-                grad_sumsq_parallel(plan, grefs, g_mode, blocks, b.state[0], sq)
+                grad_sumsq_parallel(plan, grefs, g_mode, blocks, _like(b), sq)
         else:
-            grad_sumsq_serial(plan, grefs, g_mode, blocks, b.state[0], sq)
+            grad_sumsq_serial(plan, grefs, g_mode, blocks, _like(b), sq)
     norms = [math.sqrt(x) for x in sq.tolist()]      # NaN and inf stay as they are
     bad_groups = [gi for gi, n in enumerate(norms) if not math.isfinite(n)]
     if bad_groups:

@@ -27,7 +27,11 @@ class StateDictMixin:
     @property
     def state(self):
         """{param index: {"step", state buffers..., group scalars...}} as views of the
-        live state (read them; write through load_state_dict)."""
+        live state (read them; write through load_state_dict). With a low-precision
+        ``state_dtype`` the buffers are 1-D (bfloat16 arrays, or int8/uint8 codes and
+        float32 absmax scales)."""
+        if self._lowp is not None:
+            return self._lowp.live_state(self)
         out = {}
         names = [n for n, _ in self._alg.group_scalars]
         for i in range(len(self._params)):
@@ -39,11 +43,24 @@ class StateDictMixin:
             out[i] = st
         return out
 
+    def state_bytes(self):
+        """Bytes of optimizer state per parameter element (moments, codes and scales,
+        AMSGrad's max, the average; not the parameters or the gradient buffers)."""
+        if self._lowp is not None:
+            return self._lowp.state_bytes(self)
+        n = sum(p.size for p in self._params)
+        return sum(b.state.nbytes for b in self._buckets) / max(n, 1)
+
     def state_dict(self):
         """A plain dict of numbers, strings and numpy arrays (copies), torch layout:
         {"state": {i: {...}}, "param_groups": [{hyperparameters..., "params": [i, ...]}]},
-        plus "algorithm", "average", "skipped_steps"."""
+        plus "algorithm", "average", "skipped_steps". With a low-precision
+        ``state_dtype``, also "state_dtype" and "state_layout", and the state arrays are
+        1-D: bfloat16 as uint16 bits, int8 codes, float32 scales (see
+        :mod:`fastadam.optim.lowp`)."""
         with self._lock:
+            if self._lowp is not None:
+                return self._lowp.state_dict(self)
             alg = self._alg
             state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                      for i, s in self.state.items()}
@@ -74,8 +91,13 @@ class StateDictMixin:
             self._load_state_dict(state_dict)
 
     def _load_state_dict(self, state_dict):
+        if self._lowp is not None:
+            return self._lowp.load_state_dict(self, state_dict)
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if "state_dtype" in state_dict:
+            from .lowp import check_layout
+            check_layout(state_dict, self.state_dtype)
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise ValueError(f"state_dict has no {key!r} entry")

@@ -11,6 +11,8 @@ from sklearn.utils.validation import check_array
 
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+
 
 def check_sample_weight(sample_weight, n_samples, dtype, allow_zero_sum=False):
     """1-D float array of n_samples non-negative finite weights with a positive sum, or
@@ -88,5 +90,8 @@ def check_hyperparams(est, incremental):
         if est.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got "
                              f"{est.activation!r}")
+    sdt = getattr(est, "state_dtype", None)
+    if sdt is not None and (not isinstance(sdt, str) or sdt not in STATE_DTYPES):
+        raise ValueError(f"state_dtype must be None or one of {STATE_DTYPES}, got {sdt!r}")
     if est.early_stopping and incremental:
         raise ValueError("partial_fit does not support early_stopping=True")

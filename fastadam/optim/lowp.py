@@ -1,0 +1,387 @@
+"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW).
+
+When ``state_dtype`` is set (and differs from the parameters' float32), the optimizer
+keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
+steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (one fused launch per
+parameter: a model flattened with :func:`fastadam.flatten` is one launch). Everything
+the optimizer does before it launches is shared with the float32 path: group validation
+(and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
+and the non-finite policy. The float32 path does not see this module: ``opt._lowp`` is
+None there.
+
+State dict layout (``state_dict()["state_dtype"]`` and ``["state_layout"]`` name it);
+every array is 1-D over the flattened parameter:
+
+* bfloat16: ``exp_avg``/``exp_avg_sq`` uint16 (the bfloat16 bit patterns);
+* int8: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8 codes of sqrt(v),
+  ``exp_avg_absmax``/``exp_avg_sq_absmax`` float32 per-block scales.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks as C
+from ..kernels.lowp import Q8_BLOCK
+from ..kernels.memory import G_DATA, G_INDEXED
+from ..kernels.spec import H_CLIP
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+#: Algorithms whose update the low-precision kernels compute.
+LOWP_ALGORITHMS = ("adam", "adamw")
+LAYOUTS = {"bfloat16": "bfloat16-bits-uint16",
+           "int8": f"int8-dynamic-blockwise-{Q8_BLOCK}"}
+_NO_REFS = np.zeros(0, dtype=np.int64)
+
+
+def layout_name(state_dtype):
+    return LAYOUTS.get(state_dtype, "float32")
+
+
+def check_state_dtype(state_dtype, algorithm, average):
+    """The normalised state_dtype (None, "float32", "bfloat16", "int8"), or ValueError
+    naming the argument. Raises before anything is built."""
+    if state_dtype is None:
+        return None
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be None or one of {STATE_DTYPES}, got "
+                         f"{state_dtype!r}")
+    if state_dtype != "float32":
+        if algorithm not in LOWP_ALGORITHMS:
+            raise ValueError(f"state_dtype={state_dtype!r} is available for "
+                             f"{LOWP_ALGORITHMS}, not {algorithm!r}")
+        if average is not None:
+            raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
+                             f"average={average!r} (temporal averaging is not in the "
+                             "low-precision kernels)")
+    return state_dtype
+
+
+def is_bf16(a):
+    return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
+
+
+_DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": "nearest",
+                    "seed": 0}
+
+
+def check_lowp_options(options):
+    """master_weights / compensation / rounding / seed (for bfloat16 parameters), checked
+    and normalised."""
+    import numbers
+    out = dict(_DEFAULT_OPTIONS)
+    out.update(options or {})
+    out["master_weights"] = C.check_bool("master_weights", out["master_weights"])
+    out["compensation"] = C.check_bool("compensation", out["compensation"])
+    if out["master_weights"] and out["compensation"]:
+        raise ValueError("master_weights=True and compensation=True are two ways to keep "
+                         "the same precision; choose one")
+    from ..lowp import ROUNDINGS
+    if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
+    if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
+        raise ValueError("rounding='stochastic' cannot be combined with master_weights or "
+                         "compensation: choose one way to keep the parameters' precision")
+    seed = out["seed"]
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    out["seed"] = int(seed)
+    return out
+
+
+def make_lowp(state_dtype, options, params, algorithm, average):
+    """The LowpState of an optimizer over ``params`` (validated), or None for the
+    ordinary path (float32/float64 parameters with their own dtype's state)."""
+    bf = [is_bf16(p) for p in params]
+    if any(bf) and not all(bf):
+        i = bf.index(not bf[0])
+        raise TypeError(f"parameter {i} has dtype {params[i].dtype} but parameter 0 "
+                        f"{params[0].dtype}: an optimizer over bfloat16 parameters needs all "
+                        "of them bfloat16 (mixed float32/bfloat16 is not supported)")
+    if not any(bf):
+        for name in ("master_weights", "compensation"):
+            if options[name]:
+                raise ValueError(f"{name}=True needs bfloat16 parameters (float32 "
+                                 "parameters are stepped exactly already)")
+        if options["rounding"] != "nearest":
+            raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
+                             "parameters are not rounded)")
+        if state_dtype in (None, "float32"):
+            return None
+        return LowpState(state_dtype, options)
+    if algorithm not in LOWP_ALGORITHMS:
+        raise TypeError(f"bfloat16 parameters are supported by {LOWP_ALGORITHMS}, not "
+                        f"{algorithm!r}")
+    if average is not None:
+        raise ValueError(f"bfloat16 parameters cannot be combined with average={average!r}")
+    return LowpState(state_dtype or "bfloat16", options)
+
+
+class LowpState:
+    """The low-precision side of one optimizer: its state_dtype and per-parameter state."""
+
+    def __init__(self, state_dtype, options=None):
+        self.state_dtype = state_dtype
+        self.options = dict(_DEFAULT_OPTIONS if options is None else options)
+        self.options["state_dtype"] = state_dtype
+        self.states = []          # per parameter: dict of init_lowp_state
+        self.kw = None            # per group: keyword arguments of adam_step_lowp
+        self.bf16 = None          # whether the parameters are bfloat16 (set by build)
+
+    # -------------------------------------------------------------- validation
+    def check_groups(self, groups, defaults, names_of):
+        """Every group an option the kernels serve and float32 parameters. ``groups``:
+        group dicts (possibly without the defaults); ``names_of(gi, pi)``: the name of a
+        parameter for messages."""
+        for gi, g in enumerate(groups):
+            full = dict(defaults)
+            full.update(g)
+            self.check_group(full, f"param_groups[{gi}]")
+            for pi, p in enumerate(g["params"]):
+                if p.dtype != np.float32 and not is_bf16(p):
+                    raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; "
+                                    f"state_dtype={self.state_dtype!r} needs float32 "
+                                    "(or bfloat16) parameters")
+                bf = is_bf16(g["params"][0])
+                if is_bf16(p) != bf or (self.bf16 is not None and bf != self.bf16):
+                    raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; the "
+                                    "optimizer's parameters must all be float32 or all "
+                                    "bfloat16")
+
+    def check_group(self, g, where):
+        if g.get("amsgrad", False):
+            raise ValueError(f"{where}: amsgrad=True cannot be served with "
+                             f"state_dtype={self.state_dtype!r} (the low-precision kernels "
+                             "have no AMSGrad); use state_dtype=None")
+
+    # -------------------------------------------------------------- layout
+    def build(self, opt):
+        """(Re)build the per-parameter states, keeping those of parameters already here
+        (add_param_group)."""
+        from ..lowp import init_lowp_state
+        old = getattr(self, "_by_id", {})
+        o = self.options
+        self.bf16 = is_bf16(opt._params[0])
+        kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
+              if self.bf16 else {})
+        self.states = [old.get(id(p)) or init_lowp_state(p.reshape(-1),
+                                                         state_dtype=self.state_dtype, **kw)
+                       for p in opt._params]
+        self._by_id = {id(p): st for p, st in zip(opt._params, self.states)}
+        self.kw = None
+
+    def arrays(self):
+        return [a for st in self.states for a in st.values()]
+
+    def group_kwargs(self, opt):
+        alg = opt._alg
+        out = []
+        for g in opt.param_groups:
+            out.append(dict(lr=float(g["lr"]), betas=(float(g["betas"][0]), float(g["betas"][1])),
+                            eps=float(g["eps"]), weight_decay=float(g["weight_decay"]),
+                            decoupled_weight_decay=bool(alg.decoupled(g)),
+                            maximize=bool(g["maximize"]),
+                            bias_correction=bool(g.get("bias_correction", True)),
+                            eps_mode=g.get("eps_mode", "paper")))
+            if self.bf16:
+                out[-1].update(rounding=self.options["rounding"], seed=self.options["seed"])
+        return out
+
+    # -------------------------------------------------------------- step
+    def step(self, opt, grads):
+        from ..lowp import adam_step_lowp
+        from .guard import grad_norms
+        if opt._groups_changed():
+            groups = opt.param_groups
+            if isinstance(groups, list):
+                for gi, g in enumerate(groups):
+                    if isinstance(g, dict):
+                        self.check_group(g, f"param_groups[{gi}]")
+            opt._refresh_groups()
+            self.kw = None
+        if self.kw is None:
+            self.kw = self.group_kwargs(opt)
+        if grads is None:
+            arrays, grefs, g_mode = opt.grads, _NO_REFS, G_DATA
+        else:
+            if type(grads) is not list and type(grads) is not tuple:
+                raise TypeError("grads must be a list of arrays, one per parameter, got "
+                                f"{type(grads).__name__}")
+            n = len(opt._params)
+            if len(grads) != n:
+                raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
+                                 "(one per parameter, in param_groups order)")
+            grefs, g_mode = opt._data_refs(grads, 0), G_INDEXED
+            opt._check_aliasing(grefs, g_mode)       # params, buffers and lowp state
+            arrays = grads
+        if opt._checked_pass:
+            sums = None
+            if self.bf16:        # no compiled norm kernel for bfloat16: float64 NumPy sums
+                sums = np.zeros(len(opt.param_groups))
+                for i, g in enumerate(arrays):
+                    sums[opt._group_of[i]] += float(np.sum(np.square(g.astype(np.float64))))
+            if not grad_norms(opt, grads, grefs, g_mode, sums):
+                return
+        steps = opt._steps
+        for i, p in enumerate(opt._params):
+            gi = opt._group_of[i]
+            g = arrays[i]
+            if opt._clipping[gi]:
+                clip = opt._hyper[gi, H_CLIP]
+                if clip != 1.0:   # bfloat16: the scaled gradient is rounded (nearest)
+                    g = (g.astype(np.float32) * np.float32(clip)).astype(g.dtype)
+            adam_step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
+                           step=int(steps[gi]) + 1, **self.kw[gi])
+        steps += 1
+
+    # -------------------------------------------------------------- state dict
+    def state_bytes(self, opt):
+        n = sum(p.size for p in opt._params)
+        return sum(a.nbytes for a in self.arrays()) / max(n, 1)
+
+    def live_state(self, opt):
+        out = {}
+        for i, st in enumerate(self.states):
+            d = {"step": int(opt._steps[opt._group_of[i]])}
+            d.update(st)
+            out[i] = d
+        return out
+
+    def state_dict(self, opt):
+        state = {}
+        for i, st in enumerate(self.states):
+            d = {"step": int(opt._steps[opt._group_of[i]])}
+            for k, a in st.items():
+                d[k] = _portable(a).copy()
+            state[i] = d
+        groups, k = [], 0
+        for g in opt.param_groups:
+            d = {key: (tuple(val) if key == "betas" else val)
+                 for key, val in g.items() if key != "params"}
+            d["params"] = list(range(k, k + len(g["params"])))
+            k += len(g["params"])
+            groups.append(d)
+        return {"algorithm": opt.algorithm, "state_dtype": self.state_dtype,
+                "state_layout": layout_name(self.state_dtype), "state": state,
+                "param_groups": groups, "average": None,
+                "skipped_steps": opt.skipped_steps}
+
+    def load_state_dict(self, opt, sd):
+        from .state import _int
+        if not isinstance(sd, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(sd).__name__}")
+        check_layout(sd, self.state_dtype)
+        for key in ("state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"state_dict has no {key!r} entry")
+        alg_name = sd.get("algorithm", opt.algorithm)
+        if alg_name != opt.algorithm:
+            raise ValueError(f"state_dict is from a {alg_name!r} optimizer, not "
+                             f"{opt.algorithm!r}")
+        if sd.get("average") is not None:
+            raise ValueError(f"state_dict has average={sd['average']!r}, this optimizer "
+                             "average=None")
+        skipped = sd.get("skipped_steps", 0)
+        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
+                or skipped < 0:
+            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+        groups, state = sd["param_groups"], sd["state"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(opt.param_groups):
+            raise ValueError(f"state_dict['param_groups'] must have {len(opt.param_groups)} "
+                             "groups")
+        if not isinstance(state, dict):
+            raise TypeError("state_dict['state'] must be a dict")
+        new_groups, k = [], 0
+        for gi, (g, mine) in enumerate(zip(groups, opt.param_groups)):
+            if not isinstance(g, dict):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
+            n = len(mine["params"])
+            if list(g.get("params", [])) != list(range(k, k + n)):
+                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
+                                 f"{list(range(k, k + n))} (parameter counts differ)")
+            merged = {key: val for key, val in mine.items() if key != "params"}
+            merged.update({key: val for key, val in g.items() if key != "params"})
+            where = f"state_dict['param_groups'][{gi}]"
+            merged.update(opt._validate(merged, where=where))
+            self.check_group(merged, where)
+            new_groups.append(merged)
+            k += n
+        new_steps = [None] * len(opt.param_groups)
+        new_state = []
+        for i, live in enumerate(self.states):
+            gi = opt._group_of[i]
+            where = f"state_dict['state'][{i}]"
+            st = state.get(i, state.get(str(i)))
+            if st is None:
+                st = {"step": 0}
+            if not isinstance(st, dict):
+                raise TypeError(f"{where} must be a dict")
+            step = _int(st.get("step", 0), f"{where}['step']", 0, C.MAX_STEP, "2**63 - 1")
+            if new_steps[gi] is None:
+                new_steps[gi] = step
+            elif new_steps[gi] != step:
+                raise ValueError(f"{where}['step'] is {step} but other parameters of "
+                                 f"param_groups[{gi}] are at step {new_steps[gi]}")
+            unknown = set(st) - set(live) - {"step"}
+            if unknown:
+                raise ValueError(f"{where} has unknown entries {sorted(unknown)} for "
+                                 f"state_dtype={self.state_dtype!r}")
+            arrays = {}
+            for key, a_live in live.items():
+                want = _portable(a_live)
+                if key not in st:
+                    if step > 0:
+                        raise ValueError(f"{where} has step {step} but lacks {key!r}")
+                    arrays[key] = np.zeros_like(want)
+                    continue
+                a = st[key]
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got "
+                                    f"{type(a).__name__}")
+                if a.dtype != want.dtype:
+                    raise TypeError(f"{where}[{key!r}] must have dtype {want.dtype} "
+                                    f"(state_dtype={self.state_dtype!r}), got {a.dtype}")
+                if a.shape != want.shape:
+                    raise ValueError(f"{where}[{key!r}] must have shape {want.shape}, got "
+                                     f"{a.shape}")
+                arrays[key] = a
+            new_state.append(arrays)
+        # ---- everything valid: write.
+        for gi, g in enumerate(new_groups):
+            opt.param_groups[gi].update(g)
+        for live, arrays in zip(self.states, new_state):
+            for key, a in arrays.items():
+                _portable(live[key])[...] = a
+        opt._steps[:] = [s or 0 for s in new_steps]
+        opt.skipped_steps = int(skipped)
+        self.kw = None
+
+
+def _portable(a):
+    """The array as stored in a state_dict: bfloat16 as its uint16 bits (a view)."""
+    if a.dtype.itemsize == 2 and a.dtype.name == "bfloat16":
+        return a.view(np.uint16)
+    return a
+
+
+def state_dtype_of(sd):
+    """The state_dtype a state_dict was written with ("float32" when it names none)."""
+    sdt = sd.get("state_dtype") if isinstance(sd, dict) else None
+    return "float32" if sdt is None else sdt
+
+
+def check_layout(sd, state_dtype):
+    """ValueError unless state_dict ``sd`` holds ``state_dtype`` state (None and
+    "float32" are the same)."""
+    have = state_dtype_of(sd)
+    want = state_dtype or "float32"
+    if have != want:
+        raise ValueError(f"state_dict holds {have} optimizer state but this optimizer has "
+                         f"state_dtype={want!r}; convert it explicitly with "
+                         f"fastadam.lowp.convert_state_dict(state_dict, "
+                         f"state_dtype={want!r}) (to fewer bits it rounds)")
+    if want != "float32" and isinstance(sd, dict) and "state_layout" in sd \
+            and sd["state_layout"] != layout_name(want):
+        raise ValueError(f"state_dict['state_layout'] is {sd['state_layout']!r}; this "
+                         f"version reads {layout_name(want)!r}")
