@@ -549,7 +549,9 @@ def format_report(res):
         else:
             status = "met" if t["met"] else "NOT MET"
         m = "-" if t["measured"] is None else (
-            f"{t['measured']:.3f} s" if t["target"].endswith(" s") else f"{t['measured']:.2f}x")
+            f"{t['measured']:.3f} s" if t["target"].endswith(" s") else
+            f"{t['measured']:.2f} us" if t["target"].endswith(" us") else
+            f"{t['measured']:.2f}x")
         lines.append(f"  {t['what']:62s} {t['target']:30s} {m:>9s}  {status}")
     return "\n".join(lines)
 
