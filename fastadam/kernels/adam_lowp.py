@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from . import adam as _adam
+from .approx import div_sqrt_eps
 from .adam import S_B1 as B1, S_B2 as B2, S_EPS as EPS_EFF, S_OMB1 as OMB1, S_OMB2 as OMB2
 from .adam import S_STEP as STEP_SIZE
 from .loop import step_scalars as _step_scalars
@@ -78,7 +78,7 @@ def adam_elem(p, g, m, v, b1, omb1, b2, omb2, step_size, eps, wd, gs, wd_mode, s
         p = p * wd
     m = b1 * m + omb1 * g
     v = b2 * v + omb2 * (g * g)
-    upd = step_size * (m / (np.sqrt(v) + eps))
+    upd = step_size * div_sqrt_eps(m, v, eps)     # the same denominator as kernels/adam.py
     return p, m, v, upd
 
 
