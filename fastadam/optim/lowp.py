@@ -24,6 +24,7 @@ from .. import _checks as C
 from ..kernels.lowp import Q8_BLOCK
 from ..kernels.memory import G_DATA, G_INDEXED
 from ..kernels.spec import H_CLIP
+from .state import loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute.
@@ -286,27 +287,8 @@ class LowpState:
         if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
                 or skipped < 0:
             raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
-        groups, state = sd["param_groups"], sd["state"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(opt.param_groups):
-            raise ValueError(f"state_dict['param_groups'] must have {len(opt.param_groups)} "
-                             "groups")
-        if not isinstance(state, dict):
-            raise TypeError("state_dict['state'] must be a dict")
-        new_groups, k = [], 0
-        for gi, (g, mine) in enumerate(zip(groups, opt.param_groups)):
-            if not isinstance(g, dict):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
-            n = len(mine["params"])
-            if list(g.get("params", [])) != list(range(k, k + n)):
-                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
-                                 f"{list(range(k, k + n))} (parameter counts differ)")
-            merged = {key: val for key, val in mine.items() if key != "params"}
-            merged.update({key: val for key, val in g.items() if key != "params"})
-            where = f"state_dict['param_groups'][{gi}]"
-            merged.update(opt._validate(merged, where=where))
-            self.check_group(merged, where)
-            new_groups.append(merged)
-            k += n
+        state = sd["state"]
+        new_groups = loaded_groups(opt, sd, self.check_group)
         new_steps = [None] * len(opt.param_groups)
         new_state = []
         for i, live in enumerate(self.states):

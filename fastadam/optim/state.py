@@ -21,6 +21,35 @@ def _int(value, where, lo, hi, what):
     return int(value)
 
 
+def loaded_groups(opt, state_dict, check=None):
+    """The param groups of ``state_dict`` merged over ``opt``'s and validated (each also
+    by ``check(merged, where)`` when given); raises, writing nothing."""
+    groups, state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(groups, (list, tuple)) or len(groups) != len(opt.param_groups):
+        raise ValueError("state_dict['param_groups'] must have "
+                         f"{len(opt.param_groups)} groups, got "
+                         f"{len(groups) if isinstance(groups, (list, tuple)) else groups!r}")
+    if not isinstance(state, dict):
+        raise TypeError("state_dict['state'] must be a dict")
+    new_groups, k = [], 0
+    for gi, (g, mine) in enumerate(zip(groups, opt.param_groups)):
+        if not isinstance(g, dict):
+            raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
+        n = len(mine["params"])
+        if list(g.get("params", [])) != list(range(k, k + n)):
+            raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
+                             f"{list(range(k, k + n))} (parameter counts differ)")
+        merged = {key: val for key, val in mine.items() if key != "params"}
+        merged.update({key: val for key, val in g.items() if key != "params"})
+        where = f"state_dict['param_groups'][{gi}]"
+        merged.update(opt._validate(merged, where=where))
+        if check is not None:
+            check(merged, where)
+        new_groups.append(merged)
+        k += n
+    return new_groups
+
+
 class StateDictMixin:
     """The state methods of :class:`~fastadam.optim.base.Optimizer`."""
 
@@ -112,27 +141,9 @@ class StateDictMixin:
         if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
                 or skipped < 0:
             raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
-        groups, state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError("state_dict['param_groups'] must have "
-                             f"{len(self.param_groups)} groups, got "
-                             f"{len(groups) if isinstance(groups, (list, tuple)) else groups!r}")
-        if not isinstance(state, dict):
-            raise TypeError("state_dict['state'] must be a dict")
+        state = state_dict["state"]
+        new_groups = loaded_groups(self, state_dict)
         alg = self._alg
-        new_groups, k = [], 0
-        for gi, (g, mine) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(g, dict):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
-            n = len(mine["params"])
-            if list(g.get("params", [])) != list(range(k, k + n)):
-                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
-                                 f"{list(range(k, k + n))} (parameter counts differ)")
-            merged = {key: val for key, val in mine.items() if key != "params"}
-            merged.update({key: val for key, val in g.items() if key != "params"})
-            merged.update(self._validate(merged, where=f"state_dict['param_groups'][{gi}]"))
-            new_groups.append(merged)
-            k += n
         avg = ["param_avg"] if self._average else []
         gnames = [n for n, _ in alg.group_scalars]
         new_steps = [None] * len(self.param_groups)
