@@ -391,6 +391,11 @@ class SparseAdam:
         return {i: {"step": self._steps[i], "exp_avg": self._m[i], "exp_avg_sq": self._v[i]}
                 for i in range(len(self._params)) if self._steps[i] > 0}
 
+    def param_state(self, i):
+        """``(step, exp_avg, exp_avg_sq)`` of parameter ``i``: its step count and live
+        views of its moments, also before its first step (zeros then)."""
+        return self._steps[i], self._m[i], self._v[i]
+
     def state_dict(self):
         """PyTorch's layout with numpy arrays (copies); see the class docstring."""
         state = {i: {"step": s["step"], "exp_avg": s["exp_avg"].copy(),

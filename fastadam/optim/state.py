@@ -54,6 +54,15 @@ class StateDictMixin:
     """The state methods of :class:`~fastadam.optim.base.Optimizer`."""
 
     @property
+    def group_scalars(self):
+        """{name: read-only live view, one value per param group} of the scalars an
+        algorithm carries per group rather than per parameter (NAdam's ``mu_product``);
+        empty for the others."""
+        live = self._gscal.view()
+        live.flags.writeable = False
+        return {n: live[:, j] for j, (n, _) in enumerate(self._alg.group_scalars)}
+
+    @property
     def state(self):
         """{param index: {"step", state buffers..., group scalars...}} as views of the
         live state (read them; write through load_state_dict). With a low-precision

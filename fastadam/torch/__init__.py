@@ -11,13 +11,16 @@ torch's format, so checkpoints move both ways between fastadam and ``torch.optim
 
 Importing this module imports torch; ``import fastadam`` does not. See docs/torch.md.
 """
-from ._frontend import Adam, AdamW, Adamax, FastadamTorchOptimizer, Spec
-from . import _frontend
+from ._common import Spec
+from ._frontend import FastadamTorchOptimizer
+from ._classes import Adam, AdamW, Adamax
+from . import _classes, _sparse
 
 __all__ = ["Adam", "AdamW", "Adamax", "FastadamTorchOptimizer", "Spec"]
 
 for _name in ("NAdam", "RAdam", "SparseAdam"):     # present once fastadam has them
-    if hasattr(_frontend, _name):
-        globals()[_name] = getattr(_frontend, _name)
+    _mod = _sparse if _name == "SparseAdam" else _classes
+    if hasattr(_mod, _name):
+        globals()[_name] = getattr(_mod, _name)
         __all__.append(_name)
-del _name
+del _name, _mod
