@@ -33,6 +33,7 @@ from . import config
 from .kernels import registry
 from .kernels import sparse as _K
 from .optim.groups import Validator, normalize_params
+from .optim.state import check_header, loaded_groups
 
 _INT_KINDS = "iu"
 _I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
@@ -414,40 +415,10 @@ class SparseAdam:
         """Restore a ``state_dict()`` (ours, or torch.optim.SparseAdam's with its tensors
         converted to numpy arrays) of an optimizer over parameters of the same shapes and
         dtypes. Everything is checked before anything is written."""
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} entry")
-        alg = state_dict.get("algorithm", self._algorithm)
-        if alg != self._algorithm:
-            raise ValueError(f"state_dict is from a {alg!r} optimizer, not {self._algorithm!r}")
-        skipped = state_dict.get("skipped_steps", 0)
-        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, numbers.Integral) \
-                or skipped < 0:
-            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
-        groups, state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError("state_dict['param_groups'] must have "
-                             f"{len(self.param_groups)} groups, got "
-                             f"{len(groups) if isinstance(groups, (list, tuple)) else groups!r}")
-        if not isinstance(state, dict):
-            raise TypeError("state_dict['state'] must be a dict")
-        new_groups, k = [], 0
-        for gi, (g, mine) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(g, dict):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
-            n = len(mine["params"])
-            if list(g.get("params", [])) != list(range(k, k + n)):
-                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
-                                 f"{list(range(k, k + n))} (parameter counts differ)")
-            merged = {key: val for key, val in mine.items() if key != "params"}
-            merged.update({key: val for key, val in g.items()
-                           if key in self._hparams})
-            merged.update(self._check_hparams(merged,
-                                              where=f"state_dict['param_groups'][{gi}]"))
-            new_groups.append(merged)
-            k += n
+        skipped = check_header(state_dict, self._algorithm)
+        new_groups = loaded_groups(self, state_dict, validate=self._check_hparams,
+                                   keys=self._hparams)
+        state = state_dict["state"]
         for key in state:
             if not (isinstance(key, (numbers.Integral, str)) and str(key).isdigit()
                     and int(key) < len(self._params)) or isinstance(key, bool):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _checks as C
 from .. import checkpoint as _ckpt
+from ..optim.state import check_header, loaded_groups
 
 
 _MANIFEST = "manifest.npz"
@@ -103,41 +104,10 @@ class _StateMixin:
                 "average": sd["average"], "skipped_steps": sd["skipped_steps"]}
 
     def _check_full_groups(self, state_dict):
-        """Validated hyperparameters of a full state_dict's param groups, steps per group
-        and skipped_steps (no writes)."""
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} entry")
-        alg = state_dict.get("algorithm", self._algorithm)
-        if alg != self._algorithm:
-            raise ValueError(f"state_dict is from a {alg!r} optimizer, not {self._algorithm!r}")
-        if "average" in state_dict and state_dict["average"] != self._average:
-            raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
-                             f"optimizer average={self._average!r}")
-        skipped = state_dict.get("skipped_steps", 0)
-        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
-                or skipped < 0:
-            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
-        groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict['param_groups'] must have {len(self.param_groups)} "
-                             "groups")
-        new, k = [], 0
-        for gi, (g, mine) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(g, dict):
-                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict")
-            n = len(mine["params"])
-            if list(g.get("params", [])) != list(range(k, k + n)):
-                raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
-                                 f"{list(range(k, k + n))} (parameter counts differ)")
-            merged = {key: val for key, val in mine.items() if key != "params"}
-            merged.update({key: val for key, val in g.items() if key != "params"})
-            merged.update(self._check_hparams(merged, f"state_dict['param_groups'][{gi}]"))
-            new.append(merged)
-            k += n
-        return new, int(skipped)
+        """Validated hyperparameters of a full state_dict's param groups, and its
+        skipped_steps (no writes)."""
+        skipped = check_header(state_dict, self._algorithm, self._average)
+        return loaded_groups(self, state_dict, validate=self._check_hparams), skipped
 
     def load_state_dict(self, state_dict):
         """Load a full state (from ``state_dict()`` after ``consolidate_state_dict``, or

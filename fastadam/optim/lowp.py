@@ -24,7 +24,7 @@ from .. import _checks as C
 from ..kernels.lowp import Q8_BLOCK
 from ..kernels.memory import G_DATA, G_INDEXED
 from ..kernels.spec import H_CLIP
-from .state import loaded_groups
+from .state import check_header, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute.
@@ -273,20 +273,7 @@ class LowpState:
         if not isinstance(sd, dict):
             raise TypeError(f"state_dict must be a dict, got {type(sd).__name__}")
         check_layout(sd, self.state_dtype)
-        for key in ("state", "param_groups"):
-            if key not in sd:
-                raise ValueError(f"state_dict has no {key!r} entry")
-        alg_name = sd.get("algorithm", opt.algorithm)
-        if alg_name != opt.algorithm:
-            raise ValueError(f"state_dict is from a {alg_name!r} optimizer, not "
-                             f"{opt.algorithm!r}")
-        if sd.get("average") is not None:
-            raise ValueError(f"state_dict has average={sd['average']!r}, this optimizer "
-                             "average=None")
-        skipped = sd.get("skipped_steps", 0)
-        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
-                or skipped < 0:
-            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+        skipped = check_header(sd, opt.algorithm)          # average is None here
         state = sd["state"]
         new_groups = loaded_groups(opt, sd, self.check_group)
         new_steps = [None] * len(opt.param_groups)

@@ -3,6 +3,7 @@ numbers and NumPy arrays in PyTorch's layout, checked whole before anything is w
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -21,9 +22,34 @@ def _int(value, where, lo, hi, what):
     return int(value)
 
 
-def loaded_groups(opt, state_dict, check=None):
-    """The param groups of ``state_dict`` merged over ``opt``'s and validated (each also
-    by ``check(merged, where)`` when given); raises, writing nothing."""
+def check_header(state_dict, algorithm, average=None):
+    """The checks every load of a state_dict starts with (a dict with "state" and
+    "param_groups", of ``algorithm``, with ``average`` when the dict names one); returns
+    its ``skipped_steps``. Raises TypeError/ValueError."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"state_dict has no {key!r} entry")
+    alg_name = state_dict.get("algorithm", algorithm)
+    if alg_name != algorithm:
+        raise ValueError(f"state_dict is from a {alg_name!r} optimizer, not {algorithm!r}")
+    if state_dict.get("average", average) != average:
+        raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
+                         f"optimizer average={average!r}")
+    skipped = state_dict.get("skipped_steps", 0)
+    if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, numbers.Integral) \
+            or skipped < 0:
+        raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+    return int(skipped)
+
+
+def loaded_groups(opt, state_dict, check=None, validate=None, keys=None):
+    """The param groups of ``state_dict`` merged over ``opt``'s and validated by
+    ``validate(merged, where=...)`` (``opt._validate`` by default; each also by
+    ``check(merged, where)`` when given); ``keys``: the saved keys taken (all but
+    "params" by default). Raises, writing nothing."""
+    validate = opt._validate if validate is None else validate
     groups, state = state_dict["param_groups"], state_dict["state"]
     if not isinstance(groups, (list, tuple)) or len(groups) != len(opt.param_groups):
         raise ValueError("state_dict['param_groups'] must have "
@@ -40,9 +66,10 @@ def loaded_groups(opt, state_dict, check=None):
             raise ValueError(f"state_dict['param_groups'][{gi}]['params'] must be "
                              f"{list(range(k, k + n))} (parameter counts differ)")
         merged = {key: val for key, val in mine.items() if key != "params"}
-        merged.update({key: val for key, val in g.items() if key != "params"})
+        merged.update({key: val for key, val in g.items()
+                       if key != "params" and (keys is None or key in keys)})
         where = f"state_dict['param_groups'][{gi}]"
-        merged.update(opt._validate(merged, where=where))
+        merged.update(validate(merged, where=where))
         if check is not None:
             check(merged, where)
         new_groups.append(merged)
@@ -131,25 +158,10 @@ class StateDictMixin:
     def _load_state_dict(self, state_dict):
         if self._lowp is not None:
             return self._lowp.load_state_dict(self, state_dict)
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        if "state_dtype" in state_dict:
+        if isinstance(state_dict, dict) and "state_dtype" in state_dict:
             from .lowp import check_layout
             check_layout(state_dict, self.state_dtype)
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} entry")
-        alg_name = state_dict.get("algorithm", self.algorithm)
-        if alg_name != self.algorithm:
-            raise ValueError(f"state_dict is from a {alg_name!r} optimizer, not "
-                             f"{self.algorithm!r}")
-        if "average" in state_dict and state_dict["average"] != self._average:
-            raise ValueError(f"state_dict has average={state_dict['average']!r}, this "
-                             f"optimizer average={self._average!r}")
-        skipped = state_dict.get("skipped_steps", 0)
-        if isinstance(skipped, (bool, np.bool_)) or not isinstance(skipped, (int, np.integer)) \
-                or skipped < 0:
-            raise ValueError(f"state_dict['skipped_steps'] must be an int >= 0, got {skipped!r}")
+        skipped = check_header(state_dict, self.algorithm, self._average)
         state = state_dict["state"]
         new_groups = loaded_groups(self, state_dict)
         alg = self._alg
