@@ -6,13 +6,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # torch==2.13.0 is the CPU build available on these machines; any torch>=2.0 works.
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,sklearn,plot,mpi,dask]" "torch==2.13.0"
-# One pytest worker per core (pytest-xdist), each test file on one worker so that the
-# kernels a file compiles are compiled once; PYTEST_WORKERS=0 runs in this process.
+# One pytest worker per core (pytest-xdist). "worksteal" hands each worker a contiguous
+# run of tests (a file's tests share the kernels they compile) and rebalances at the
+# end. PYTEST_WORKERS=0 runs everything in this process.
 WORKERS=${PYTEST_WORKERS:-auto}
-PAR=(-n "$WORKERS" --dist loadfile)
-SPLIT=(-n "$WORKERS" --dist load)      # the portable pass: three files, split by test
-if [ "$WORKERS" = 0 ]; then PAR=(); SPLIT=(); fi
+PAR=(-n "$WORKERS" --dist worksteal)
+if [ "$WORKERS" = 0 ]; then PAR=(); fi
 # The parity and error tests again with every unsafe shortcut off (kernels/unsafe.py).
-FASTADAM_PORTABLE=1 "$PY" -m pytest -q "${SPLIT[@]}" tests/test_variants.py \
+FASTADAM_PORTABLE=1 "$PY" -m pytest -q "${PAR[@]}" tests/test_variants.py \
     tests/test_torch_parity.py tests/test_errors.py -k "torch or reference or grads"
 "$PY" -m pytest -q "${PAR[@]}" "$@"
