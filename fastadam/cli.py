@@ -73,6 +73,12 @@ def _parser():
                    "float32,bfloat16,int8 (comma-separated; float32 is always run as the "
                    "baseline) on one float32 buffer per --sizes (default 1e5,1e6,1e7): "
                    "ms/step, ratio to float32 state, state bytes per parameter")
+    b.add_argument("--param-dtype", default=None, metavar="DTYPE",
+                   help="instead: time fa.Adam.step() on bfloat16 parameters and gradients "
+                   "(DTYPE: bfloat16) with bfloat16 state (or the --state dtypes), each "
+                   "way to keep precision (nearest, stochastic, compensation, master), "
+                   "against the float32 step and each layout's own byte floor, one "
+                   "process, per --sizes (default 1e5,1e6,1e7)")
     b.add_argument("--torch", action="store_true",
                    help="instead: time fastadam.torch.Adam.step() against torch fused Adam "
                    "on models of 1e5-1e7 parameters in 10-100 tensors (needs torch)")
@@ -87,6 +93,7 @@ def _bench(args):
         return _bench_sparse(args)
     from . import bench
 
+    states = None
     if args.state is not None:
         states = [s.strip() for s in args.state.split(",") if s.strip()]
         bad = [s for s in states if s not in ("float32", "bfloat16", "int8")]
@@ -94,6 +101,29 @@ def _bench(args):
             print("fastadam bench: --state must be among float32,bfloat16,int8, got "
                   f"{args.state!r}", file=sys.stderr)
             return 2
+    if args.param_dtype is not None:
+        from . import bench_lowp
+        if args.param_dtype not in bench_lowp.PARAM_DTYPES:
+            print(f"fastadam bench: --param-dtype must be one of "
+                  f"{','.join(bench_lowp.PARAM_DTYPES)}, got {args.param_dtype!r}",
+                  file=sys.stderr)
+            return 2
+        if args.threads is not None and args.threads < 1:
+            print(f"fastadam bench: --threads must be >= 1, got {args.threads}",
+                  file=sys.stderr)
+            return 2
+        if not bench._have("ml_dtypes"):
+            print("fastadam bench: --param-dtype bfloat16 needs ml_dtypes "
+                  "(pip install 'fastadam[lowp]')", file=sys.stderr)
+            return 2
+        sizes = args.sizes or ([10**3, 10**4] if args.quick else None)
+        res = bench_lowp.param_dtype_rows(args.param_dtype, states=states or ["bfloat16"],
+                                          sizes=sizes, quick=args.quick,
+                                          threads=args.threads)
+        print(json.dumps(res, indent=1) if args.json == "-"
+              else bench_lowp.format_param_dtype_rows(res))
+        return 0
+    if states is not None:
         sizes = args.sizes or ([10**3, 10**4] if args.quick else None)
         res = bench.state_rows(states, sizes=sizes, quick=args.quick, threads=args.threads)
         print(json.dumps(res, indent=1) if args.json == "-" else bench.format_state_rows(res))

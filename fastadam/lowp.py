@@ -325,6 +325,12 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
 def floor_lowp(param, grad, state, *, rounding="nearest"):
     """The byte floor of the step :func:`adam_step_lowp` would take on these arrays:
     the same bytes read and written, trivial value-preserving math (benchmarks only)."""
+    prepare_floor(param, grad, state, rounding=rounding)()
+
+
+def prepare_floor(param, grad, state, *, rounding="nearest"):
+    """:func:`floor_lowp` as a callable with the arrays checked once (benchmarks: the
+    floor of a small buffer is then not timed with the argument checks)."""
     param_kind, state_kind, arrays = _layout(param, grad, state)
     pmode = (A.PMODE_MASTER if "master" in arrays else A.PMODE_KAHAN if "compensation"
              in arrays else A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST)
@@ -334,10 +340,17 @@ def floor_lowp(param, grad, state, *, rounding="nearest"):
             arrays.get("master", _EMPTY32), c, arrays.get("exp_avg_absmax", _EMPTY32),
             arrays.get("exp_avg_sq_absmax", _EMPTY32), np.zeros(N_HYPER), 1, 0)
     if config.use_parallel(param.shape[0]):
-        with config.launch_lock():
-            kernels[1](*args)
+        kernel = kernels[1]
+
+        def run():
+            with config.launch_lock():
+                kernel(*args)
     else:
-        kernels[0](*args)
+        kernel = kernels[0]
+
+        def run():
+            kernel(*args)
+    return run
 
 
 # ----------------------------------------------------------------- state_dict conversion

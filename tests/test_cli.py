@@ -199,3 +199,80 @@ def test_info_reports_threading_layer_and_threshold():
     assert proc.returncode == 0, proc.stderr
     assert "threading_layer" in proc.stdout and "parallel_threshold" in proc.stdout
     assert fa.threading_layer() in proc.stdout
+
+
+# ------------------------------------------------------------ --param-dtype bfloat16
+def test_bench_param_dtype_rows_from_one_run():
+    pytest.importorskip("ml_dtypes")
+    from fastadam import bench_lowp
+    res = bench_lowp.param_dtype_rows("bfloat16", states=["bfloat16", "int8"], sizes=[1000],
+                                      quick=True)
+    rows = res["rows"]
+    keys = [(r["param_dtype"], r["state_dtype"], r["mode"]) for r in rows]
+    modes = ["nearest", "stochastic", "compensation", "master"]
+    assert keys == [("float32", "float32", "-")] + [
+        ("bfloat16", s, m) for s in ("bfloat16", "int8") for m in modes]
+    scale = 2 * 2 * 4 / 256          # int8: two float32 absmax per 256 elements, r + w
+    assert [r["bytes_per_param_step"] for r in rows] == [
+        28, 14, 14, 18, 20, 10 + scale, 10 + scale, 14 + scale, 16 + scale]
+    blocks = 2 * 4 * 4 / 1000        # 4 blocks of 256 for 1000 elements, two scales each
+    assert [r["state_bytes_per_param"] for r in rows] == [
+        8, 4, 4, 6, 8, 2 + blocks, 2 + blocks, 4 + blocks, 6 + blocks]
+    base = rows[0]["ms"]
+    for r in rows:
+        assert r["ms"] > 0 and r["floor_ms"] > 0
+        assert r["speedup_vs_float32"] == pytest.approx(base / r["ms"])
+        assert r["of_floor"] == pytest.approx(r["floor_ms"] / r["ms"])
+    text = bench_lowp.format_param_dtype_rows(res)
+    assert "of floor" in text and "x fp32" in text and "compensation" in text
+
+
+@pytest.mark.parametrize("state_dtype,mode", [("bfloat16", "nearest"), ("bfloat16", "master"),
+                                              ("int8", "compensation"),
+                                              ("bfloat16", "stochastic")])
+def test_bench_param_dtype_layout_steps_and_floor_preserves(state_dtype, mode):
+    # what is timed: the step changes the bfloat16 parameters; the floor reads and writes
+    # the same arrays without changing a value (with a master copy the parameter is
+    # write-only, in the floor as in the step: the floor writes zeros, the step the
+    # rounded master)
+    pytest.importorskip("ml_dtypes")
+    from fastadam import bench_lowp
+    step, floor, opt = bench_lowp.make_layout(3000, state_dtype, mode)
+    p = opt.param_groups[0]["params"][0]
+    assert p.dtype.name == "bfloat16" and opt.grads[0].dtype == p.dtype
+    st = {k: v.copy() for k, v in bench_lowp._state_arrays(opt).items()}
+    before = p.copy()
+    floor()
+    if mode != "master":
+        assert np.array_equal(p.view(np.uint16), before.view(np.uint16))
+    for k, v in bench_lowp._state_arrays(opt).items():
+        assert np.array_equal(v.view(np.uint8), st[k].view(np.uint8)), k
+    step()
+    assert not np.array_equal(p.view(np.uint16), before.view(np.uint16))
+    if mode == "master":
+        assert np.array_equal(p, opt.state[0]["master"].astype(p.dtype))
+    assert set(st) >= {"exp_avg", "exp_avg_sq"} | (
+        {"master"} if mode == "master" else {"compensation"} if mode == "compensation"
+        else set())
+
+
+def test_bench_param_dtype_cli_json():
+    pytest.importorskip("ml_dtypes")
+    proc = run_module("bench", "--param-dtype", "bfloat16", "--quick", "--json",
+                      "--sizes", "2e3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert [r["mode"] for r in res["rows"]] == ["-", "nearest", "stochastic",
+                                                "compensation", "master"]
+    assert {r["state_dtype"] for r in res["rows"][1:]} == {"bfloat16"}
+    assert "param dtype bfloat16" in proc.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["bench", "--param-dtype", "float16"], "--param-dtype"),
+    (["bench", "--param-dtype", "bfloat16", "--state", "fp8"], "--state"),
+    (["bench", "--param-dtype", "bfloat16", "--threads", "0"], "--threads"),
+])
+def test_bench_param_dtype_rejects_bad_arguments(args, msg, capsys):
+    assert cli.main(args) == 2
+    assert msg in capsys.readouterr().err

@@ -273,8 +273,35 @@ def test_refusals_name_the_argument():
         fa.Adam([ps[0], ps[1].astype(np.float64)], state_dtype="int8")
     with pytest.raises(TypeError, match="state_dtype='float32'"):
         fa.Adam([ps[0].astype(np.float64)], state_dtype="float32")
-    with pytest.raises(TypeError, match="state_dtype"):
+    with pytest.raises(ValueError, match="state_dtype='int8' is available for"):
         fa.Adamax(ps, state_dtype="int8")
+
+
+@pytest.mark.parametrize("cls", [fa.Adamax, fa.NAdam, fa.RAdam])
+def test_other_algorithms_take_float32_state_and_refuse_low_precision(cls):
+    # The low-precision kernels compute Adam's update: Adamax, NAdam and RAdam refuse
+    # "bfloat16"/"int8" naming state_dtype (parameters untouched); None and "float32" are
+    # their ordinary float32 path, step for step the same.
+    ps = params()
+    before = [p.copy() for p in ps]
+    for sdt in LOWP:
+        with pytest.raises(ValueError, match=rf"state_dtype='{sdt}'.*not '{cls.algorithm}'"):
+            cls(ps, state_dtype=sdt)
+    assert all(np.array_equal(p, q) for p, q in zip(ps, before))
+    with pytest.raises(ValueError, match="state_dtype"):
+        cls(ps, state_dtype="float16")
+    with pytest.raises(TypeError, match="state_dtype='float32'"):
+        cls([p.astype(np.float64) for p in ps], state_dtype="float32")
+    qs = [p.copy() for p in ps]
+    a, b = cls(ps, lr=1e-2, state_dtype="float32"), cls(qs, lr=1e-2)
+    assert a.state_dtype == "float32" and b.state_dtype is None
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = grads_like(ps, rng)
+        a.step(g)
+        b.step([x.copy() for x in g])
+    assert all(np.array_equal(p, q) for p, q in zip(ps, qs))
+    assert a.state_bytes() == b.state_bytes() == 8.0
 
 
 @pytest.mark.parametrize("state_dtype", LOWP)

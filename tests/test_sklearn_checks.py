@@ -18,6 +18,9 @@ DEFAULTS = [AdamClassifier(), AdamRegressor(), AdamMLPClassifier(), AdamMLPRegre
 ESTIMATORS = DEFAULTS + [
     AdamRegressor(loss="huber"),
     AdamMLPClassifier(hidden_layer_sizes=(6, 5), activation="tanh"),
+    # low-precision optimizer state (float32 weights)
+    AdamClassifier(state_dtype="int8"),
+    AdamMLPRegressor(state_dtype="bfloat16"),
 ]
 
 
@@ -27,8 +30,18 @@ def test_the_defaults_are_checked():
         assert est.get_params() == type(est)().get_params()
 
 
+# A state_dtype trains float32 weights, and these checks compare two fits (or a batch
+# and its subsets) to rtol 1e-7, below float32's resolution (1.2e-7): they fail for
+# float32 weights from float32 X (state_dtype=None) just the same.
+_FLOAT32_WEIGHTS = "float32 weights (state_dtype): the check's rtol 1e-7 is below float32 resolution"
+
+
 def expected_failed_checks(estimator):
-    return {}   # none: every check passes
+    if getattr(estimator, "state_dtype", None) is None:
+        return {}   # none: every check passes
+    return {"check_sample_weight_equivalence_on_dense_data": _FLOAT32_WEIGHTS,
+            "check_sample_weight_equivalence_on_sparse_data": _FLOAT32_WEIGHTS,
+            "check_methods_subset_invariance": _FLOAT32_WEIGHTS}
 
 
 

@@ -112,3 +112,52 @@ class OptimizerState:
         return self.opt.state_bytes()
 
     track_state_bytes_per_param.unit = "bytes"
+
+
+PARAM_LAYOUTS = ["float32", "bfloat16/nearest", "bfloat16/stochastic",
+                 "bfloat16/compensation", "bfloat16/master", "int8/nearest"]
+
+
+def _param_layout(n, layout):
+    try:
+        import ml_dtypes  # noqa: F401
+        from fastadam import bench_lowp
+    except ImportError:
+        raise NotImplementedError("this fastadam has no bench_lowp (or no ml_dtypes)")
+    if layout == "float32":
+        return bench_lowp.make_layout(n, "float32", param_dtype="float32")
+    sdt, mode = layout.split("/")
+    return bench_lowp.make_layout(n, sdt, mode)
+
+
+class OptimizerParamDtype:
+    """fa.Adam(...).step() on bfloat16 parameters and gradients (state dtype / way to keep
+    precision; "float32" is the float32 step), its ratio to the float32 step and % of its
+    own byte floor, both from one interleaved run (fastadam bench --param-dtype)."""
+    params = [[10**5, 10**6, 10**7], PARAM_LAYOUTS]
+    param_names = ["size", "layout"]
+    timeout = 600
+
+    def setup(self, n, layout):
+        self.step, self.floor, self.opt = _param_layout(n, layout)
+        self.step()
+        self.k = steps_per_call(n)
+
+    def time_step(self, n, layout):
+        for _ in range(self.k):
+            self.step()
+
+    def track_speedup_vs_float32_step(self, n, layout):
+        from fastadam.bench import measure
+        base, _, _ = _param_layout(n, "float32")
+        r = measure({"float32": base, "layout": self.step}, n)
+        return r["float32"]["sec"] / r["layout"]["sec"]
+
+    track_speedup_vs_float32_step.unit = "x"
+
+    def track_percent_of_floor(self, n, layout):
+        from fastadam.bench import measure
+        r = measure({"step": self.step, "floor": self.floor}, n)
+        return 100.0 * r["floor"]["sec"] / r["step"]["sec"]
+
+    track_percent_of_floor.unit = "%"

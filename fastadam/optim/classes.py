@@ -14,7 +14,9 @@ _EXTRAS_DOC = """
     ``state_dtype`` (None: the parameters' dtype; "bfloat16" or "int8": low-precision
     moments) and, for ``ml_dtypes.bfloat16`` parameters, ``master_weights``,
     ``compensation`` or ``rounding="stochastic"`` with ``seed``; see
-    docs/low_precision.md."""
+    docs/low_precision.md. Adamax, NAdam and RAdam take ``state_dtype`` None or
+    "float32" only (the low-precision kernels compute Adam's update; "bfloat16"/"int8"
+    raise ValueError)."""
 
 
 class Adam(Optimizer):
@@ -77,11 +79,12 @@ class Adamax(Optimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  foreach=None, *, maximize=False, max_grad_norm=None, average=None,
-                 nonfinite="propagate", differentiable=False, capturable=False):
+                 nonfinite="propagate", differentiable=False, capturable=False,
+                 state_dtype=None):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          maximize=maximize, max_grad_norm=max_grad_norm, average=average,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, state_dtype=state_dtype)
 
 
 class NAdam(Optimizer):
@@ -96,12 +99,13 @@ class NAdam(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
                  max_grad_norm=None, average=None, nonfinite="propagate", foreach=None,
-                 capturable=False, differentiable=False):
+                 capturable=False, differentiable=False, state_dtype=None):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum_decay=momentum_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite)
+                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
+                         state_dtype=state_dtype)
 
 
 class RAdam(Optimizer):
@@ -115,11 +119,12 @@ class RAdam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, maximize=False, max_grad_norm=None,
                  average=None, nonfinite="propagate", foreach=None, capturable=False,
-                 differentiable=False):
+                 differentiable=False, state_dtype=None):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite)
+                         max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
+                         state_dtype=state_dtype)
 
 
 def _torch_switches(capturable, differentiable):

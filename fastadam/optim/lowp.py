@@ -49,7 +49,9 @@ def check_state_dtype(state_dtype, algorithm, average):
     if state_dtype != "float32":
         if algorithm not in LOWP_ALGORITHMS:
             raise ValueError(f"state_dtype={state_dtype!r} is available for "
-                             f"{LOWP_ALGORITHMS}, not {algorithm!r}")
+                             f"{LOWP_ALGORITHMS}, not {algorithm!r}: the low-precision "
+                             "kernels compute Adam's update only; use state_dtype=None "
+                             "or 'float32' here, or fa.Adam / fa.AdamW")
         if average is not None:
             raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
                              f"average={average!r} (temporal averaging is not in the "

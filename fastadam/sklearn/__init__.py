@@ -48,6 +48,12 @@ Conventions shared by all four estimators (chosen to match ``MLPClassifier``):
   objective above. With ``comm`` (below) ``"auto"`` is ``"dense"`` and ``"lazy"`` raises
   ValueError: the lazy layer's moments are not in the sharded optimizer, so the ranks
   would not share its updates. See docs/sparse.md, "Estimators on sparse input".
+* **Low-precision state** (``state_dtype``, default None). ``"bfloat16"`` or ``"int8"``
+  keeps Adam's moments in 4 or 2.03 bytes per weight (:class:`fastadam.Adam`
+  ``state_dtype``); any value but None trains float32 weights. ``set_params`` between
+  ``partial_fit`` calls converts the moments; pickles keep the saved layout.
+  ``"bfloat16"``/``"int8"`` with ``comm`` or ``sparse_updates="lazy"`` raise
+  ValueError, and ``"auto"`` is dense with them. See docs/low_precision.md.
 * **Randomness.** ``random_state`` seeds the initial weights (Glorot-uniform, as
   scikit-learn; linear models start at zero), the validation split and the per-epoch
   shuffles, drawing from the random stream in the same order as scikit-learn's MLP.

@@ -19,7 +19,9 @@ from sklearn.utils.validation import (check_array, check_consistent_length, chec
 
 from . import _lazy
 from ._network import _Network
-from ._validation import check_hyperparams, check_sample_weight
+from ._validation import (check_hyperparams, check_sample_weight,
+                          check_state_dtype_combination,
+                          check_state_dtype_continuation, lowp_state_dtype)
 
 #: Minibatch matrix products smaller than this (multiply-adds of the largest layer) run
 #: with one BLAS thread during fit: measured here (2 cores), a second OpenBLAS thread makes
@@ -62,14 +64,22 @@ class _BaseAdam(_Network, BaseEstimator):
                              "data-parallel fit): the lazily updated first layer is not "
                              "shared across ranks; use sparse_updates='auto' or 'dense' "
                              "with comm, or comm=None for lazy updates")
+        check_state_dtype_combination(self)
+
+    def _lowp_state(self):
+        """The low-precision state_dtype ("bfloat16" or "int8"), else None."""
+        return lowp_state_dtype(self)
 
     def _resolve_sparse_updates(self, X):
         """Whether this fit steps the first weight layer lazily: "lazy" always, "dense"
-        never, "auto" (the default) when X is a sparse matrix and there is no ``comm``
+        never, "auto" (the default) when X is a sparse matrix, there is no ``comm``
         (data-parallel fits are dense; "lazy" with a comm is refused by
-        ``_validate_hyperparams``)."""
+        ``_validate_hyperparams``) and the state is not low-precision (the lazy layer's
+        moments are full precision; "lazy" with a low-precision state_dtype is refused
+        too)."""
         if self.sparse_updates == "auto":
-            return sp.issparse(X) and getattr(self, "comm", None) is None
+            return (sp.issparse(X) and getattr(self, "comm", None) is None
+                    and self._lowp_state() is None)
         return self.sparse_updates == "lazy"
 
     # ---- fitting -----------------------------------------------------------------------
@@ -95,8 +105,11 @@ class _BaseAdam(_Network, BaseEstimator):
                 y = check_array(y, accept_sparse="csr", ensure_2d=False, dtype=None,
                                 ensure_min_samples=0, input_name="y", estimator=self)
                 check_consistent_length(X, y)
+            check_state_dtype_continuation(self, first, incremental)
             if not first:
                 X = X.astype(self._flat.dtype, copy=False)
+            elif getattr(self, "state_dtype", None) is not None:
+                X = X.astype(np.float32, copy=False)     # state_dtype: float32 weights
             labels = None
             if dp is not None:
                 labels = self._local_labels(y)
@@ -107,6 +120,8 @@ class _BaseAdam(_Network, BaseEstimator):
         if dp is not None:
             dp.agree(err)
             dtype, labels = self._agree_layout(dp, X, y, first, incremental, labels)
+            if first and getattr(self, "state_dtype", None) is not None:
+                dtype = np.dtype(np.float32)
             X = X.astype(dtype, copy=False)
             err = None
         try:
@@ -378,11 +393,14 @@ class _BaseAdam(_Network, BaseEstimator):
         (n_samples, n_outputs); sample_weight: (n_samples,) or None. Returns self."""
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def _check_X(self, X):
+    def _check_X(self, X, keep_dtype=False):
+        """X validated for prediction and cast to the weights' dtype; with
+        ``keep_dtype`` also its own dtype (float32 or float64) before the cast."""
         check_is_fitted(self, "optimizer_")
         X = validate_data(self, X, reset=False, accept_sparse="csr",
                           dtype=(np.float64, np.float32))
-        return X.astype(self._flat.dtype, copy=False)
+        Xc = X.astype(self._flat.dtype, copy=False)
+        return (Xc, X.dtype) if keep_dtype else Xc
 
     def __sklearn_clone__(self):
         # A communicator is shared by the clone, never copied (clone would deep-copy

@@ -50,21 +50,33 @@ class _Network:
         self._weights, self._intercepts = views[:n], views[n:]
         self._publish()
 
-    def _new_optimizer(self):
+    def _optimizer_params(self):
+        lazy = getattr(self, "_lazy", False)
+        return (self._weights[1:] if lazy else self._weights) + self._intercepts
+
+    def _new_optimizer(self, state_dtype=False):
         """A fresh optimizer (zero moments). With lazy sparse updates (``_lazy``) the
         first weight layer is not in it: its moments ``_lazy_mv`` (n_features, fan_out,
         2: exp_avg, exp_avg_sq) and step count ``_lazy_t`` live on the estimator, and
         :func:`._lazy.lazy_adam_step` steps its touched rows. With a ``comm`` the optimizer
         is a :class:`fastadam.distributed.ShardedOptimizer` (never with lazy updates: the
-        lazy layer's moments would not be shared by the ranks)."""
+        lazy layer's moments would not be shared by the ranks, nor with a low-precision
+        state). ``state_dtype``: the optimizer's (default: the estimator's parameter;
+        "float32" state of float32 weights is the ordinary path, state_dtype=None)."""
         lazy = getattr(self, "_lazy", False)
-        params = (self._weights[1:] if lazy else self._weights) + self._intercepts
+        params = self._optimizer_params()
         hyper = {"lr": self.learning_rate_init, "betas": (self.beta_1, self.beta_2),
                  "eps": self.epsilon, "eps_mode": "hat"}
+        if state_dtype is False:
+            state_dtype = getattr(self, "state_dtype", None)
+        if state_dtype == "float32":
+            state_dtype = None      # float32 weights (see _fit): their own dtype's state
         comm = getattr(self, "comm", None)
         if comm is None:
-            self.optimizer_ = Adam(params, **hyper)
+            self.optimizer_ = Adam(params, state_dtype=state_dtype, **hyper)
         else:
+            if state_dtype is not None:     # _validate_hyperparams refuses it first
+                raise ValueError(f"state_dtype={state_dtype!r} cannot be used with comm")
             if lazy:     # _fit resolves sparse_updates to dense with a comm
                 raise ValueError("sparse_updates='lazy' cannot be used with comm")
             # Data-parallel (collective): every rank passes its slice of the pooled
@@ -113,10 +125,31 @@ class _Network:
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
     def _sync_optimizer_hyperparams(self):
+        self._sync_state_dtype()
         g = self.optimizer_.param_groups[0]
         g["lr"] = float(self.learning_rate_init)
         g["betas"] = (float(self.beta_1), float(self.beta_2))
         g["eps"] = float(self.epsilon)
+
+    def _sync_state_dtype(self):
+        """``state_dtype`` changed since the optimizer was built (set_params between
+        partial_fit calls): convert its moments explicitly (to fewer bits they are rounded
+        as a step would store them) into an optimizer of the new layout. The checks of
+        ``_BaseAdam._check_state_dtype_change`` have passed (float32 weights, dense)."""
+        have = getattr(self.optimizer_, "state_dtype", None) or "float32"
+        want = getattr(self, "state_dtype", None) or "float32"
+        if have == want:
+            return
+        from ..lowp import convert_state_dict
+        old = self.optimizer_
+        sd = convert_state_dict(old.state_dict(), state_dtype=want,
+                                shapes=[p.shape for p in self._optimizer_params()])
+        self._new_optimizer()
+        try:
+            self.optimizer_.load_state_dict(sd)
+        except (TypeError, ValueError):      # pragma: no cover - conversion is checked
+            self.optimizer_ = old
+            raise
 
     def __getstate__(self):
         # The optimizer holds raw data addresses of the parameters; pickle its plain
@@ -147,7 +180,11 @@ class _Network:
         if arrays is not None:
             lazy_state = [state.get(k) for k in ("_lazy_mv", "_lazy_t")]
             self._set_param_arrays(arrays, arrays[0].dtype)
-            self._new_optimizer()
+            # the layout the state was saved with (the estimator's state_dtype may have
+            # been changed since; the next partial_fit converts it)
+            from ..optim.lowp import state_dtype_of
+            sdt = None if opt_state is None else state_dtype_of(opt_state)
+            self._new_optimizer(None if sdt in (None, "float32") else sdt)
             if opt_state is not None:
                 self.optimizer_.load_state_dict(opt_state)
             if getattr(self, "_lazy", False):

@@ -134,8 +134,11 @@ class _RegressorMixinAdam:
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X):
-        """Predictions, (n_samples,) or (n_samples, n_outputs) like the y of fit."""
-        Z = self._raw_output(self._check_X(X))
+        """Predictions, (n_samples,) or (n_samples, n_outputs) like the y of fit; float64
+        for float64 X even when the weights are float32 (float32 X or ``state_dtype``)."""
+        X, in_dtype = self._check_X(X, keep_dtype=True)
+        Z = self._raw_output(X)
+        Z = Z.astype(np.result_type(Z.dtype, in_dtype), copy=False)
         return Z[:, 0].copy() if self._y_1d else Z
 
     def _score_raw(self, X, y, sample_weight):

@@ -95,3 +95,47 @@ def check_hyperparams(est, incremental):
         raise ValueError(f"state_dtype must be None or one of {STATE_DTYPES}, got {sdt!r}")
     if est.early_stopping and incremental:
         raise ValueError("partial_fit does not support early_stopping=True")
+
+
+def lowp_state_dtype(est):
+    """The estimator's low-precision ``state_dtype`` ("bfloat16" or "int8"), else None."""
+    sdt = getattr(est, "state_dtype", None)
+    return sdt if sdt in ("bfloat16", "int8") else None
+
+
+def check_state_dtype_combination(est):
+    """A low-precision ``state_dtype`` with what cannot serve it (ValueError naming both):
+    ``comm`` (the sharded optimizer keeps float32/float64 moments) and
+    ``sparse_updates="lazy"`` (the lazy first layer keeps full-precision moments)."""
+    sdt = lowp_state_dtype(est)
+    if sdt is None:
+        return
+    if getattr(est, "comm", None) is not None:
+        raise ValueError(f"state_dtype={sdt!r} cannot be combined with comm (a "
+                         "data-parallel fit shards float32 Adam state); use "
+                         "state_dtype=None or 'float32' with comm")
+    if est.sparse_updates == "lazy":
+        raise ValueError(f"state_dtype={sdt!r} cannot be combined with "
+                         "sparse_updates='lazy' (the lazy first layer's moments are "
+                         "not low-precision); use sparse_updates='dense' or 'auto' "
+                         "(dense with a low-precision state_dtype)")
+
+
+def check_state_dtype_continuation(est, first, incremental):
+    """Before anything changes: a fitted model continued (partial_fit, warm_start) with a
+    ``state_dtype`` must have float32 weights, and a partial_fit that keeps the optimizer
+    cannot switch a lazily updated model to low-precision state."""
+    sdt = getattr(est, "state_dtype", None)
+    if first or sdt is None:
+        return
+    if est._flat.dtype != np.float32:
+        raise ValueError(f"state_dtype={sdt!r} needs float32 weights, but this estimator "
+                         f"was fitted with {est._flat.dtype} weights (float64 X and "
+                         "state_dtype=None); refit it from scratch (warm_start=False) or "
+                         "keep state_dtype=None")
+    keeps = incremental and getattr(est, "_optimizer_comm", None) is getattr(est, "comm", None)
+    if keeps and lowp_state_dtype(est) is not None and getattr(est, "_lazy", False):
+        raise ValueError(f"state_dtype={sdt!r} cannot be combined with the lazy sparse "
+                         "updates this model was fitted with (sparse_updates); refit it, "
+                         "or continue it with warm_start=True, to train it with dense "
+                         "steps")

@@ -54,6 +54,19 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped layer's moments
     live on each rank outside the sharded optimizer, so the ranks would not share its
     updates.
+
+    ``state_dtype``: None (default: Adam's moments in the weights' dtype, float64 for
+    float64 X), ``"float32"``, ``"bfloat16"`` or ``"int8"`` (fastadam's low-precision
+    optimizer state, :class:`fastadam.Adam` ``state_dtype``; 8 / 4 / 2.03 bytes of
+    state per weight). Any value but None trains float32 weights (X is cast to float32).
+    Changed with ``set_params`` between ``partial_fit`` calls, the moments are converted
+    (``fastadam.lowp.convert_state_dict``; to fewer bits they are rounded) and the step
+    count carries on; a model fitted with float64 weights must be refitted instead
+    (ValueError). Pickles keep the layout the state was saved with. ``"bfloat16"`` and
+    ``"int8"`` are dense only: with ``comm``, or with ``sparse_updates="lazy"``, they
+    raise ValueError (the sharded optimizer and the lazy first layer keep full-precision
+    moments), and ``"auto"`` takes dense steps on sparse X; ``"float32"`` works with
+    both. See docs/low_precision.md.
     """
 
     _linear = True
@@ -63,7 +76,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", max_iter=200, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, shuffle=True,
                  random_state=None, warm_start=False, verbose=False, comm=None,
-                 sparse_updates="auto"):
+                 sparse_updates="auto", state_dtype=None):
         self.loss = loss
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -77,6 +90,7 @@ class AdamClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.n_iter_no_change = n_iter_no_change
         self.comm = comm
         self.sparse_updates = sparse_updates
+        self.state_dtype = state_dtype
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle
@@ -134,6 +148,8 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped layer's moments
     live on each rank outside the sharded optimizer, so the ranks would not share its
     updates.
+
+    ``state_dtype``: as in :class:`AdamClassifier`.
     """
 
     _linear = True
@@ -143,7 +159,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  epsilon=1e-8, batch_size="auto", max_iter=200, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  shuffle=True, random_state=None, warm_start=False, verbose=False,
-                 comm=None, sparse_updates="auto"):
+                 comm=None, sparse_updates="auto", state_dtype=None):
         self.loss = loss
         self.huber_delta = huber_delta
         self.alpha = alpha
@@ -158,6 +174,7 @@ class AdamRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.n_iter_no_change = n_iter_no_change
         self.comm = comm
         self.sparse_updates = sparse_updates
+        self.state_dtype = state_dtype
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.shuffle = shuffle

@@ -43,6 +43,8 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
     ``"auto"`` is ``"dense"``, and ``"lazy"`` raises ValueError: the lazily stepped
     layer's moments live on each rank outside the sharded optimizer, so the ranks would
     not share its updates.
+
+    ``state_dtype``: low-precision Adam state, as in :class:`AdamClassifier`.
     """
 
     _multilabel = True
@@ -51,7 +53,8 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, n_iter_no_change=10, comm=None, sparse_updates="auto"):
+                 epsilon=1e-8, n_iter_no_change=10, comm=None, sparse_updates="auto",
+                 state_dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -71,6 +74,7 @@ class AdamMLPClassifier(ClassifierMixin, _ClassifierMixinAdam, _BaseAdam):
         self.n_iter_no_change = n_iter_no_change
         self.comm = comm
         self.sparse_updates = sparse_updates
+        self.state_dtype = state_dtype
 
     def _publish(self):
         self.coefs_ = list(self._weights)
@@ -89,8 +93,8 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
     ``sklearn.neural_network.MLPRegressor(solver="adam")`` with ``loss="squared_error"``
     (also ``"huber"``, threshold ``huber_delta``). Same objective, initialisation,
     batching and stopping rules as scikit-learn; ``epsilon`` is epsilon-hat (fastadam
-    ``eps_mode="hat"``). ``comm``, ``sparse_updates`` and the attributes as
-    :class:`AdamMLPClassifier`, without ``classes_``.
+    ``eps_mode="hat"``). ``comm``, ``sparse_updates``, ``state_dtype`` and the
+    attributes as :class:`AdamMLPClassifier`, without ``classes_``.
     """
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu",
@@ -98,7 +102,7 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, comm=None,
-                 sparse_updates="auto"):
+                 sparse_updates="auto", state_dtype=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -120,5 +124,6 @@ class AdamMLPRegressor(RegressorMixin, _RegressorMixinAdam, _BaseAdam):
         self.n_iter_no_change = n_iter_no_change
         self.comm = comm
         self.sparse_updates = sparse_updates
+        self.state_dtype = state_dtype
 
     _publish = AdamMLPClassifier._publish
