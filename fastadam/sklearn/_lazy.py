@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from .. import config
+from ._kernels import output_loss_delta
 
 
 class CSRBatch:
@@ -73,30 +74,17 @@ def csr_forward(indptr, indices, data, Wf, Z):
                 Z[i, o] += x * Wf[j, o]
 
 
-@numba.njit(**config.JIT_OPTIONS)
-def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, eps, keys,
-                   slots, touched, hpos, G):
-    """One lazy Adam step of the weight Wf from a CSR minibatch X and the output-side
-    delta D (n, k) of the layer: the gradient of row j is G_j = sum_i X[i, j] D[i, :]
-    + reg * Wf[j, :] for every feature j with a nonzero value in X; those rows (and only
-    those) get, with the step's ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``
-    (M_j, V_j = MV[j, :, 0], MV[j, :, 1]):
-
-        M_j = beta1 M_j + (1 - beta1) G_j;   V_j = beta2 V_j + (1 - beta2) G_j**2
-        Wf_j -= lr_t * M_j / (sqrt(V_j) + eps)
-
-    G is accumulated in float64. The batch's distinct features are found with an
-    open-addressing hash table of ~2 * nnz slots (it stays in cache; a feature-indexed
-    marker array would cost a random memory access per nonzero). The scratch arrays come
-    from :class:`Scratch` (allocating them per call cost page faults every minibatch):
-    ``keys`` (power of two >= 2 nnz, all -1 on entry and again on return), ``slots``
-    like it, ``touched``/``hpos`` (>= nnz) and ``G`` (>= nnz, k) float64. Returns the
-    change of sum(Wf**2) (float64), for the L2 term of the reported loss."""
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def _lazy_rows_step(indptr, indices, data, rows, D, Wf, MV, reg, lr_t, beta1, beta2, eps,
+                    keys, slots, touched, hpos, G):
+    # The body of lazy_adam_step, with row i of the minibatch being row rows[i] of the
+    # CSR arrays (so the whole-epoch loop reads the training matrix in place).
     n, k = D.shape
     mask = keys.shape[0] - 1
     nt = 0
     for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
+        r = rows[i]
+        for p in range(indptr[r], indptr[r + 1]):
             x = data[p]
             if x == 0:
                 continue
@@ -135,6 +123,99 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
             w1 = np.float64(Wf[j, o])
             dsq += w1 * w1 - w * w
     return dsq
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, eps, keys,
+                   slots, touched, hpos, G):
+    """One lazy Adam step of the weight Wf from a CSR minibatch X and the output-side
+    delta D (n, k) of the layer: the gradient of row j is G_j = sum_i X[i, j] D[i, :]
+    + reg * Wf[j, :] for every feature j with a nonzero value in X; those rows (and only
+    those) get, with the step's ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``
+    (M_j, V_j = MV[j, :, 0], MV[j, :, 1]):
+
+        M_j = beta1 M_j + (1 - beta1) G_j;   V_j = beta2 V_j + (1 - beta2) G_j**2
+        Wf_j -= lr_t * M_j / (sqrt(V_j) + eps)
+
+    G is accumulated in float64. The batch's distinct features are found with an
+    open-addressing hash table of ~2 * nnz slots (it stays in cache; a feature-indexed
+    marker array would cost a random memory access per nonzero). The scratch arrays come
+    from :class:`Scratch` (allocating them per call cost page faults every minibatch):
+    ``keys`` (power of two >= 2 nnz, all -1 on entry and again on return), ``slots``
+    like it, ``touched``/``hpos`` (>= nnz) and ``G`` (>= nnz, k) float64. Returns the
+    change of sum(Wf**2) (float64), for the L2 term of the reported loss."""
+    rows = np.arange(D.shape[0])
+    return _lazy_rows_step(indptr, indices, data, rows, D, Wf, MV, reg, lr_t, beta1, beta2,
+                           eps, keys, slots, touched, hpos, G)
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, Wf, MV, b,
+                      bm, bv, fit_intercept, t, lr, beta1, beta2, eps, alpha, out_kind,
+                      huber_delta, lazy_sq, Z, Yb, swb, keys, slots, touched, hpos, G):
+    """One epoch of a linear model (one weight layer, no hidden layer) with lazy
+    updates, in one compiled loop: per minibatch of rows ``order[start:start +
+    batch_size]`` of the CSR matrix (read in place), the forward product over the
+    nonzeros, the loss and output delta (``output_loss_delta``), one dense Adam step
+    ("epsilon hat") of the intercept ``b`` with moments ``bm``, ``bv`` (its gradient is
+    the delta's column sum, or 0 without ``fit_intercept``, as the optimizer steps it
+    then), and the lazy step of the touched weight rows
+    (``_lazy_rows_step``). The same arithmetic as the minibatch-by-minibatch path
+    (``_loss_grad`` + ``_lazy_step``), without its per-minibatch Python work.
+
+    ``t``: the step count before the epoch. A minibatch whose sample weights sum to 0 is
+    skipped (no step). ``Z``, ``Yb`` (>= batch_size rows) and ``swb`` are scratch.
+    Returns (sum over minibatches of loss * rows, the step count after the epoch, the
+    running sum of squares of Wf)."""
+    n_all = order.shape[0]
+    k = Z.shape[1]
+    acc = 0.0
+    for start in range(0, n_all, batch_size):
+        stop = min(start + batch_size, n_all)
+        n = stop - start
+        rows = order[start:stop]
+        sw_sum = float(n)
+        if has_sw:
+            sw_sum = 0.0
+            for i in range(n):
+                swb[i] = sw[rows[i]]
+                sw_sum += swb[i]
+            if not sw_sum > 0:
+                continue
+        D = Z[:n]
+        for i in range(n):
+            r = rows[i]
+            for o in range(k):
+                Yb[i, o] = Y[r, o]
+                D[i, o] = 0.0
+            for p in range(indptr[r], indptr[r + 1]):
+                x = data[p]
+                j = indices[p]
+                for o in range(k):
+                    D[i, o] += x * Wf[j, o]
+            for o in range(k):
+                D[i, o] = D[i, o] + b[o]
+        loss = output_loss_delta(D, Yb[:n], swb, has_sw, 1.0 / sw_sum, out_kind,
+                                 huber_delta)
+        sq = lazy_sq if alpha != 0.0 else 0.0
+        acc += (loss + 0.5 * alpha * sq) / sw_sum * n
+        t += 1
+        tf = np.float64(t)
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** tf)
+        lr_t = lr * bc2_sqrt / (1.0 - beta1 ** tf)
+        for o in range(k):
+            g = 0.0
+            if fit_intercept:
+                for i in range(n):
+                    g += D[i, o]
+            m = beta1 * bm[o] + (1.0 - beta1) * g
+            v = beta2 * bv[o] + (1.0 - beta2) * (g * g)
+            bm[o] = m
+            bv[o] = v
+            b[o] = b[o] - lr_t * (np.float64(bm[o]) / (math.sqrt(bv[o]) + eps))
+        lazy_sq += _lazy_rows_step(indptr, indices, data, rows, D, Wf, MV, alpha / sw_sum,
+                                   lr_t, beta1, beta2, eps, keys, slots, touched, hpos, G)
+    return acc, t, lazy_sq
 
 
 class Scratch:
