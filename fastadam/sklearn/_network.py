@@ -143,12 +143,13 @@ class _Network:
         t0 = self._lazy_t
         acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
             X.indptr, X.indices, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
-            batch_size, Wf, self._lazy_mv, self._intercepts[0], bm, bv,
+            batch_size, Wf, self._lazy_mv,
+            self._lazy_mv.reshape(self._lazy_mv.shape[0], -1), self._intercepts[0], bm, bv,
             bool(getattr(self, "fit_intercept", True)), t0,
             float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
             float(self.epsilon), float(self.alpha), K.OUT_CODE[self._out_kind],
             float(getattr(self, "huber_delta", 1.0)), float(self._lazy_sq), ws["Z"][0],
-            ws["Y"], ws["w"], *scratch.get(most))
+            ws["Y"], ws["w"], *scratch.get_epoch(most), k)
         self._lazy_t = t
         if t > t0:
             st["step"] = int(st["step"]) + (t - t0)
