@@ -81,6 +81,18 @@ def _update_touched(Wf, MV, G, touched, nt, keys, hpos, reg, lr_t, beta1, beta2,
     # its weight; k = Wf.shape[1]); clears their hash slots. Returns the change of
     # sum(Wf**2).
     dsq = 0.0
+    if k == 1:              # (binary models: no loop over the outputs)
+        for s in range(nt):
+            j = touched[s]
+            keys[hpos[s]] = -1
+            w = np.float64(Wf[j, 0])
+            g = G[s, 0] + reg * w
+            MV[j, 0, 0] = beta1 * MV[j, 0, 0] + (1.0 - beta1) * g
+            MV[j, 0, 1] = beta2 * MV[j, 0, 1] + (1.0 - beta2) * (g * g)
+            Wf[j, 0] = w - lr_t * (np.float64(MV[j, 0, 0]) / (math.sqrt(MV[j, 0, 1]) + eps))
+            w1 = np.float64(Wf[j, 0])
+            dsq += w1 * w1 - w * w
+        return dsq
     for s in range(nt):
         j = touched[s]
         keys[hpos[s]] = -1
@@ -201,8 +213,11 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, W
             for p in range(indptr[r], indptr[r + 1]):
                 x = data[p]
                 j = np.int64(indices[p])
-                for o in range(k):
-                    D[i, o] += x * Wf[j, o]
+                if k == 1:          # (binary models: no loop over the outputs)
+                    D[i, 0] += x * Wf[j, 0]
+                else:
+                    for o in range(k):
+                        D[i, o] += x * Wf[j, o]
                 if x == 0:
                     continue
                 h = (j * 2654435761) & mask
@@ -249,12 +264,16 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, W
             bm[o] = m
             bv[o] = v
             b[o] = b[o] - lr_t * (np.float64(bm[o]) / (math.sqrt(bv[o]) + eps))
-        for q in range(nq):
-            s = q_slot[q]
-            x = q_x[q]
-            i = q_row[q]
-            for o in range(k):
-                G[s, o] += x * D[i, o]
+        if k == 1:
+            for q in range(nq):
+                G[q_slot[q], 0] += q_x[q] * D[q_row[q], 0]
+        else:
+            for q in range(nq):
+                s = q_slot[q]
+                x = q_x[q]
+                i = q_row[q]
+                for o in range(k):
+                    G[s, o] += x * D[i, o]
         lazy_sq += _update_touched(Wf, MV, G, touched, nt, keys, hpos, alpha / sw_sum, lr_t,
                                    beta1, beta2, eps, k)
     return acc, t, lazy_sq
