@@ -67,10 +67,17 @@ def _values(rng, spec):
     return [(1e-3 * rng.random((k, dim), dtype=np.float32)) for _ in range(VALUE_POOL)]
 
 
+def floor_chunks(k):
+    """Chunks of value rows of the parallel floor kernel (one parallel loop, like the
+    step): 2 per thread, at least ~64 rows each."""
+    import numba
+    want = min(2 * numba.get_num_threads(), max(2, k // 64))
+    return 1 << max(1, int(want - 1).bit_length())
+
+
 def _worker_fastadam(spec):
     import fastadam as fa
     from fastadam import config
-    from fastadam import sparse as S
     from fastadam.kernels import sparse as K
 
     if spec.get("threads"):
@@ -85,7 +92,7 @@ def _worker_fastadam(spec):
         sets = make_indices(rng, spec["rows"], spec["k"], dist, POOL)
         # Distinct rows of each set, in order of first occurrence (the floor's rows).
         uniq = [s[np.sort(np.unique(s, return_index=True)[1])] for s in sets]
-        n_chunks = 1 << S._partition_bits(spec["k"])
+        n_chunks = floor_chunks(spec["k"])
         acc = np.zeros((n_chunks, spec["dim"]), np.float32)
         state = {"i": 0, "t": 0}
 

@@ -147,11 +147,10 @@ def step_scalars(step, lr, beta1, beta2, eps, maximize, dtype):
 
 
 def _partition_bits(k):
-    """log2 of the number of hash partitions of the parallel kernel: 2 per thread (some
-    balance under skewed indices; each partition reads all k indices), at least ~64
-    indices each. Any value gives the same result."""
-    want = min(2 * numba.get_num_threads(), max(2, k // 64))
-    return max(1, int(want - 1).bit_length())
+    """log2 of the number of hash buckets of the parallel kernel: about 8 occurrences
+    each (the granularity of the work split between threads), 2 to 2**14 buckets. Any
+    value gives the same result."""
+    return min(14, max(1, (k // 8).bit_length() - 1))
 
 
 def launch(p2, idx, vals2, m2, v2, sc):
@@ -159,7 +158,8 @@ def launch(p2, idx, vals2, m2, v2, sc):
     k = idx.shape[0]
     if config.use_parallel(k * p2.shape[1]) and k >= 2:
         with config.launch_lock():
-            _K.sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, _partition_bits(k))
+            _K.sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, _partition_bits(k),
+                                    numba.get_num_threads())
     else:
         _K.sparse_adam_serial(p2, idx, vals2, m2, v2, sc)
 

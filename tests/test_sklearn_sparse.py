@@ -310,3 +310,40 @@ def test_lazy_model_under_a_comm_continues_dense():
     est.set_params(comm=None)
     est.partial_fit(X, y)                    # back to one process: "auto" is lazy again
     assert est._lazy and not isinstance(est.optimizer_, ShardedOptimizer)
+
+
+@pytest.mark.parametrize("case", ["binary", "multinomial-weights", "regressor-no-intercept",
+                                  "huber-weights-zero-batch"])
+def test_compiled_lazy_epoch_equals_the_minibatch_loop(monkeypatch, case):
+    """The whole-epoch compiled loop of the lazy linear models (shuffled, sample
+    weights with an all-zero minibatch, no intercept, huber) gives the weights, moments,
+    intercept optimizer state and losses of the minibatch-by-minibatch path."""
+    X, y, yr = _sparse_data(n=150, classes=3 if "multinomial" in case else 2)
+    rng = np.random.default_rng(3)
+    sw = rng.random(150) if "weights" in case else None
+    if case.endswith("zero-batch"):
+        sw[:25] = 0.0                       # with shuffle=False: a minibatch of weight 0
+    kw = dict(sparse_updates="lazy", max_iter=4, tol=0, n_iter_no_change=100, alpha=0.05,
+              batch_size=25, random_state=1, shuffle="zero-batch" not in case)
+    if case.startswith("regressor"):
+        Est, target, kw = AdamRegressor, yr, {**kw, "fit_intercept": False}
+    elif case.startswith("huber"):
+        Est, target, kw = AdamRegressor, yr, {**kw, "loss": "huber"}
+    else:
+        Est, target = AdamClassifier, y
+    fits = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(Est, "_compiled_lazy_epoch", lambda self: False)
+        est = Est(**kw).fit(X, target, sample_weight=sw)
+        est.partial_fit(X, target, sample_weight=sw)
+        fits.append(est)
+    a, b = fits
+    for p, q in zip(_params(a) + [a._lazy_mv], _params(b) + [b._lazy_mv]):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-12)
+    assert a._lazy_t == b._lazy_t > 0
+    sa, sb = (e.optimizer_.state_dict()["state"][0] for e in (a, b))
+    assert sa["step"] == sb["step"] == a._lazy_t
+    for k in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_allclose(sa[k], sb[k], rtol=1e-12, atol=1e-15)

@@ -122,8 +122,9 @@ def test_any_integer_index_dtype_and_lists(itype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["uniform", "zipf"])
-def test_result_independent_of_partition_count(dtype, kind):
-    """The parallel kernel with 2..64 hash partitions gives the serial kernel's bits."""
+def test_result_independent_of_bucket_and_chunk_count(dtype, kind):
+    """The parallel kernel with 2..2**12 hash buckets grouped into 1..7 chunks gives the
+    serial kernel's bits."""
     rng = np.random.default_rng(4)
     p0 = make_param(rng, 5000, 24, dtype)
     m0 = (0.1 * make_param(rng, 5000, 24, dtype))
@@ -133,11 +134,41 @@ def test_result_independent_of_partition_count(dtype, kind):
     sc = fs.step_scalars(7, 1e-3, 0.9, 0.999, 1e-8, False, dtype)
     ref = [a.copy() for a in (p0, m0, v0)]
     K.sparse_adam_serial(ref[0], idx, vals, ref[1], ref[2], sc)
-    for pbits in range(1, 7):
+    for bbits, n_chunks in [(1, 1), (1, 2), (1, 3), (3, 2), (6, 4), (9, 7), (12, 2), (12, 5)]:
         got = [a.copy() for a in (p0, m0, v0)]
-        K.sparse_adam_parallel(got[0], idx, vals, got[1], got[2], sc, pbits)
+        K.sparse_adam_parallel(got[0], idx, vals, got[1], got[2], sc, bbits, n_chunks)
         for a, b in zip(got, ref):
-            assert np.array_equal(a, b), pbits
+            assert np.array_equal(a, b), (bbits, n_chunks)
+
+
+def test_bucket_positions_is_a_stable_sort_by_hash_bucket():
+    rng = np.random.default_rng(11)
+    idx = random_indices(rng, 1000, 700, "zipf")
+    for bbits in (1, 4, 9):
+        order, start = K.bucket_positions(idx, bbits)
+        bucket = (idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bbits)
+        assert np.array_equal(order, np.argsort(bucket, kind="stable"))
+        assert np.array_equal(start, np.concatenate([[0], np.cumsum(
+            np.bincount(bucket.astype(np.int64), minlength=1 << bbits))]))
+
+
+def test_work_cuts_balance_occurrences_not_rows():
+    """A Zipf law puts hundreds of occurrences of its hottest row in one bucket: the
+    chunks still get about k / n_chunks occurrences each (within one bucket's weight)."""
+    rng = np.random.default_rng(12)
+    idx = (rng.zipf(1.2, 4096) - 1) % 10**6
+    bbits = fs._partition_bits(idx.shape[0])
+    _, start = K.bucket_positions(idx, bbits)
+    sizes = np.diff(start)
+    for n_chunks in (2, 3, 4, 8):
+        cut = K.work_cuts(start, n_chunks)
+        assert cut[0] == 0 and cut[-1] == sizes.size and np.all(np.diff(cut) >= 0)
+        work = np.array([sizes[cut[c]:cut[c + 1]].sum() for c in range(n_chunks)])
+        assert work.sum() == idx.size
+        assert np.all(np.abs(work - idx.size / n_chunks) <= sizes.max()), (n_chunks, work)
+    cut = K.work_cuts(start, 2)
+    work = [sizes[:cut[1]].sum(), sizes[cut[1]:].sum()]
+    assert max(work) <= idx.size / 2 + sizes.max() / 2
 
 
 @pytest.mark.skipif(config.numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
@@ -146,8 +177,8 @@ def test_thread_count_independence(monkeypatch, dtype):
     monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 0)
     rng = np.random.default_rng(5)
     p0 = make_param(rng, 20000, 32, dtype)
-    steps = [(random_indices(rng, 20000, 4096, "zipf"), make_values(rng, 4096, 32, dtype))
-             for _ in range(5)]
+    steps = [(random_indices(rng, 20000, 4096, kind), make_values(rng, 4096, 32, dtype))
+             for _ in range(3) for kind in ("zipf", "uniform", "dups")]
     out = []
     for n in (1, 2):
         p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)

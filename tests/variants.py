@@ -26,6 +26,11 @@ class Variant:
     def alg(self):
         return registry.get(self.algorithm)
 
+    @property
+    def sparse(self):
+        """Gradients are (indices, values) pairs of rows (layout "rows")."""
+        return self.alg.layout == "rows"
+
 
 def _v(alg, cls, torch=None, **options):
     return Variant(alg, cls, options, torch)
@@ -54,6 +59,9 @@ VARIANTS = [
     _v("radam", fa.RAdam, "RAdam", lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99)),
     _v("radam", fa.RAdam, "RAdam", lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True,
        maximize=True),
+    _v("sparse_adam", fa.SparseAdam, "SparseAdam", lr=1e-2),
+    _v("sparse_adam", fa.SparseAdam, "SparseAdam", lr=1e-2, maximize=True),
+    _v("sparse_adam", fa.SparseAdam, "SparseAdam", lr=3e-3, betas=(0.5, 0.9), eps=1e-4),
 ]
 
 IDS = [v.id for v in VARIANTS]
@@ -93,6 +101,10 @@ def functional_step(v, param, grad, state, step, mu_product=1.0):
     if v.algorithm == "nadam":
         return fa.nadam_step(param, grad, state["exp_avg"], state["exp_avg_sq"], step=step,
                              mu_product=mu_product, **o)
+    if v.algorithm == "sparse_adam":
+        idx, vals = grad
+        return fa.sparse_adam_step(param, idx, vals, state["exp_avg"], state["exp_avg_sq"],
+                                   step=step, **o)
     if v.algorithm == "radam":
         return fa.radam_step(param, grad, state["exp_avg"], state["exp_avg_sq"], step=step, **o)
     raise AssertionError(f"no functional form listed for {v.algorithm}")
@@ -101,3 +113,51 @@ def functional_step(v, param, grad, state, step, mu_product=1.0):
 def make_problem(dtype, seed=0, shapes=((7, 3), (50,), (1,))):
     rng = np.random.default_rng(seed)
     return rng, [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+# ------------------------------------------------------------------ gradients of a variant
+def as_grad(v, dense):
+    """The gradient ``dense`` in the form variant ``v`` takes: the array itself, or for
+    a sparse variant the pair (every row once, its row of ``dense``)."""
+    if not v.sparse:
+        return dense
+    return np.arange(dense.shape[0]), np.ascontiguousarray(dense)
+
+
+def random_grad(v, rng, x, t, dtype, scale=1.0):
+    """A random gradient for parameter ``x`` at step t (1, 2, ...). Sparse variants get
+    (indices, values) pairs that cycle through the cases that matter: an empty index set
+    (every 7th step), many duplicates of a few rows, and uniform rows with repeats; the
+    values row count follows the indices."""
+    if not v.sparse:
+        return (rng.standard_normal(x.shape) * scale).astype(dtype)
+    n = x.shape[0]
+    case = t % 7
+    if case == 0:
+        k, idx = 0, np.zeros(0, np.int64)
+    elif case % 2:
+        k = int(rng.integers(1, 3 * n + 1))
+        idx = rng.integers(0, max(1, n // 4), k)          # few rows, many duplicates
+    else:
+        k = int(rng.integers(1, n + 1))
+        idx = rng.integers(0, n, k)
+    vals = (rng.standard_normal((k,) + x.shape[1:]) * scale).astype(dtype)
+    return idx, vals
+
+
+def reference_step(v, param, grad, state, step, hp):
+    """The float64 reference step of ``v`` (registry entry), in place on ``state``."""
+    if v.sparse:
+        return v.alg.reference(param, grad[0], grad[1], state, step, hp)
+    return v.alg.reference(param, grad, state, step, hp)
+
+
+def torch_grad(v, grad, shape):
+    """``grad`` as the tensor torch's twin of ``v`` takes: dense, or a sparse COO tensor
+    with the duplicates left for torch to coalesce."""
+    import torch
+    if not v.sparse:
+        return torch.from_numpy(grad.copy())
+    idx, vals = grad
+    return torch.sparse_coo_tensor(torch.from_numpy(np.asarray(idx, np.int64)[None, :]),
+                                   torch.from_numpy(vals.copy()), shape)

@@ -39,7 +39,9 @@ class _Table:
         self.vals = bs._values(rng, spec)
         self.sets = bs.make_indices(rng, ROWS, K, dist, bs.POOL)
         self.uniq = [s[np.sort(np.unique(s, return_index=True)[1])] for s in self.sets]
-        self.acc = np.zeros((1 << S._partition_bits(K), DIM), np.float32)
+        chunks = bs.floor_chunks(K) if hasattr(bs, "floor_chunks") \
+            else 1 << S._partition_bits(K)      # older fastadam
+        self.acc = np.zeros((chunks, DIM), np.float32)
         self.pool, self.vpool = bs.POOL, bs.VALUE_POOL
         self.i, self.t = 0, 0
         self.config, self.KS = config, KS

@@ -21,12 +21,14 @@ Coalescing never copies the values and has no serial pass over them:
   their value row in one branch-free loop; rows seen several times get an accumulator
   row, filled by streaming their value rows forward (so each row is summed in
   occurrence order), then updated from it. Only duplicated rows' sums are stored.
-* parallel kernel: the rows are split by a hash into ``2**pbits`` partitions; one
-  parallel loop over partitions lets each pick its positions out of the indices (in
-  occurrence order) and run the serial routine on them.
+* parallel kernel: the positions are counting-sorted into ``2**bbits`` hash buckets
+  (integers only), the buckets are grouped into one chunk per thread holding about
+  equal numbers of occurrences (so a Zipf law's hot row, hundreds of occurrences in
+  one bucket, does not leave the other threads idle), and one parallel loop runs the
+  serial routine on each chunk's positions.
 
-A row lives in exactly one partition and its values are summed in occurrence order in
-both kernels, so results are identical for any thread and partition count.
+A row lives in exactly one bucket and its values are summed in occurrence order in
+both kernels, so results are identical for any thread, bucket and chunk count.
 """
 from __future__ import annotations
 
@@ -129,9 +131,10 @@ def _row_update(p, g, m, v, sc):
 
 @njit(**JIT_OPTIONS)
 def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
-    """Update the rows listed by positions ``pos`` (into idx / vals2, increasing).
-    Every occurrence of a row in ``idx`` must be in ``pos`` (the whole index set, or
-    one hash partition of it: ``pbits`` top hash bits shared by all of ``pos``)."""
+    """Update the rows listed by positions ``pos`` (into idx / vals2; each row's
+    occurrences in increasing order). Every occurrence of a row in ``idx`` must be in
+    ``pos`` (the whole index set, or some hash buckets of it: the table slots use the
+    hash bits below the top ``pbits``, which pick the bucket)."""
     cnt = pos.shape[0]
     if cnt == 0:
         return
@@ -232,23 +235,75 @@ def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
     coalesce_update(p2, idx, vals2, m2, v2, np.arange(idx.shape[0]), sc, 0)
 
 
-@njit(parallel=True, **JIT_OPTIONS)
-def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, pbits):
-    """``2**pbits`` hash partitions (pbits >= 1) in one parallel loop: each partition
-    picks its positions out of the k indices (a read of the indices per partition, in
-    exchange for a single fork/join: on a busy machine every extra parallel region waits
-    for its slowest thread) and coalesces and updates its rows."""
+@njit(**JIT_OPTIONS)
+def bucket_positions(idx, bbits):
+    """Counting sort of the positions 0..k-1 by the top ``bbits`` (>= 1) hash bits of
+    their row: ``order`` (k,) lists bucket 0's positions, then bucket 1's, ...; each
+    bucket's in occurrence order. ``start`` (2**bbits + 1,): bucket b is
+    ``order[start[b]:start[b + 1]]``. A row's occurrences all fall in one bucket.
+    Integer work over the indices only (the values are never read or copied)."""
     k = idx.shape[0]
-    n_part = 1 << pbits
-    sh = np.uint64(64 - pbits)
-    for b in prange(n_part):
-        pos = np.empty(k, np.int64)
-        c = 0
-        for j in range(k):
-            if np.int64(_hash(idx[j]) >> sh) == b:
-                pos[c] = j
-                c += 1
-        coalesce_update(p2, idx, vals2, m2, v2, pos[:c], sc, pbits)
+    nb = 1 << bbits
+    sh = np.uint64(64 - bbits)
+    bucket = np.empty(k, np.int32)
+    start = np.zeros(nb + 1, np.int64)
+    for j in range(k):
+        b = np.int32(_hash(idx[j]) >> sh)
+        bucket[j] = b
+        start[b + 1] += 1
+    for b in range(nb):
+        start[b + 1] += start[b]
+    fill = start[:nb].copy()
+    order = np.empty(k, np.int64)
+    for j in range(k):
+        b = bucket[j]
+        order[fill[b]] = j
+        fill[b] += 1
+    return order, start
+
+
+@njit(**JIT_OPTIONS)
+def work_cuts(start, n_chunks):
+    """Split the buckets (``start`` as from bucket_positions) into ``n_chunks``
+    contiguous runs holding about equal numbers of occurrences (value rows to read, the
+    bulk of a duplicated row's work): chunk c is buckets ``cut[c]:cut[c + 1]``. A hot
+    row's bucket weighs its occurrences, so it no longer drags the partition that holds
+    it (an index-range or hash split gives every chunk an equal share of rows instead)."""
+    nb = start.shape[0] - 1
+    k = start[nb]
+    cut = np.empty(n_chunks + 1, np.int64)
+    cut[0] = 0
+    b = 0
+    for c in range(1, n_chunks):
+        target = (k * c + n_chunks // 2) // n_chunks
+        # the first bucket boundary at or past the target, or the one just before it
+        # when that is closer
+        while b < nb and start[b] < target:
+            b += 1
+        if b > cut[c - 1] and target - start[b - 1] < start[b] - target:
+            b -= 1
+        cut[c] = max(b, cut[c - 1])
+    cut[n_chunks] = nb
+    return cut
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
+    """Parallel step over ``n_chunks`` chunks of rows, balanced by work. The positions
+    are counting-sorted into ``2**bbits`` hash buckets (bucket_positions: the indices
+    only); consecutive buckets are grouped into chunks of about k / n_chunks occurrences
+    each (work_cuts); one parallel loop lets each chunk coalesce and update its own rows
+    (every occurrence of a row is in its bucket, so no two chunks touch a row). One
+    fork/join per step. The bucket and chunk counts change only who does the work:
+    each row is still summed in occurrence order, so the result is bit-identical for any
+    ``bbits``, ``n_chunks`` and thread count."""
+    order, start = bucket_positions(idx, bbits)
+    cut = work_cuts(start, n_chunks)
+    for c in prange(n_chunks):
+        lo = start[cut[c]]
+        hi = start[cut[c + 1]]
+        if hi > lo:
+            coalesce_update(p2, idx, vals2, m2, v2, order[lo:hi], sc, bbits)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -70,7 +70,9 @@ Fitted attributes besides scikit-learn's: ``optimizer_`` (the :class:`fastadam.A
 the :class:`fastadam.distributed.ShardedOptimizer` with ``comm``),
 ``optimizer_time_`` (seconds spent in ``optimizer_.step()`` during the last ``fit`` or
 ``partial_fit`` call, with lazy updates including the lazy first-layer step; the rest of
-the fit time is gradients, batching and bookkeeping). With lazy updates ``optimizer_``
+the fit time is gradients, batching and bookkeeping; the lazy linear models run each
+epoch as one compiled loop that fuses the gradient with the step, so for them it is the
+whole epoch loop). With lazy updates ``optimizer_``
 holds every parameter but the first weight layer, whose moments are ``_lazy_mv``.
 """
 from __future__ import annotations

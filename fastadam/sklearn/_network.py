@@ -124,6 +124,51 @@ class _Network:
             float(self.beta_1), float(self.beta_2), float(self.epsilon),
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
+    def _compiled_lazy_epoch(self):
+        """Whether an epoch runs as one compiled loop (:func:`._lazy.lazy_linear_epoch`):
+        lazy updates of a linear model (one weight layer) with an in-memory optimizer."""
+        return (getattr(self, "_lazy", False) and self._linear and len(self._weights) == 1
+                and getattr(self, "_optimizer_comm", None) is None
+                and getattr(self.optimizer_, "_lowp", None) is None)
+
+    def _lazy_epoch(self, X, Y, sw, order, batch_size, ws):
+        """One epoch of the lazy linear model in one compiled loop; returns the sum over
+        minibatches of (mean loss * rows), like the minibatch loop of ``_epochs``. The
+        intercept's Adam moments and step count are read from ``optimizer_`` and written
+        back once per epoch (so state_dict, pickling and partial_fit see them)."""
+        opt = self.optimizer_
+        sd = opt.state_dict()
+        st = sd["state"][0]
+        dt = self._flat.dtype
+        bm = np.ascontiguousarray(st.get("exp_avg", np.zeros_like(self._intercepts[0])), dt)
+        bv = np.ascontiguousarray(st.get("exp_avg_sq", np.zeros_like(self._intercepts[0])),
+                                  dt)
+        Wf = self._dense_weights()[0]
+        k = Wf.shape[1]
+        scratch = getattr(self, "_lazy_scratch", None)
+        if scratch is None or scratch.k != k:
+            scratch = self._lazy_scratch = _lazy.Scratch(k)
+        row_nnz = np.diff(X.indptr)[order]
+        most = int(np.add.reduceat(row_nnz, np.arange(0, order.shape[0], batch_size)).max()) \
+            if order.shape[0] else 0
+        has_sw = sw is not None
+        t0 = self._lazy_t
+        acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
+            X.indptr, X.indices, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
+            batch_size, Wf, self._lazy_mv,
+            self._lazy_mv.reshape(self._lazy_mv.shape[0], -1), self._intercepts[0], bm, bv,
+            bool(getattr(self, "fit_intercept", True)), t0,
+            float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
+            float(self.epsilon), float(self.alpha), K.OUT_CODE[self._out_kind],
+            float(getattr(self, "huber_delta", 1.0)), float(self._lazy_sq), ws["Z"][0],
+            ws["Y"], ws["w"], *scratch.get_epoch(most), k)
+        self._lazy_t = t
+        if t > t0:
+            st["step"] = int(st["step"]) + (t - t0)
+            st["exp_avg"], st["exp_avg_sq"] = bm, bv
+            opt.load_state_dict(sd)
+        return acc
+
     def _sync_optimizer_hyperparams(self):
         self._sync_state_dtype()
         g = self.optimizer_.param_groups[0]
