@@ -6,7 +6,6 @@ import copy
 import numpy as np
 import pytest
 
-import fastadam as fa
 from fastadam.kernels import registry
 
 from variants import (BAD_VALUES, IDS, OTHER_VALUES, VARIANTS, as_grad, functional_step,
