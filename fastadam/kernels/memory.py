@@ -32,6 +32,18 @@ def address_as_pointer(typingctx, addr, like):
     return sig, codegen
 
 
+@intrinsic
+def pointer_of(typingctx, addr, dtype):
+    """Pointer to values of the number class ``dtype`` (``np.float32`` as written in the
+    kernel) at integer address ``addr``: address_as_pointer without an array to type it."""
+    sig = types.CPointer(dtype.instance_type)(addr, dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
 #: Where a chunk's gradient is (the ``g_mode`` of the table kernels): G_REF is its data
 #: address (the optimizer's own gradient buffer); G_REF indexes ``grefs``, which holds
 #: data addresses; G_REF indexes ``grefs``, which holds ndarray object addresses (their
