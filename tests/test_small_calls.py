@@ -73,3 +73,71 @@ def test_each_function_switches_options_and_dtypes_between_calls(name):
             fn(*b, step=1, lr=float(lr), **extra)
             fn(*b, step=2, lr=float(lr), weight_decay=float(0.1), **extra)
             assert_same(b, a)
+
+
+def _opt_and_grads(seed=0):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(k).astype(np.float32) for k in (5, 7, 3)]
+    grads = [rng.standard_normal(k).astype(np.float32) for k in (5, 7, 3)]
+    return params, fa.Adam(params, lr=1e-2), grads
+
+
+class _GradList(list):
+    pass
+
+
+@pytest.mark.parametrize("kind", [list, tuple, _GradList])
+def test_grads_list_tuple_and_subclass_step_alike(kind):
+    p0, o0, g0 = _opt_and_grads()
+    p1, o1, g1 = _opt_and_grads()
+    for _ in range(3):
+        o0.step(list(g0))
+        o1.step(kind(g1))
+    assert_same(p0, p1)
+
+
+BAD_ITEMS = [
+    ("dtype", TypeError, r"grads\[1\] must have dtype float32",
+     lambda p, g: g[1].astype(np.float64)),
+    ("shape", ValueError, r"grads\[1\] must have shape", lambda p, g: g[1][:6]),
+    ("non-contiguous", ValueError, r"grads\[1\] must be C-contiguous",
+     lambda p, g: np.repeat(g[1], 2)[::2]),
+    ("not an array", TypeError, r"grads\[1\] must be a numpy.ndarray",
+     lambda p, g: list(g[1])),
+    ("aliases a param", ValueError, r"grads\[1\] shares memory", lambda p, g: p[1]),
+]
+
+
+@pytest.mark.parametrize("desc,exc,msg,make", BAD_ITEMS, ids=[b[0] for b in BAD_ITEMS])
+def test_bad_item_put_into_a_stepped_grads_list_is_caught(desc, exc, msg, make):
+    """The same list object stepped several times, then one item replaced in place."""
+    params, opt, grads = _opt_and_grads()
+    for _ in range(3):
+        opt.step(grads)
+    before = snapshot(*params)
+    state = opt.state_dict()
+    good = grads[1]
+    grads[1] = make(params, grads)
+    with pytest.raises(exc, match=msg):
+        opt.step(grads)
+    assert_same(before, params)
+    after = opt.state_dict()
+    assert after["state"].keys() == state["state"].keys()
+    for i in state["state"]:
+        for k, v in state["state"][i].items():
+            assert np.array_equal(np.asarray(v), np.asarray(after["state"][i][k]))
+    grads[1] = good
+    opt.step(grads)               # and the list steps again once repaired
+    assert not np.array_equal(before[0], params[0])
+
+
+def test_grads_list_changing_length_is_caught():
+    params, opt, grads = _opt_and_grads()
+    opt.step(grads)
+    grads.append(grads[0].copy())
+    with pytest.raises(ValueError, match="grads has 4 arrays, expected 3"):
+        opt.step(grads)
+    grads.pop()
+    del grads[0]
+    with pytest.raises(ValueError, match="grads has 2 arrays, expected 3"):
+        opt.step(grads)

@@ -11,7 +11,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..config import JIT_OPTIONS
-from .unsafe import ARRAY_DATA_OFFSET, load_int64
+from .unsafe import ARRAY_DATA_OFFSET, item_ref, load_int64
 
 # Columns of a chunk plan (int64, one row per chunk).
 P_ADDR, G_REF, LENGTH, OFFSET, GROUP = range(5)
@@ -46,8 +46,8 @@ def pointer_of(typingctx, addr, dtype):
 
 #: Where a chunk's gradient is (the ``g_mode`` of the table kernels): G_REF is its data
 #: address (the optimizer's own gradient buffer); G_REF indexes ``grefs``, which holds
-#: data addresses; G_REF indexes ``grefs``, which holds ndarray object addresses (their
-#: data pointers read from the objects, see unsafe.py).
+#: data addresses; G_REF indexes the list or tuple of ndarrays that ``grefs`` describes
+#: (unsafe.item_ref: its items and their data pointers read from the objects).
 G_DATA, G_INDEXED, G_OBJECTS = 0, 1, 2
 
 
@@ -55,10 +55,10 @@ G_DATA, G_INDEXED, G_OBJECTS = 0, 1, 2
 def grad_address(plan, k, grefs, g_mode):
     """Data address of chunk k's gradient (see G_DATA, G_INDEXED, G_OBJECTS)."""
     a = plan[k, G_REF]
-    if g_mode != G_DATA:
+    if g_mode == G_INDEXED:
         a = grefs[a]
-        if g_mode == G_OBJECTS:
-            a = load_int64(a + ARRAY_DATA_OFFSET)
+    elif g_mode == G_OBJECTS:
+        a = load_int64(item_ref(grefs, a) + ARRAY_DATA_OFFSET)
     return a
 
 

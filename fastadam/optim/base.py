@@ -18,7 +18,7 @@ from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
                             N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
-from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
+from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
 from .groups import TORCH_SWITCHES, ParamGroup, Validator, normalize_params
 from .guard import grad_norms
 from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
@@ -119,6 +119,7 @@ class Optimizer(StateDictMixin):
                                 dtype=np.int64).reshape(-1, 4)
         self._expect[:, 3] = np.cumsum([0] + [p.ndim for p in self._params])[:-1]
         self._expect_dims = np.array([d for p in self._params for d in p.shape], dtype=np.int64)
+        self._seq = np.zeros(2, dtype=np.int64)     # a step's gradient list (_grad_refs)
         self._steps = np.array(steps, dtype=np.int64)        # per group, bumped by kernels
         self._hyper = np.zeros((len(self.param_groups), N_HYPER))
         self._gscal = np.zeros((len(self.param_groups), N_GROUP_SCALARS))
@@ -238,20 +239,28 @@ class Optimizer(StateDictMixin):
                 self._average is not None)
 
     def _grad_refs(self, grads):
-        """(grefs, g_mode, checked) for a list of gradients: their object addresses
-        (G_OBJECTS; ``checked`` False: the kernel checks them, see unsafe.first_unlike),
-        or, without that shortcut, their data addresses after checking them in Python."""
-        if type(grads) is not list and type(grads) is not tuple:
+        """(grads, grefs, g_mode, checked) for a list of gradients: the list or tuple
+        itself, described to the kernel by its object address (G_OBJECTS, see
+        unsafe.item_ref; ``checked`` False: the kernel checks the arrays, see
+        unsafe.first_unlike; a subclass of list or tuple is copied into a tuple first),
+        or, without that shortcut, their data addresses after checking them in Python.
+        The caller keeps the returned ``grads`` alive while the kernel runs."""
+        kind = type(grads)
+        if kind is not list and kind is not tuple:
             if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
                 raise TypeError("grads must be a list of arrays, one per parameter, got "
                                 f"{type(grads).__name__}")
+            grads, kind = tuple(grads), tuple
         n = len(self._params)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
                              "(one per parameter, in param_groups order)")
-        if HAVE_ARRAY_DATA_OFFSET:
-            return np.fromiter(map(id, grads), np.int64, n), G_OBJECTS, False
-        return self._data_refs(grads, 0), G_INDEXED, True
+        if HAVE_OBJECT_GRADS:
+            seq = self._seq      # the step holds the lock: one per optimizer suffices
+            seq[0] = id(grads)
+            seq[1] = kind is list
+            return grads, seq, G_OBJECTS, False
+        return grads, self._data_refs(grads, 0), G_INDEXED, True
 
     def _data_refs(self, grads, start):
         """Check grads[start:] in Python (grads[:start] passed already); their data
@@ -292,7 +301,7 @@ class Optimizer(StateDictMixin):
         if grads is None:
             grefs, g_mode, checked = _NO_REFS, G_DATA, True
         else:
-            grefs, g_mode, checked = self._grad_refs(grads)
+            grads, grefs, g_mode, checked = self._grad_refs(grads)
         forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
         if grads is not None:
             if len(launches) == 1 and not self._checked_pass:
@@ -320,14 +329,18 @@ class Optimizer(StateDictMixin):
         hyper, steps, gscal = self._hyper, self._steps, self._gscal
         last = launches[-1][1]
         for b, L in launches:
-            plan, blocks = L.tables(g_mode)
+            if g_mode == G_DATA:
+                plan, blocks = L.flat_plan, L.flat_blocks
+            else:
+                plan, blocks = L.plan, L.blocks
             args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper, steps,
                     gscal, b.sc, L is last)
-            if config.use_parallel(L.size):
+            if L.size < config.PARALLEL_THRESHOLD or not config.use_parallel(L.size):
+                serial = L.serial               # its compiled entry point once resolved
+                bad = (serial.fn or serial)(*args)
+            else:
                 with config.launch_lock():
                     bad = L.parallel(*args)
-            else:
-                bad = L.serial(*args)
             if bad <= -10:
                 return bad
             if bad >= 0:
