@@ -20,8 +20,8 @@ from numba import njit, prange
 from ..config import BLOCK, JIT_OPTIONS
 from . import approx
 from .loop import advance, step_scalars, update
-from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, address_as_pointer,
-                     first_alias, first_overlap, grad_address, pointer_of)
+from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, PLAN_COLUMNS,
+                     address_as_pointer, first_alias, first_overlap, grad_address, pointer_of)
 from .spec import N_GROUP_SCALARS, N_HYPER, N_SCALARS, WD_DECOUPLED
 from .unsafe import ARRAY_DATA_OFFSET, descr_of, first_unlike, load_int64, view_1d
 
@@ -82,6 +82,35 @@ def _finish(hyper, steps, gscal, alg):
     for gi in range(hyper.shape[0]):
         advance(alg, hyper[gi], steps[gi] + 1, gscal[gi])
         steps[gi] += 1
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _table_run(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps, gscal,
+               sc, bump, alg, variant, n_state, wd_mode, scale_grad, average, decoupled):
+    bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
+                   gscal, sc, alg, decoupled)
+    if bad != -1:
+        return bad
+    for k in range(plan.shape[0]):
+        _chunk(plan, k, 0, plan[k, LENGTH], grefs, g_mode, state, sc, alg, variant,
+               n_state, wd_mode, scale_grad, average)
+    if bump:
+        _finish(hyper, steps, gscal, alg)
+    return -1
+
+
+#: Fields of a frame (int64) of table_frame: data address and row count of each table
+#: (plan: PLAN_COLUMNS columns, forbid 2, expect 4; grefs and expect_dims 1-D), then the
+#: hyperparameter rows (groups x N_HYPER float64), step counts (int64) and group scalars
+#: (groups x N_GROUP_SCALARS float64) of the optimizer's groups.
+(FR_PLAN, FR_PLAN_ROWS, FR_GREFS, FR_GREFS_LEN, FR_FORBID, FR_FORBID_ROWS, FR_EXPECT,
+ FR_EXPECT_ROWS, FR_DIMS, FR_DIMS_LEN, FR_HYPER, FR_GROUPS, FR_STEPS, FR_GSCAL) = range(14)
+FRAME_LEN = 14
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _i64_table(addr, rows, cols):
+    return numba.carray(pointer_of(addr, np.int64), (rows, cols))
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -150,6 +179,12 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
     ``expect``, the gradient objects are first checked as unsafe.first_unlike does.
     Returns -1; or, having written nothing, the first chunk whose gradient overlaps a
     ``forbid`` byte range, or -10 - k when gradient k fails the check.
+
+    table_frame(frame, state, sc, g_mode, bump) -> int: table_serial with every table
+    but the two of the buffer's dtype reached through ``frame``, the data address of an
+    int64 array of FRAME_LEN fields (FR_*) (kernels/unsafe.py, shortcut 2: numba unboxes
+    two arrays instead of eleven). The caller keeps every addressed array alive and
+    unchanged in shape.
     """
     alg, variant, n_state, wd_mode = int(alg), int(variant), int(n_state), int(wd_mode)
     scale_grad, average = bool(scale_grad), bool(average)
@@ -195,16 +230,27 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
                      steps, gscal, sc, bump):
         if source < 0:       # never: see SOURCE_HASH
             return -2
-        bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
-                       gscal, sc, alg, decoupled)
-        if bad != -1:
-            return bad
-        for k in range(plan.shape[0]):
-            _chunk(plan, k, 0, plan[k, LENGTH], grefs, g_mode, state, sc, alg, variant,
-                   n_state, wd_mode, scale_grad, average)
-        if bump:
-            _finish(hyper, steps, gscal, alg)
-        return -1
+        return _table_run(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper,
+                          steps, gscal, sc, bump, alg, variant, n_state, wd_mode, scale_grad,
+                          average, decoupled)
+
+    @njit(**JIT_OPTIONS)
+    def table_frame(frame, state, sc, g_mode, bump):
+        if source < 0:       # never: see SOURCE_HASH
+            return -2
+        f = numba.carray(pointer_of(frame, np.int64), FRAME_LEN)
+        plan = _i64_table(f[FR_PLAN], f[FR_PLAN_ROWS], PLAN_COLUMNS)
+        grefs = numba.carray(pointer_of(f[FR_GREFS], np.int64), f[FR_GREFS_LEN])
+        forbid = _i64_table(f[FR_FORBID], f[FR_FORBID_ROWS], 2)
+        expect = _i64_table(f[FR_EXPECT], f[FR_EXPECT_ROWS], 4)
+        dims = numba.carray(pointer_of(f[FR_DIMS], np.int64), f[FR_DIMS_LEN])
+        ng = f[FR_GROUPS]
+        hyper = numba.carray(pointer_of(f[FR_HYPER], np.float64), (ng, N_HYPER))
+        steps = numba.carray(pointer_of(f[FR_STEPS], np.int64), ng)
+        gscal = numba.carray(pointer_of(f[FR_GSCAL], np.float64), (ng, N_GROUP_SCALARS))
+        return _table_run(plan, grefs, g_mode, forbid, expect, dims, state, hyper, steps,
+                          gscal, sc, bump, alg, variant, n_state, wd_mode, scale_grad,
+                          average, decoupled)
 
     @njit(parallel=True, **JIT_OPTIONS)
     def table_parallel(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper,
@@ -244,4 +290,4 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
                             decoupled)
         return -3
 
-    return flat_serial, flat_parallel, table_serial, table_parallel, obj_serial
+    return flat_serial, flat_parallel, table_serial, table_parallel, obj_serial, table_frame

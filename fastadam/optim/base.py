@@ -141,6 +141,8 @@ class Optimizer(StateDictMixin):
         self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets] + lowp)
         self._groups_seen = None                        # re-read groups at next step
         self._launch_keys = None                        # and rebuild the launches
+        for _, L in getattr(self, "_launches", ()):     # whose frames address old arrays
+            L.frames.clear()
 
     # ------------------------------------------------------------------ state views
     def _state_rows(self, b):
@@ -228,6 +230,11 @@ class Optimizer(StateDictMixin):
             b.launches = [Launch(b, key, gids, len(self._params))
                           for key, gids in by_key.items()]
         self._launches = [(b, L) for b in self._buckets for L in b.launches]
+        for _, L in self._launches:     # the two common serial launches (see _step)
+            L.set_frame(G_DATA, L.flat_plan, _NO_REFS, _NO_RANGES, _NO_EXPECT, _NO_DIMS,
+                        self._hyper, self._steps, self._gscal)
+            L.set_frame(G_OBJECTS, L.plan, self._seq, self._forbid, self._expect,
+                        self._expect_dims, self._hyper, self._steps, self._gscal)
 
     def _kernel_key(self, g):
         alg = self._alg
@@ -317,30 +324,39 @@ class Optimizer(StateDictMixin):
                 self._check_aliasing(grefs, g_mode)
         if self._checked_pass and not grad_norms(self, grads, grefs, g_mode):
             return
-        bad = self._launch(launches, grefs, g_mode, forbid, expect, dims)
+        # the tables of a frame set in _refresh_groups: launch through it
+        framed = g_mode == G_DATA or (forbid is self._forbid and expect is self._expect)
+        bad = self._launch(launches, grefs, g_mode, forbid, expect, dims, framed)
         if bad <= -10:      # a gradient the compiled check did not accept (one launch,
             # nothing written): checked in Python, which raises or accepts it
             grefs = self._data_refs(grads, -10 - bad)
             self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
 
-    def _launch(self, launches, grefs, g_mode, forbid, expect, dims):
+    def _launch(self, launches, grefs, g_mode, forbid, expect, dims, framed=False):
         """Run the launches; returns -1, or the code of a first launch that wrote nothing
-        because a gradient failed the compiled check (<= -10)."""
+        because a gradient failed the compiled check (<= -10). ``framed``: the tables are
+        those of the launches' frames for ``g_mode`` (see Launch.set_frame)."""
         hyper, steps, gscal = self._hyper, self._steps, self._gscal
         last = launches[-1][1]
         for b, L in launches:
-            if g_mode == G_DATA:
-                plan, blocks = L.flat_plan, L.flat_blocks
+            serial = L.size < config.PARALLEL_THRESHOLD or not config.use_parallel(L.size)
+            frame = L.frames.get(g_mode) if framed and serial else None
+            if frame is not None:
+                fn = L.framed                   # its compiled entry point once resolved
+                bad = (fn.fn or fn)(frame[0], b.state, b.sc, g_mode, L is last)
             else:
-                plan, blocks = L.plan, L.blocks
-            args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper, steps,
-                    gscal, b.sc, L is last)
-            if L.size < config.PARALLEL_THRESHOLD or not config.use_parallel(L.size):
-                serial = L.serial               # its compiled entry point once resolved
-                bad = (serial.fn or serial)(*args)
-            else:
-                with config.launch_lock():
-                    bad = L.parallel(*args)
+                if g_mode == G_DATA:
+                    plan, blocks = L.flat_plan, L.flat_blocks
+                else:
+                    plan, blocks = L.plan, L.blocks
+                args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper,
+                        steps, gscal, b.sc, L is last)
+                if serial:
+                    fn = L.serial
+                    bad = (fn.fn or fn)(*args)
+                else:
+                    with config.launch_lock():
+                        bad = L.parallel(*args)
             if bad <= -10:
                 return bad
             if bad >= 0:
