@@ -273,7 +273,7 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
     if not (0.0 <= mp <= 1.0):
         raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
                          f"{mu_product!r}")
-    gs = np.array([mp, 0.0])
+    gs = np.array([mp] + [0.0] * (N_GROUP_SCALARS - 1))   # read by address: full length
     _call(s, param, grad, exp_avg, exp_avg_sq, None, step, gs, ("exp_avg", "exp_avg_sq", ""))
     return float(gs[0])
 

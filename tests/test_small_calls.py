@@ -141,3 +141,30 @@ def test_grads_list_changing_length_is_caught():
     del grads[0]
     with pytest.raises(ValueError, match="grads has 2 arrays, expected 3"):
         opt.step(grads)
+
+
+@pytest.mark.parametrize("kind", [list, tuple])
+def test_clipped_and_guarded_steps_read_a_grads_list_or_tuple_like_opt_grads(kind):
+    """The gradient-norm pass (max_grad_norm, nonfinite) reads the same sequence."""
+    def make():
+        rng = np.random.default_rng(3)
+        ps = [rng.standard_normal(k).astype(np.float32) for k in (5, 7, 3)]
+        return ps, fa.Adam([{"params": ps[:2], "max_grad_norm": 0.5}, {"params": ps[2:]}],
+                           lr=1e-2, nonfinite="skip")
+    rng = np.random.default_rng(4)
+    gs = [rng.standard_normal(k).astype(np.float32) * 3 for k in (5, 7, 3)]
+    p0, o0 = make()
+    p1, o1 = make()
+    for _ in range(3):
+        for buf, g in zip(o0.grads, gs):
+            buf[...] = g
+        o0.step()
+        o1.step(kind(gs))
+    assert_same(p0, p1)
+    assert o0.last_grad_norms == o1.last_grad_norms
+    bad = [g.copy() for g in gs]
+    bad[2][0] = np.nan
+    before = snapshot(*p1)
+    o1.step(kind(bad))
+    assert o1.skipped_steps == 1
+    assert_same(before, p1)

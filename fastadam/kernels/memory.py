@@ -51,6 +51,9 @@ def pointer_of(typingctx, addr, dtype):
 G_DATA, G_INDEXED, G_OBJECTS = 0, 1, 2
 
 
+# numba caches the functions below keyed on this file only, with unsafe.item_ref
+# compiled in: edit this file too when item_ref changes (and norms.py, which calls
+# grad_address). The launchers are keyed on every kernel source (launch.SOURCE_HASH).
 @njit(**JIT_OPTIONS)
 def grad_address(plan, k, grefs, g_mode):
     """Data address of chunk k's gradient (see G_DATA, G_INDEXED, G_OBJECTS)."""

@@ -159,10 +159,13 @@ _TUPLE_ITEMS = (_seq_layout or dict(tuple_items=0))["tuple_items"]
 @njit(inline="always", **JIT_OPTIONS)
 def item_ref(seq, k):
     """Object address of item k of the list or tuple described by ``seq`` (int64:
-    [object address, 1 for a list / 0 for a tuple]); the caller checked its length."""
-    if seq[1]:
-        return load_int64(load_int64(seq[0] + _LIST_ITEMS) + 8 * k)
-    return load_int64(seq[0] + _TUPLE_ITEMS + 8 * k)
+    [its object address, the address of the type object ``list``]: an object of that
+    exact type is a list, else the caller passes an exact tuple); the caller checked its
+    length."""
+    c = seq[0]
+    if load_int64(c + _TYPE) == seq[1]:
+        return load_int64(load_int64(c + _LIST_ITEMS) + 8 * k)
+    return load_int64(c + _TUPLE_ITEMS + 8 * k)
 
 
 @njit(**JIT_OPTIONS)

@@ -119,7 +119,7 @@ class Optimizer(StateDictMixin):
                                 dtype=np.int64).reshape(-1, 4)
         self._expect[:, 3] = np.cumsum([0] + [p.ndim for p in self._params])[:-1]
         self._expect_dims = np.array([d for p in self._params for d in p.shape], dtype=np.int64)
-        self._seq = np.zeros(2, dtype=np.int64)     # a step's gradient list (_grad_refs)
+        self._seq = np.array([0, id(list)], dtype=np.int64)   # a step's gradient list
         self._steps = np.array(steps, dtype=np.int64)        # per group, bumped by kernels
         self._hyper = np.zeros((len(self.param_groups), N_HYPER))
         self._gscal = np.zeros((len(self.param_groups), N_GROUP_SCALARS))
@@ -247,7 +247,7 @@ class Optimizer(StateDictMixin):
 
     def _grad_refs(self, grads):
         """(grads, grefs, g_mode, checked) for a list of gradients: the list or tuple
-        itself, described to the kernel by its object address (G_OBJECTS, see
+        itself, described to the kernel by its object address in ``_seq`` (G_OBJECTS, see
         unsafe.item_ref; ``checked`` False: the kernel checks the arrays, see
         unsafe.first_unlike; a subclass of list or tuple is copied into a tuple first),
         or, without that shortcut, their data addresses after checking them in Python.
@@ -265,7 +265,6 @@ class Optimizer(StateDictMixin):
         if HAVE_OBJECT_GRADS:
             seq = self._seq      # the step holds the lock: one per optimizer suffices
             seq[0] = id(grads)
-            seq[1] = kind is list
             return grads, seq, G_OBJECTS, False
         return grads, self._data_refs(grads, 0), G_INDEXED, True
 
@@ -305,17 +304,18 @@ class Optimizer(StateDictMixin):
         if self._groups_changed():
             self._refresh_groups()
         launches = self._launches
+        forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
+        # framed: the tables are those of the launches' frames (set in _refresh_groups)
         if grads is None:
-            grefs, g_mode, checked = _NO_REFS, G_DATA, True
+            grefs, g_mode, framed = _NO_REFS, G_DATA, True
         else:
             grads, grefs, g_mode, checked = self._grad_refs(grads)
-        forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
-        if grads is not None:
+            framed = False
             if len(launches) == 1 and not self._checked_pass:
                 # one launch checks the gradients and their overlap before it writes
                 forbid = self._forbid
                 if not checked:
-                    expect, dims = self._expect, self._expect_dims
+                    expect, dims, framed = self._expect, self._expect_dims, True
             else:
                 if not checked:
                     first = first_unlike(grefs, self._expect, self._expect_dims)
@@ -324,8 +324,6 @@ class Optimizer(StateDictMixin):
                 self._check_aliasing(grefs, g_mode)
         if self._checked_pass and not grad_norms(self, grads, grefs, g_mode):
             return
-        # the tables of a frame set in _refresh_groups: launch through it
-        framed = g_mode == G_DATA or (forbid is self._forbid and expect is self._expect)
         bad = self._launch(launches, grefs, g_mode, forbid, expect, dims, framed)
         if bad <= -10:      # a gradient the compiled check did not accept (one launch,
             # nothing written): checked in Python, which raises or accepts it
