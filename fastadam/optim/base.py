@@ -334,7 +334,6 @@ class Optimizer(StateDictMixin):
         """Run the launches; returns -1, or the code of a first launch that wrote nothing
         because a gradient failed the compiled check (<= -10). ``framed``: the tables are
         those of the launches' frames for ``g_mode`` (see Launch.set_frame)."""
-        hyper, steps, gscal = self._hyper, self._steps, self._gscal
         last = launches[-1][1]
         for b, L in launches:
             serial = L.size < config.PARALLEL_THRESHOLD or not config.use_parallel(L.size)
@@ -347,8 +346,8 @@ class Optimizer(StateDictMixin):
                     plan, blocks = L.flat_plan, L.flat_blocks
                 else:
                     plan, blocks = L.plan, L.blocks
-                args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper,
-                        steps, gscal, b.sc, L is last)
+                args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state,
+                        self._hyper, self._steps, self._gscal, b.sc, L is last)
                 if serial:
                     fn = L.serial
                     bad = (fn.fn or fn)(*args)
