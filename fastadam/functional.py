@@ -7,16 +7,16 @@ kernels of its settings (cached), and launches the serial or parallel kernel, wh
 computes the step's scalars in float64 and rounds them once to the buffers' dtype."""
 from __future__ import annotations
 
-from operator import is_
-
 import numpy as np
 
 from . import _checks as C
 from . import config
 from .kernels import registry
-from .kernels.launch import build_launchers
+from numba import types
+
+from .kernels.launch import CTX_F32, CTX_F64, CTX_HYPER, CTX_LEN, CTX_NDARRAY, build_launchers
 from .kernels.memory import ARRAY_NAMES
-from .kernels.unsafe import OBJECT_CALLS, Entry
+from .kernels.unsafe import OBJECT_CALLS, entry_point
 from .kernels.spec import (H_ALG, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY, N_GROUP_SCALARS,
                            N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from .optim.groups import Validator
@@ -24,13 +24,20 @@ from .optim.groups import Validator
 _INF = float("inf")
 _FLOAT_DTYPES = C.FLOAT_DTYPES
 _NO_GROUP_SCALARS = np.zeros(N_GROUP_SCALARS)       # read-only use: algorithms without
+_MAX_STEP = C.MAX_STEP
+_NO_GS = id(_NO_GROUP_SCALARS)
+_OBJ_SIG = (types.int64,) * 9       # obj_serial's arguments: all ints
+#: Option types whose values cannot change in place: only such options are remembered by
+#: identity (a list of betas edited between two calls is validated again).
+_IMMUTABLE = frozenset({float, int, bool, str, np.float64, np.float32, np.float16,
+                        np.int64, np.int32, np.bool_})
 
 
 class _Setup:
     """What one (algorithm, options) pair needs for a call: the hyperparameter row and
     the serial/parallel flat kernels."""
 
-    __slots__ = ("h", "serial", "parallel", "obj", "n_state")
+    __slots__ = ("h", "serial", "parallel", "obj", "ctx", "ctx_addr", "n_state")
 
     def __init__(self, alg, values):
         wd_mode = WD_NONE
@@ -49,7 +56,14 @@ class _Setup:
         k = build_launchers(alg.id, alg.variant(values), self.n_state, wd_mode,
                             values["maximize"], False)
         self.serial, self.parallel = k[0], k[1]
-        self.obj = Entry(k[4]) if OBJECT_CALLS else None
+        self.obj = None
+        if OBJECT_CALLS:        # the object-reading launcher and its context (kept alive)
+            ctx = np.zeros(CTX_LEN, np.int64)
+            ctx[CTX_NDARRAY] = id(np.ndarray)
+            ctx[CTX_F32], ctx[CTX_F64] = id(np.dtype(np.float32)), id(np.dtype(np.float64))
+            ctx[CTX_HYPER] = h.ctypes.data
+            self.ctx, self.ctx_addr = ctx, ctx.ctypes.data
+            self.obj = entry_point(k[4], _OBJ_SIG)
 
 
 class _Front:
@@ -67,15 +81,18 @@ class _Front:
         self.names = tuple(flags)
         self.kinds = tuple(flags.values())
         self.cache = {}
-        self.last = (None,) * 6
+        #: (lr, betas, eps, weight_decay, *flags, setup) of the last call whose options
+        #: are all immutable: a call passing the very same objects has that setup. The
+        #: public functions test it inline (no call, no packing: the small-call path).
+        self.last = (object(),) * (5 + len(flags))
 
     def setup(self, lr, betas, eps, weight_decay, *flags):
-        last = self.last        # the same objects as the last call: its setup
-        if (lr is last[0] and betas is last[1] and eps is last[2] and weight_decay is last[3]
-                and all(map(is_, flags, last[4]))):
-            return last[5]
         s = self._lookup(lr, betas, eps, weight_decay, flags)
-        self.last = (lr, betas, eps, weight_decay, flags, s)
+        if (type(betas) is tuple and type(lr) in _IMMUTABLE and type(eps) in _IMMUTABLE
+                and type(weight_decay) in _IMMUTABLE
+                and all(type(b) in _IMMUTABLE for b in betas)
+                and all(type(f) in _IMMUTABLE for f in flags)):
+            self.last = (lr, betas, eps, weight_decay) + flags + (s,)
         return s
 
     def _lookup(self, lr, betas, eps, weight_decay, flags):
@@ -124,24 +141,22 @@ def _check_buffers(param, grad, states):
             C.check_array(name, a, writable=True, dtype=dt, shape=shape)
 
 
-_ND = id(np.ndarray)
-_D32, _D64 = id(np.dtype(np.float32)), id(np.dtype(np.float64))
-_LIKE32, _LIKE64 = np.zeros(0, np.float32), np.zeros(0, np.float64)
-
-
-def _call(s, param, grad, s0, s1, s2, step, gs, names):
-    """The step, through the object-reading launcher when it accepts the arrays
-    (kernels/unsafe.py, shortcut 3), else checked in Python and launched."""
-    if not (type(step) is int and 1 <= step <= C.MAX_STEP):
+def _call(s, param, grad, s0, s1, s2, step, gs, names, bad=-5):
+    """The step: through the object-reading launcher when it accepts the arrays
+    (kernels/unsafe.py, shortcut 3), else checked in Python and launched. ``gs``: the
+    group scalars (float64 ndarray of N_GROUP_SCALARS, advanced in place); s1 / s2 None
+    when the algorithm has no such state. ``bad`` < -3: that launcher was not tried;
+    else what it returned when the caller tried it (-3: an array failed its checks,
+    -4: parallel size, >= 0: overlap)."""
+    if not (type(step) is int and 1 <= step <= _MAX_STEP):
         step = C.check_step(step)
-    if s.obj is not None:
-        bad = s.obj(id(param), id(grad), id(s0), id(s1) if s1 is not None else 0,
-                    id(s2) if s2 is not None else 0, s.h, step, gs, _ND, _D32, _D64,
-                    config.PARALLEL_THRESHOLD, _LIKE32, _LIKE64)
+    if bad < -3 and s.obj is not None:
+        bad = s.obj(id(param), id(grad), id(s0), id(s1), id(s2), step, id(gs), s.ctx_addr,
+                    config.PARALLEL_THRESHOLD)
         if bad == -1:
             return
-        if bad >= 0:
-            _overlap_error(bad, names)
+    if bad >= 0:
+        _overlap_error(bad, names)
     _check_buffers(param, grad, [(n, a) for n, a in zip(names, (s0, s1, s2)) if a is not None])
     _launch(s, param, grad, s0, s1 if s1 is not None else param[:0],
             s2 if s2 is not None else param[:0], step, gs, names)
@@ -192,13 +207,23 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.
     ``"hat"`` is the "epsilon hat" variant of the end of section 2. ``max_exp_avg_sq`` is
     required when ``amsgrad``. Raises TypeError/ValueError, changing nothing, on bad input.
     """
-    s = _ADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                    bias_correction, eps_mode)
+    a, b, c, d, e, f, g, h, i, s = _ADAM.last      # the small-call path: see _Front
+    if not (lr is a and betas is b and eps is c and weight_decay is d
+            and decoupled_weight_decay is e and amsgrad is f and maximize is g
+            and bias_correction is h and eps_mode is i):
+        s = _ADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, amsgrad,
+                        maximize, bias_correction, eps_mode)
     if amsgrad and max_exp_avg_sq is None:
         raise ValueError("max_exp_avg_sq is required when amsgrad=True "
                          "(an array of zeros before the first step)")
+    bad = -5
+    if s.obj is not None and type(step) is int and 0 < step <= _MAX_STEP:
+        bad = s.obj(id(param), id(grad), id(exp_avg), id(exp_avg_sq), id(max_exp_avg_sq),
+                    step, _NO_GS, s.ctx_addr, config.PARALLEL_THRESHOLD)
+        if bad == -1:
+            return
     _call(s, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, step,
-          _NO_GROUP_SCALARS, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+          _NO_GROUP_SCALARS, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), bad)
 
 
 def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
@@ -211,9 +236,17 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
         param  -= lr / (1 - beta1**t) * exp_avg / exp_inf
 
     Same array rules and errors as :func:`adam_step`."""
-    s = _ADAMAX.setup(lr, betas, eps, weight_decay, maximize)
+    a, b, c, d, e, s = _ADAMAX.last
+    if not (lr is a and betas is b and eps is c and weight_decay is d and maximize is e):
+        s = _ADAMAX.setup(lr, betas, eps, weight_decay, maximize)
+    bad = -5
+    if s.obj is not None and type(step) is int and 0 < step <= _MAX_STEP:
+        bad = s.obj(id(param), id(grad), id(exp_avg), id(exp_inf), 0, step, _NO_GS,
+                    s.ctx_addr, config.PARALLEL_THRESHOLD)
+        if bad == -1:
+            return
     _call(s, param, grad, exp_avg, exp_inf, None, step, _NO_GROUP_SCALARS,
-          ("exp_avg", "exp_inf", ""))
+          ("exp_avg", "exp_inf", ""), bad)
 
 
 def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
@@ -231,13 +264,16 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3,
 
     Weight decay is L2, or decoupled (``param *= 1 - lr * weight_decay``) with
     ``decoupled_weight_decay``. Same array rules and errors as :func:`adam_step`."""
-    s = _NADAM.setup(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
-                     maximize)
+    a, b, c, d, e, f, g, s = _NADAM.last
+    if not (lr is a and betas is b and eps is c and weight_decay is d and momentum_decay is e
+            and decoupled_weight_decay is f and maximize is g):
+        s = _NADAM.setup(lr, betas, eps, weight_decay, momentum_decay,
+                         decoupled_weight_decay, maximize)
     mp = C._number("mu_product", mu_product)
     if not (0.0 <= mp <= 1.0):
         raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
                          f"{mu_product!r}")
-    gs = np.array([mp, 0.0])
+    gs = np.array([mp] + [0.0] * (N_GROUP_SCALARS - 1))   # read by address: full length
     _call(s, param, grad, exp_avg, exp_avg_sq, None, step, gs, ("exp_avg", "exp_avg_sq", ""))
     return float(gs[0])
 
@@ -256,6 +292,15 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
 
     Weight decay is L2, or decoupled with ``decoupled_weight_decay``. Same array rules
     and errors as :func:`adam_step`."""
-    s = _RADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
+    a, b, c, d, e, f, s = _RADAM.last
+    if not (lr is a and betas is b and eps is c and weight_decay is d
+            and decoupled_weight_decay is e and maximize is f):
+        s = _RADAM.setup(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
+    bad = -5
+    if s.obj is not None and type(step) is int and 0 < step <= _MAX_STEP:
+        bad = s.obj(id(param), id(grad), id(exp_avg), id(exp_avg_sq), 0, step, _NO_GS,
+                    s.ctx_addr, config.PARALLEL_THRESHOLD)
+        if bad == -1:
+            return
     _call(s, param, grad, exp_avg, exp_avg_sq, None, step, _NO_GROUP_SCALARS,
-          ("exp_avg", "exp_avg_sq", ""))
+          ("exp_avg", "exp_avg_sq", ""), bad)

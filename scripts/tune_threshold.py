@@ -46,7 +46,7 @@ def kernels_for(n, dtype):
     steps = np.array([10], np.int64)
     gscal = np.zeros((1, N_GROUP_SCALARS))
     sc = np.zeros((1, N_SCALARS), dtype)
-    flat_s, flat_p, tab_s, tab_p = build_launchers(adam.id, 0, 2, 0, False, False)
+    flat_s, flat_p, tab_s, tab_p = build_launchers(adam.id, 0, 2, 0, False, False)[:4]
     # Table kernels: the buffer as 4 separate chunks, gradients by data address.
     params = [p[i::4].copy() for i in range(4)]
     grads = [g[i::4].copy() for i in range(4)]

@@ -20,10 +20,10 @@ from numba import njit, prange
 from ..config import BLOCK, JIT_OPTIONS
 from . import approx
 from .loop import advance, step_scalars, update
-from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, address_as_pointer,
-                     first_alias, first_overlap, grad_address)
-from .spec import N_SCALARS, WD_DECOUPLED
-from .unsafe import descr_of, first_unlike, view_1d
+from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, PLAN_COLUMNS,
+                     address_as_pointer, first_alias, first_overlap, grad_address, pointer_of)
+from .spec import N_GROUP_SCALARS, N_HYPER, N_SCALARS, WD_DECOUPLED
+from .unsafe import ARRAY_DATA_OFFSET, descr_of, first_unlike, load_int64, view_1d
 
 
 def _source_hash():
@@ -85,7 +85,36 @@ def _finish(hyper, steps, gscal, alg):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, descr, threshold, like, alg, variant,
+def _table_run(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps, gscal,
+               sc, bump, alg, variant, n_state, wd_mode, scale_grad, average, decoupled):
+    bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
+                   gscal, sc, alg, decoupled)
+    if bad != -1:
+        return bad
+    for k in range(plan.shape[0]):
+        _chunk(plan, k, 0, plan[k, LENGTH], grefs, g_mode, state, sc, alg, variant,
+               n_state, wd_mode, scale_grad, average)
+    if bump:
+        _finish(hyper, steps, gscal, alg)
+    return -1
+
+
+#: Fields of a frame (int64) of table_frame: data address and row count of each table
+#: (plan: PLAN_COLUMNS columns, forbid 2, expect 4; grefs and expect_dims 1-D), then the
+#: hyperparameter rows (groups x N_HYPER float64), step counts (int64) and group scalars
+#: (groups x N_GROUP_SCALARS float64) of the optimizer's groups.
+(FR_PLAN, FR_PLAN_ROWS, FR_GREFS, FR_GREFS_LEN, FR_FORBID, FR_FORBID_ROWS, FR_EXPECT,
+ FR_EXPECT_ROWS, FR_DIMS, FR_DIMS_LEN, FR_HYPER, FR_GROUPS, FR_STEPS, FR_GSCAL) = range(14)
+FRAME_LEN = 14
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _i64_table(addr, rows, cols):
+    return numba.carray(pointer_of(addr, np.int64), (rows, cols))
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _obj_run(pr, gr, r0, r1, r2, t, gs, h, nd_type, descr, threshold, dtype, alg, variant,
              n_state, wd_mode, scale_grad, average, decoupled):
     pa, n = view_1d(pr, nd_type, descr, -1, True)
     if pa == 0:
@@ -98,19 +127,24 @@ def _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, descr, threshold, like, alg,
     a2, _ = view_1d(r2, nd_type, descr, n, True) if n_state > 2 else (pa, n)
     if ga == 0 or a0 == 0 or a1 == 0 or a2 == 0:
         return -3
-    p = numba.carray(address_as_pointer(pa, like), n)
-    g = numba.carray(address_as_pointer(ga, like), n)
-    s0 = numba.carray(address_as_pointer(a0, like), n)
-    s1 = numba.carray(address_as_pointer(a1, like), n) if n_state > 1 else p[:0]
-    s2 = numba.carray(address_as_pointer(a2, like), n) if n_state > 2 else p[:0]
+    p = numba.carray(pointer_of(pa, dtype), n)
+    g = numba.carray(pointer_of(ga, dtype), n)
+    s0 = numba.carray(pointer_of(a0, dtype), n)
+    s1 = numba.carray(pointer_of(a1, dtype), n) if n_state > 1 else p[:0]
+    s2 = numba.carray(pointer_of(a2, dtype), n) if n_state > 2 else p[:0]
     bad = first_overlap(p, g, s0, s1, s2, p[:0])
     if bad >= 0:
         return bad
-    sc = np.empty(N_SCALARS, like.dtype)
+    sc = np.empty(N_SCALARS, dtype)
     step_scalars(alg, h, t, gs, decoupled, sc)
     update(alg, variant, n_state, wd_mode, scale_grad, average, p, g, s0, s1, s2, p[:0], sc)
     advance(alg, h, t, gs)
     return -1
+
+
+#: Fields of the int64 context array of obj_serial (see build_launchers).
+CTX_NDARRAY, CTX_F32, CTX_F64, CTX_HYPER = range(4)
+CTX_LEN = 4
 
 
 @lru_cache(maxsize=None)
@@ -122,12 +156,17 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
     in place); s1 / s2 / pbar are touched only when the key uses them (pass empty arrays
     of the dtype otherwise). Returns -1, or first_overlap's code having written nothing.
 
-    obj_serial(pr, gr, r0, r1, r2, h, t, gs, ndarray_type, d32, d64, threshold, like32,
-    like64) -> int: flat_serial on the arrays whose object addresses are pr, gr, r0..r2
-    (0 for a row the key does not use), read from the objects (kernels/unsafe.py,
-    shortcut 3); float32 when their dtype object is d32, float64 when d64. Returns -1
-    done, an overlap code >= 0, -3 when an array fails the checks, -4 when the length is
-    >= threshold (use the parallel kernel); nothing is written unless it returns -1.
+    obj_serial(pr, gr, r0, r1, r2, t, gsr, ctx, threshold) -> int, every argument an
+    int (no array for numba to type and unbox: the small-call path): flat_serial on the
+    arrays whose object addresses are pr, gr, r0..r2 (read only for the rows the key
+    uses), read from the objects (kernels/unsafe.py, shortcut 3). ``ctx`` is the data
+    address of an int64 array of CTX_LEN fields: the ndarray type object, the float32
+    and float64 dtype objects (the arrays are float32 or float64 when their dtype object
+    is one of these) and the data address of the hyperparameter row (N_HYPER float64);
+    ``gsr`` the object address of the group scalars (a float64 ndarray of
+    N_GROUP_SCALARS). The caller keeps all of them alive. Returns -1 done, an overlap
+    code >= 0, -3 when an array fails the checks, -4 when the length is >= threshold
+    (use the parallel kernel); nothing is written unless it returns -1.
 
     table_*(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper, steps,
     gscal, sc, bump) -> int: chunk k of ``plan`` (memory.py columns) is LENGTH elements
@@ -140,6 +179,13 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
     ``expect``, the gradient objects are first checked as unsafe.first_unlike does.
     Returns -1; or, having written nothing, the first chunk whose gradient overlaps a
     ``forbid`` byte range, or -10 - k when gradient k fails the check.
+
+    table_frame(frame, state, sc, g_mode, bump) -> int: table_serial with every table
+    but the two of the buffer's dtype reached through ``frame``, the data address of an
+    int64 array of FRAME_LEN fields (FR_*): numba unboxes two arrays instead of eleven
+    (~0.06 us each). Only public interfaces (``ndarray.ctypes.data``, ``numba.carray``),
+    as the plan's data addresses; the caller keeps every addressed array alive and
+    unchanged in shape (optim/plan.py, Launch.set_frame).
     """
     alg, variant, n_state, wd_mode = int(alg), int(variant), int(n_state), int(wd_mode)
     scale_grad, average = bool(scale_grad), bool(average)
@@ -185,16 +231,27 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
                      steps, gscal, sc, bump):
         if source < 0:       # never: see SOURCE_HASH
             return -2
-        bad = _prepare(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper, steps,
-                       gscal, sc, alg, decoupled)
-        if bad != -1:
-            return bad
-        for k in range(plan.shape[0]):
-            _chunk(plan, k, 0, plan[k, LENGTH], grefs, g_mode, state, sc, alg, variant,
-                   n_state, wd_mode, scale_grad, average)
-        if bump:
-            _finish(hyper, steps, gscal, alg)
-        return -1
+        return _table_run(plan, grefs, g_mode, forbid, expect, expect_dims, state, hyper,
+                          steps, gscal, sc, bump, alg, variant, n_state, wd_mode, scale_grad,
+                          average, decoupled)
+
+    @njit(**JIT_OPTIONS)
+    def table_frame(frame, state, sc, g_mode, bump):
+        if source < 0:       # never: see SOURCE_HASH
+            return -2
+        f = numba.carray(pointer_of(frame, np.int64), FRAME_LEN)
+        plan = _i64_table(f[FR_PLAN], f[FR_PLAN_ROWS], PLAN_COLUMNS)
+        grefs = numba.carray(pointer_of(f[FR_GREFS], np.int64), f[FR_GREFS_LEN])
+        forbid = _i64_table(f[FR_FORBID], f[FR_FORBID_ROWS], 2)
+        expect = _i64_table(f[FR_EXPECT], f[FR_EXPECT_ROWS], 4)
+        dims = numba.carray(pointer_of(f[FR_DIMS], np.int64), f[FR_DIMS_LEN])
+        ng = f[FR_GROUPS]
+        hyper = numba.carray(pointer_of(f[FR_HYPER], np.float64), (ng, N_HYPER))
+        steps = numba.carray(pointer_of(f[FR_STEPS], np.int64), ng)
+        gscal = numba.carray(pointer_of(f[FR_GSCAL], np.float64), (ng, N_GROUP_SCALARS))
+        return _table_run(plan, grefs, g_mode, forbid, expect, dims, state, hyper, steps,
+                          gscal, sc, bump, alg, variant, n_state, wd_mode, scale_grad,
+                          average, decoupled)
 
     @njit(parallel=True, **JIT_OPTIONS)
     def table_parallel(plan, grefs, g_mode, blocks, forbid, expect, expect_dims, state, hyper,
@@ -213,19 +270,25 @@ def build_launchers(alg, variant, n_state, wd_mode, scale_grad, average):
         return -1
 
     @njit(**JIT_OPTIONS)
-    def obj_serial(pr, gr, r0, r1, r2, h, t, gs, nd_type, d32, d64, threshold, like32,
-                   like64):
+    def obj_serial(pr, gr, r0, r1, r2, t, gsr, ctx, threshold):
         if source < 0:       # never: see SOURCE_HASH
             return -2
+        c = numba.carray(pointer_of(ctx, np.int64), CTX_LEN)
+        nd_type = c[CTX_NDARRAY]
         descr = descr_of(pr, nd_type)
         if descr == 0:
             return -3
-        if descr == d32:
-            return _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, d32, threshold, like32,
-                            alg, variant, n_state, wd_mode, scale_grad, False, decoupled)
-        if descr == d64:
-            return _obj_run(pr, gr, r0, r1, r2, h, t, gs, nd_type, d64, threshold, like64,
-                            alg, variant, n_state, wd_mode, scale_grad, False, decoupled)
+        h = numba.carray(pointer_of(c[CTX_HYPER], np.float64), N_HYPER)
+        gs = numba.carray(pointer_of(load_int64(gsr + ARRAY_DATA_OFFSET), np.float64),
+                          N_GROUP_SCALARS)
+        if descr == c[CTX_F32]:
+            return _obj_run(pr, gr, r0, r1, r2, t, gs, h, nd_type, descr, threshold,
+                            np.float32, alg, variant, n_state, wd_mode, scale_grad, False,
+                            decoupled)
+        if descr == c[CTX_F64]:
+            return _obj_run(pr, gr, r0, r1, r2, t, gs, h, nd_type, descr, threshold,
+                            np.float64, alg, variant, n_state, wd_mode, scale_grad, False,
+                            decoupled)
         return -3
 
-    return flat_serial, flat_parallel, table_serial, table_parallel, obj_serial
+    return flat_serial, flat_parallel, table_serial, table_parallel, obj_serial, table_frame

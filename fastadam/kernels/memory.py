@@ -11,7 +11,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..config import JIT_OPTIONS
-from .unsafe import ARRAY_DATA_OFFSET, load_int64
+from .unsafe import ARRAY_DATA_OFFSET, item_ref, load_int64
 
 # Columns of a chunk plan (int64, one row per chunk).
 P_ADDR, G_REF, LENGTH, OFFSET, GROUP = range(5)
@@ -32,21 +32,36 @@ def address_as_pointer(typingctx, addr, like):
     return sig, codegen
 
 
+@intrinsic
+def pointer_of(typingctx, addr, dtype):
+    """Pointer to values of the number class ``dtype`` (``np.float32`` as written in the
+    kernel) at integer address ``addr``: address_as_pointer without an array to type it."""
+    sig = types.CPointer(dtype.instance_type)(addr, dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
 #: Where a chunk's gradient is (the ``g_mode`` of the table kernels): G_REF is its data
 #: address (the optimizer's own gradient buffer); G_REF indexes ``grefs``, which holds
-#: data addresses; G_REF indexes ``grefs``, which holds ndarray object addresses (their
-#: data pointers read from the objects, see unsafe.py).
+#: data addresses; G_REF indexes the list or tuple of ndarrays that ``grefs`` describes
+#: (unsafe.item_ref: its items and their data pointers read from the objects).
 G_DATA, G_INDEXED, G_OBJECTS = 0, 1, 2
 
 
+# numba caches the functions below keyed on this file only, with unsafe.item_ref
+# compiled in: edit this file too when item_ref changes (and norms.py, which calls
+# grad_address). The launchers are keyed on every kernel source (launch.SOURCE_HASH).
 @njit(**JIT_OPTIONS)
 def grad_address(plan, k, grefs, g_mode):
     """Data address of chunk k's gradient (see G_DATA, G_INDEXED, G_OBJECTS)."""
     a = plan[k, G_REF]
-    if g_mode != G_DATA:
+    if g_mode == G_INDEXED:
         a = grefs[a]
-        if g_mode == G_OBJECTS:
-            a = load_int64(a + ARRAY_DATA_OFFSET)
+    elif g_mode == G_OBJECTS:
+        a = load_int64(item_ref(grefs, a) + ARRAY_DATA_OFFSET)
     return a
 
 

@@ -22,6 +22,8 @@ def _sumsq(g):
     return s
 
 
+# numba caches these functions keyed on this file only, with memory.grad_address (and
+# unsafe.item_ref, which it inlines) compiled in: edit this file too when they change.
 @njit(**JIT_OPTIONS)
 def _block_sumsq(plan, blocks, b, grefs, g_mode, like):
     k = blocks[b, 0]

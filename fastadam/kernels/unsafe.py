@@ -2,13 +2,16 @@
 each with the gain it was measured to bring, and one switch to turn them all off:
 the environment variable ``FASTADAM_PORTABLE=1`` (read at import).
 
-1. **Gradient arrays read from the array objects** (``HAVE_ARRAY_DATA_OFFSET``,
-   ``first_unlike``, ``load_int64``): when ``opt.step(grads)`` gets a list of arrays, the
-   compiled code reads each array's type, dtype, shape, flags and data pointer from its
-   ``PyArrayObject`` at byte offsets verified at import on this NumPy build, instead of
-   Python reading ``arr.ctypes.data`` (~1.5 us an array) and checking each array. Measured
-   (100 separate arrays of 1e4 float32, one step): 0.875 -> 0.95 of the flat path. Off:
-   Python checks every array and passes data addresses.
+1. **Gradient arrays read from the array objects** (``HAVE_OBJECT_GRADS``,
+   ``first_unlike``, ``item_ref``, ``load_int64``): when ``opt.step(grads)`` gets a list
+   (or tuple) of arrays, the compiled code reads the list's items from the list object
+   and each array's type, dtype, shape, flags and data pointer from its
+   ``PyArrayObject``, at byte offsets verified at import on this Python and NumPy build,
+   instead of Python reading ``arr.ctypes.data`` (~1.5 us an array), or even only
+   collecting the arrays' ``id`` into an array (~0.7 us for two), and checking each
+   array. Measured (100 separate arrays of 1e4 float32, one step): 0.875 -> 0.95 of the
+   flat path; 2 arrays of 500: see docs/architecture.md. Off: Python checks every array
+   and passes data addresses.
 2. **Compiled entry points called directly** (:func:`call`): after the first call of a
    kernel with an optimizer's own arrays (whose types never change), the compiled entry
    point of that signature is called without numba's type dispatch. Measured: ~0.4 us a
@@ -20,9 +23,12 @@ the environment variable ``FASTADAM_PORTABLE=1`` (read at import).
    arrays' object addresses as integers to one compiled call that checks each array
    (exact ndarray type, dtype, 1-D, length, C-contiguous, aligned, writable) and views it
    by its data pointer, instead of checking four arrays in Python and typing them in
-   numba's dispatcher. Measured at 1e3 float32 (CPU time, loaded machine): 5.96 -> see
-   docs/architecture.md. A call that fails any check takes the ordinary checked path,
-   which accepts it or raises the usual error. Off: always the ordinary path.
+   numba's dispatcher. Every argument of that call is an int (the hyperparameter row and
+   group scalars are reached through addresses too), so numba unboxes no array, and it
+   is called through its compiled entry point (:func:`entry_point`). A call that fails
+   any check takes the ordinary checked path, which accepts it or raises the usual
+   error. Measured at 1e3 float32 (CPU time, interleaved in one process, loaded 2-core
+   machine, minimum of 30 samples): 2.9 -> 1.9 us. Off: always the ordinary path.
 
 4. **numba's thread count read directly** (``config._settle_threading``): once numba's
    pool runs, ``config.use_parallel`` calls numba's private getter of the calling
@@ -104,7 +110,35 @@ def _probe_array_layout():
     return layout
 
 
+def _probe_sequence_layout():
+    """Byte offsets (list size, list item pointer, first tuple item) inside list and
+    tuple objects (PyObject_VAR_HEAD, then ob_item), or None when this build lays them
+    out differently. Verified on lists and tuples of several lengths."""
+    import ctypes
+
+    if ctypes.sizeof(ctypes.c_void_p) != 8 or ctypes.sizeof(ctypes.c_ssize_t) != 8:
+        return None
+    layout = dict(list_size=16, list_items=24, tuple_items=24)
+
+    def word_at(addr):
+        return ctypes.c_ssize_t.from_address(addr).value
+
+    grown = [object() for _ in range(5)]
+    grown.append(object())             # over-allocated storage
+    for items in ([object()], [object(), object(), object()], grown):
+        lst, tup = list(items), tuple(items)
+        if word_at(id(lst) + layout["list_size"]) != len(lst):
+            return None
+        base = word_at(id(lst) + layout["list_items"])
+        for k, x in enumerate(items):
+            if (word_at(base + 8 * k) != id(x)
+                    or word_at(id(tup) + layout["tuple_items"] + 8 * k) != id(x)):
+                return None
+    return layout
+
+
 _layout = None if PORTABLE else _probe_array_layout()
+_seq_layout = None if PORTABLE else _probe_sequence_layout()
 #: Whether kernels may read gradient arrays' fields from the array objects (shortcut 1).
 HAVE_ARRAY_DATA_OFFSET = _layout is not None
 _layout = _layout or dict(type=0, data=0, nd=0, dimensions=0, descr=0, flags=0)
@@ -116,16 +150,33 @@ _ALIGNED_C = 0x0101              # NPY_ARRAY_ALIGNED | NPY_ARRAY_C_CONTIGUOUS
 _WRITABLE_ALIGNED_C = 0x0501     # ... | NPY_ARRAY_WRITEABLE
 #: Whether functional calls may use the object-reading launcher (shortcut 3).
 OBJECT_CALLS = HAVE_ARRAY_DATA_OFFSET
+#: Whether kernels may read a gradient list's arrays from the list object (shortcut 1).
+HAVE_OBJECT_GRADS = HAVE_ARRAY_DATA_OFFSET and _seq_layout is not None
+_LIST_ITEMS = (_seq_layout or dict(list_items=0))["list_items"]
+_TUPLE_ITEMS = (_seq_layout or dict(tuple_items=0))["tuple_items"]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def item_ref(seq, k):
+    """Object address of item k of the list or tuple described by ``seq`` (int64:
+    [its object address, the address of the type object ``list``]: an object of that
+    exact type is a list, else the caller passes an exact tuple); the caller checked its
+    length."""
+    c = seq[0]
+    if load_int64(c + _TYPE) == seq[1]:
+        return load_int64(load_int64(c + _LIST_ITEMS) + 8 * k)
+    return load_int64(c + _TUPLE_ITEMS + 8 * k)
 
 
 @njit(**JIT_OPTIONS)
-def first_unlike(refs, expect, dims):
-    """-1, or the first k whose array object (address ``refs[k]``) is not exactly an
-    ndarray (type expect[k, 0]) of dtype object expect[k, 1], C-contiguous, with
-    expect[k, 2] dimensions equal to dims[expect[k, 3]:...]. A cheap acceptance test:
-    on a miss the caller checks that array in Python (which may still accept it)."""
-    for k in range(refs.shape[0]):
-        a = refs[k]
+def first_unlike(seq, expect, dims):
+    """-1, or the first k whose array object (item k of the list or tuple ``seq``, see
+    item_ref) is not exactly an ndarray (type expect[k, 0]) of dtype object expect[k, 1],
+    C-contiguous, with expect[k, 2] dimensions equal to dims[expect[k, 3]:...]. A cheap
+    acceptance test: on a miss the caller checks that array in Python (which may still
+    accept it)."""
+    for k in range(expect.shape[0]):
+        a = item_ref(seq, k)
         if (load_int64(a + _TYPE) != expect[k, 0] or load_int64(a + _DESCR) != expect[k, 1]
                 or (load_int32(a + _FLAGS) & _C_CONTIGUOUS) == 0):
             return k
@@ -164,6 +215,18 @@ def view_1d(ref, ndarray_type, descr, n, writable):
     if n >= 0 and length != n:
         return 0, -1
     return load_int64(ref + ARRAY_DATA_OFFSET), length
+
+
+def entry_point(kernel, sig):
+    """``kernel`` compiled for the argument types ``sig`` (a tuple of numba types): its
+    compiled entry point, called without numba's type dispatch (shortcut 2), or the
+    dispatcher itself when PORTABLE. Call it only with arguments of exactly those types
+    (Python ints for int64)."""
+    fn = kernel.compile(sig)
+    if PORTABLE:
+        return kernel
+    cres = kernel.overloads.get(tuple(sig))
+    return cres.entry_point if cres is not None else kernel
 
 
 class Entry:

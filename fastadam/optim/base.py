@@ -18,7 +18,7 @@ from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
                             N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
-from ..kernels.unsafe import HAVE_ARRAY_DATA_OFFSET, first_unlike
+from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
 from .groups import TORCH_SWITCHES, ParamGroup, Validator, normalize_params
 from .guard import grad_norms
 from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
@@ -119,6 +119,7 @@ class Optimizer(StateDictMixin):
                                 dtype=np.int64).reshape(-1, 4)
         self._expect[:, 3] = np.cumsum([0] + [p.ndim for p in self._params])[:-1]
         self._expect_dims = np.array([d for p in self._params for d in p.shape], dtype=np.int64)
+        self._seq = np.array([0, id(list)], dtype=np.int64)   # a step's gradient list
         self._steps = np.array(steps, dtype=np.int64)        # per group, bumped by kernels
         self._hyper = np.zeros((len(self.param_groups), N_HYPER))
         self._gscal = np.zeros((len(self.param_groups), N_GROUP_SCALARS))
@@ -140,6 +141,8 @@ class Optimizer(StateDictMixin):
         self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets] + lowp)
         self._groups_seen = None                        # re-read groups at next step
         self._launch_keys = None                        # and rebuild the launches
+        for _, L in getattr(self, "_launches", ()):     # whose frames address old arrays
+            L.frames.clear()
 
     # ------------------------------------------------------------------ state views
     def _state_rows(self, b):
@@ -227,6 +230,11 @@ class Optimizer(StateDictMixin):
             b.launches = [Launch(b, key, gids, len(self._params))
                           for key, gids in by_key.items()]
         self._launches = [(b, L) for b in self._buckets for L in b.launches]
+        for _, L in self._launches:     # the two common serial launches (see _step)
+            L.set_frame(G_DATA, L.flat_plan, _NO_REFS, _NO_RANGES, _NO_EXPECT, _NO_DIMS,
+                        self._hyper, self._steps, self._gscal)
+            L.set_frame(G_OBJECTS, L.plan, self._seq, self._forbid, self._expect,
+                        self._expect_dims, self._hyper, self._steps, self._gscal)
 
     def _kernel_key(self, g):
         alg = self._alg
@@ -238,20 +246,27 @@ class Optimizer(StateDictMixin):
                 self._average is not None)
 
     def _grad_refs(self, grads):
-        """(grefs, g_mode, checked) for a list of gradients: their object addresses
-        (G_OBJECTS; ``checked`` False: the kernel checks them, see unsafe.first_unlike),
-        or, without that shortcut, their data addresses after checking them in Python."""
-        if type(grads) is not list and type(grads) is not tuple:
+        """(grads, grefs, g_mode, checked) for a list of gradients: the list or tuple
+        itself, described to the kernel by its object address in ``_seq`` (G_OBJECTS, see
+        unsafe.item_ref; ``checked`` False: the kernel checks the arrays, see
+        unsafe.first_unlike; a subclass of list or tuple is copied into a tuple first),
+        or, without that shortcut, their data addresses after checking them in Python.
+        The caller keeps the returned ``grads`` alive while the kernel runs."""
+        kind = type(grads)
+        if kind is not list and kind is not tuple:
             if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
                 raise TypeError("grads must be a list of arrays, one per parameter, got "
                                 f"{type(grads).__name__}")
+            grads, kind = tuple(grads), tuple
         n = len(self._params)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
                              "(one per parameter, in param_groups order)")
-        if HAVE_ARRAY_DATA_OFFSET:
-            return np.fromiter(map(id, grads), np.int64, n), G_OBJECTS, False
-        return self._data_refs(grads, 0), G_INDEXED, True
+        if HAVE_OBJECT_GRADS:
+            seq = self._seq      # the step holds the lock: one per optimizer suffices
+            seq[0] = id(grads)
+            return grads, seq, G_OBJECTS, False
+        return grads, self._data_refs(grads, 0), G_INDEXED, True
 
     def _data_refs(self, grads, start):
         """Check grads[start:] in Python (grads[:start] passed already); their data
@@ -289,17 +304,18 @@ class Optimizer(StateDictMixin):
         if self._groups_changed():
             self._refresh_groups()
         launches = self._launches
-        if grads is None:
-            grefs, g_mode, checked = _NO_REFS, G_DATA, True
-        else:
-            grefs, g_mode, checked = self._grad_refs(grads)
         forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
-        if grads is not None:
+        # framed: the tables are those of the launches' frames (set in _refresh_groups)
+        if grads is None:
+            grefs, g_mode, framed = _NO_REFS, G_DATA, True
+        else:
+            grads, grefs, g_mode, checked = self._grad_refs(grads)
+            framed = False
             if len(launches) == 1 and not self._checked_pass:
                 # one launch checks the gradients and their overlap before it writes
                 forbid = self._forbid
                 if not checked:
-                    expect, dims = self._expect, self._expect_dims
+                    expect, dims, framed = self._expect, self._expect_dims, True
             else:
                 if not checked:
                     first = first_unlike(grefs, self._expect, self._expect_dims)
@@ -308,26 +324,36 @@ class Optimizer(StateDictMixin):
                 self._check_aliasing(grefs, g_mode)
         if self._checked_pass and not grad_norms(self, grads, grefs, g_mode):
             return
-        bad = self._launch(launches, grefs, g_mode, forbid, expect, dims)
+        bad = self._launch(launches, grefs, g_mode, forbid, expect, dims, framed)
         if bad <= -10:      # a gradient the compiled check did not accept (one launch,
             # nothing written): checked in Python, which raises or accepts it
             grefs = self._data_refs(grads, -10 - bad)
             self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
 
-    def _launch(self, launches, grefs, g_mode, forbid, expect, dims):
+    def _launch(self, launches, grefs, g_mode, forbid, expect, dims, framed=False):
         """Run the launches; returns -1, or the code of a first launch that wrote nothing
-        because a gradient failed the compiled check (<= -10)."""
-        hyper, steps, gscal = self._hyper, self._steps, self._gscal
+        because a gradient failed the compiled check (<= -10). ``framed``: the tables are
+        those of the launches' frames for ``g_mode`` (see Launch.set_frame)."""
         last = launches[-1][1]
         for b, L in launches:
-            plan, blocks = L.tables(g_mode)
-            args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state, hyper, steps,
-                    gscal, b.sc, L is last)
-            if config.use_parallel(L.size):
-                with config.launch_lock():
-                    bad = L.parallel(*args)
+            serial = L.size < config.PARALLEL_THRESHOLD or not config.use_parallel(L.size)
+            frame = L.frames.get(g_mode) if framed and serial else None
+            if frame is not None:
+                fn = L.framed                   # its compiled entry point once resolved
+                bad = (fn.fn or fn)(frame[0], b.state, b.sc, g_mode, L is last)
             else:
-                bad = L.serial(*args)
+                if g_mode == G_DATA:
+                    plan, blocks = L.flat_plan, L.flat_blocks
+                else:
+                    plan, blocks = L.plan, L.blocks
+                args = (plan, grefs, g_mode, blocks, forbid, expect, dims, b.state,
+                        self._hyper, self._steps, self._gscal, b.sc, L is last)
+                if serial:
+                    fn = L.serial
+                    bad = (fn.fn or fn)(*args)
+                else:
+                    with config.launch_lock():
+                        bad = L.parallel(*args)
             if bad <= -10:
                 return bad
             if bad >= 0:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..flat import aligned_zeros, make_plan, merge_contiguous
-from ..kernels.launch import build_launchers
-from ..kernels.memory import G_DATA, G_REF, LENGTH
+from ..kernels.launch import (FR_DIMS, FR_DIMS_LEN, FR_EXPECT, FR_EXPECT_ROWS, FR_FORBID,
+                              FR_FORBID_ROWS, FR_GREFS, FR_GREFS_LEN, FR_GROUPS, FR_GSCAL,
+                              FR_HYPER, FR_PLAN, FR_PLAN_ROWS, FR_STEPS, FRAME_LEN,
+                              build_launchers)
+from ..kernels.memory import G_DATA, G_REF, LENGTH, PLAN_COLUMNS
 from ..kernels.norms import split_blocks
-from ..kernels.spec import N_SCALARS
+from ..kernels.spec import N_GROUP_SCALARS, N_HYPER, N_SCALARS
 from ..kernels.unsafe import Entry
 
 
@@ -61,6 +64,33 @@ class Launch:
         self.key = key
         kernels = build_launchers(*key)
         self.serial, self.parallel = Entry(kernels[2]), Entry(kernels[3])
+        self.framed = Entry(kernels[5])
+        #: g_mode -> (frame address, frame, the arrays it addresses): see set_frame
+        self.frames = {}
+
+    def set_frame(self, g_mode, plan, grefs, forbid, expect, dims, hyper, steps, gscal):
+        """Address these tables through one frame for the serial launch in ``g_mode``
+        (launch.table_frame: two arrays for numba to unbox instead of eleven). The frame
+        keeps the arrays alive; the optimizer clears its frames whenever it replaces one
+        of them. Arrays of unexpected type or layout get no frame (the array path)."""
+        arrays = (plan, grefs, forbid, expect, dims, hyper, steps, gscal)
+        ng = steps.shape[0] if steps.ndim == 1 else -1
+        if not (all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays)
+                and all(a.dtype == np.int64 for a in arrays[:5] + (steps,))
+                and hyper.dtype == np.float64 and gscal.dtype == np.float64
+                and plan.shape[1:] == (PLAN_COLUMNS,) and grefs.ndim == 1
+                and forbid.shape[1:] == (2,) and expect.shape[1:] == (4,) and dims.ndim == 1
+                and hyper.shape == (ng, N_HYPER) and gscal.shape == (ng, N_GROUP_SCALARS)):
+            self.frames.pop(g_mode, None)
+            return
+        f = np.zeros(FRAME_LEN, np.int64)
+        for (addr, rows), a in zip(((FR_PLAN, FR_PLAN_ROWS), (FR_GREFS, FR_GREFS_LEN),
+                                    (FR_FORBID, FR_FORBID_ROWS), (FR_EXPECT, FR_EXPECT_ROWS),
+                                    (FR_DIMS, FR_DIMS_LEN)), arrays):
+            f[addr], f[rows] = a.ctypes.data, a.shape[0]
+        f[FR_HYPER], f[FR_GROUPS] = hyper.ctypes.data, ng
+        f[FR_STEPS], f[FR_GSCAL] = steps.ctypes.data, gscal.ctypes.data
+        self.frames[g_mode] = (f.ctypes.data, f, arrays)
 
     def tables(self, g_mode):
         """(plan, blocks): the merged plan over the preallocated opt.grads (G_DATA), or
