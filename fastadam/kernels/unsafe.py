@@ -222,7 +222,7 @@ def entry_point(kernel, sig):
     compiled entry point, called without numba's type dispatch (shortcut 2), or the
     dispatcher itself when PORTABLE. Call it only with arguments of exactly those types
     (Python ints for int64)."""
-    fn = kernel.compile(sig)
+    kernel.compile(sig)
     if PORTABLE:
         return kernel
     cres = kernel.overloads.get(tuple(sig))
