@@ -168,3 +168,38 @@ def test_clipped_and_guarded_steps_read_a_grads_list_or_tuple_like_opt_grads(kin
     o1.step(kind(bad))
     assert o1.skipped_steps == 1
     assert_same(before, p1)
+
+
+SHARED_CACHE_STEPS = r"""
+import json
+import numpy as np
+import fastadam as fa
+rng = np.random.default_rng(0)
+ps = [rng.standard_normal(n).astype(np.float32) for n in (5, 7)]
+opt = fa.Adam(ps, lr=1e-2)
+for t in range(3):
+    opt.step([np.full(5, 0.1 * t, np.float32), np.full(7, -0.2, np.float32)])
+    opt.step(tuple(g + 1 for g in opt.grads))
+p, g, m, v = (rng.standard_normal(9) for _ in range(4))
+v = np.abs(v)
+fa.adam_step(p, g, m, v, step=1)
+print(json.dumps([float(x) for x in np.concatenate(ps + [p])]))
+"""
+
+
+def test_a_portable_process_and_an_ordinary_one_share_a_kernel_cache(tmp_path):
+    """Kernels a FASTADAM_PORTABLE=1 process caches must serve an ordinary process (CI
+    runs the portable pass first on the same cache): once, its cached address offsets
+    were zeros and the ordinary process crashed reading a grads list."""
+    import json
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for portable in ("1", "0"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTADAM_PORTABLE=portable)
+        res = subprocess.run([sys.executable, "-c", SHARED_CACHE_STEPS], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (portable, res.stderr[-2000:])
+        outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]

@@ -137,10 +137,14 @@ def _probe_sequence_layout():
     return layout
 
 
-_layout = None if PORTABLE else _probe_array_layout()
-_seq_layout = None if PORTABLE else _probe_sequence_layout()
+# The layouts are probed in every mode and PORTABLE only turns their use off: the offsets
+# are compiled into functions that numba caches keyed on their own source file (memory.py,
+# norms.py), so they must not depend on the mode, or a portable process would cache
+# kernels with zero offsets that a later ordinary process loads (and crashes in).
+_layout = _probe_array_layout()
+_seq_layout = _probe_sequence_layout()
 #: Whether kernels may read gradient arrays' fields from the array objects (shortcut 1).
-HAVE_ARRAY_DATA_OFFSET = _layout is not None
+HAVE_ARRAY_DATA_OFFSET = _layout is not None and not PORTABLE
 _layout = _layout or dict(type=0, data=0, nd=0, dimensions=0, descr=0, flags=0)
 ARRAY_DATA_OFFSET = _layout["data"]
 _TYPE, _ND, _DIMS, _DESCR, _FLAGS = (_layout["type"], _layout["nd"], _layout["dimensions"],
