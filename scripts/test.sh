@@ -9,7 +9,10 @@ PY=${PYTHON:-python3}
 # One pytest worker per core (pytest-xdist). "worksteal" hands each worker a contiguous
 # run of tests (a file's tests share the kernels they compile) and rebalances at the
 # end. PYTEST_WORKERS=0 runs everything in this process.
-WORKERS=${PYTEST_WORKERS:-auto}
+# Default: the cores this process may use (nproc), at most 4 (each worker can take
+# several GB while numba compiles the larger parallel kernels).
+CORES=$(nproc 2>/dev/null || echo 2)
+WORKERS=${PYTEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
 PAR=(-n "$WORKERS" --dist worksteal)
 if [ "$WORKERS" = 0 ]; then PAR=(); fi
 # The parity and error tests again with every unsafe shortcut off (kernels/unsafe.py).
