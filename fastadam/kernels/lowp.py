@@ -74,6 +74,23 @@ def _c32(x):
     return ir.Constant(_I32, x)
 
 
+# ---------------------------------------------------------------- vector width
+_WIDE_ATTR = '"prefer-vector-width"="512"'
+
+
+def _prefer_wide(builder):
+    """Let LLVM vectorise the enclosing function with 512-bit vectors where the CPU has
+    them (AVX-512; elsewhere the attribute changes nothing). The conversions of the
+    low-precision layouts are several integer operations per element: 16 lanes instead
+    of 8 per instruction halves their issue cost (measured: a bfloat16-state Adam loop
+    in cache 0.79 -> 0.59 ns per element with the NaN test below). LLVM's default on
+    AVX-512 CPUs is 256 bits. The string attribute is added the way approx.py adds its
+    own."""
+    attrs = builder.function.attributes
+    if _WIDE_ATTR not in attrs:
+        set.add(attrs, _WIDE_ATTR)
+
+
 # ---------------------------------------------------------------- bfloat16
 @intrinsic
 def _bf16_to_f32(typingctx, h):
@@ -82,6 +99,7 @@ def _bf16_to_f32(typingctx, h):
     sig = types.float32(h)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         x = args[0]
         if x.type.width > 16:
             x = builder.trunc(x, _I16)
@@ -91,9 +109,10 @@ def _bf16_to_f32(typingctx, h):
     return sig, codegen
 
 
-def _nan_select(builder, b, rounded):
-    """``rounded`` (i32, already shifted), or a quiet NaN keeping the sign if b is NaN."""
-    is_nan = builder.icmp_unsigned(">", builder.and_(b, _c32(0x7FFFFFFF)), _c32(0x7F800000))
+def _nan_select(builder, x, b, rounded):
+    """``rounded`` (i32, already shifted), or a quiet NaN keeping the sign if x (float32,
+    bits b) is NaN. The NaN test is a float compare (one vector compare into a mask)."""
+    is_nan = builder.fcmp_unordered("uno", x, x)
     qnan = builder.or_(builder.and_(builder.lshr(b, _c32(16)), _c32(0x8000)), _c32(0x7FC0))
     return builder.trunc(builder.select(is_nan, qnan, rounded), _I16)
 
@@ -105,10 +124,11 @@ def _f32_to_bf16_rne(typingctx, x):
     sig = types.uint16(x)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         b = builder.bitcast(args[0], _I32)
         lsb = builder.and_(builder.lshr(b, _c32(16)), _c32(1))
         r = builder.lshr(builder.add(builder.add(b, _c32(0x7FFF)), lsb), _c32(16))
-        return _nan_select(builder, b, r)
+        return _nan_select(builder, args[0], b, r)
 
     return sig, codegen
 
@@ -120,10 +140,11 @@ def _f32_to_bf16_sr(typingctx, x, bits):
     sig = types.uint16(x, bits)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         b = builder.bitcast(args[0], _I32)
         r16 = builder.and_(_to_i32(builder, args[1]), _c32(0xFFFF))
         r = builder.lshr(builder.add(b, r16), _c32(16))
-        return _nan_select(builder, b, r)
+        return _nan_select(builder, args[0], b, r)
 
     return sig, codegen
 
@@ -138,6 +159,7 @@ def _absbits(typingctx, x):
     sig = types.int32(x)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         return builder.and_(builder.bitcast(args[0], _I32), _c32(0x7FFFFFFF))
 
     return sig, codegen
@@ -292,6 +314,7 @@ def _pow8_of(typingctx, a, emax):
     sig = types.float32(a, emax)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         return _octave_decade(builder, args[0], args[1])[0]
 
     return sig, codegen
@@ -304,6 +327,7 @@ def _grid_of(typingctx, a, emax):
     sig = types.float32(a, emax)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         return _octave_decade(builder, args[0], args[1])[1]
 
     return sig, codegen
@@ -319,6 +343,7 @@ def _mag_decode(typingctx, c, emax):
     sig = types.float32(c, emax)
 
     def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
         ci = args[0]
         if ci.type.width < 32:
             ci = (builder.sext if signature.args[0].signed else builder.zext)(ci, _I32)
