@@ -32,7 +32,7 @@ from . import _checks as C
 from . import config
 from .kernels import registry
 from .kernels import sparse as _K
-from .optim.groups import Validator, normalize_params
+from .optim.groups import Validator, normalize_params, validate_groups
 from .optim.state import check_header, loaded_groups
 
 _INT_KINDS = "iu"
@@ -305,19 +305,8 @@ class SparseAdam:
     def _checked_groups(self):
         """Hyperparameters of every group, validated (groups may be edited between
         steps, as in torch). Raises before anything is modified."""
-        groups = self.param_groups
-        if not isinstance(groups, list) or len(groups) != len(self._group_params):
-            raise ValueError("param_groups must stay a list of the optimizer's "
-                             f"{len(self._group_params)} groups (use add_param_group)")
-        out = []
-        for gi, g in enumerate(groups):
-            if not isinstance(g, dict):
-                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
-            if g.get("params") is not self._group_params[gi]:
-                raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
-                                 "are fixed at construction (use add_param_group)")
-            out.append(self._check_hparams(g, where=f"param_groups[{gi}]"))  # cached
-        return out
+        return validate_groups(self.param_groups, self._group_params,      # cached checks
+                               lambda g, where: self._check_hparams(g, where=where))
 
     def _checked_grads(self, grads):
         """[(i, idx, vals) for parameters with a gradient], all validated."""

@@ -73,12 +73,15 @@ def adam64(p, g, m, v, step, *, lr=LR, wd=0.0, decoupled=False, maximize=False,
     return p, m, v, upd
 
 
-def warm_state(rng, n, pdt, state_dtype, **kw):
+def warm_state(rng, n, pdt, state_dtype, step_kw=None, **kw):
+    """Parameters and a state after a few steps (so the state is not zero). ``step_kw``:
+    the options of those steps; tests pass the options of the step they check, so the
+    warm-up runs the kernel that step compiles and no other (compiles dominate run time)."""
     p = (rng.standard_normal(n)).astype(np.float32).astype(pdt)
     st = fa.init_lowp_state(p, state_dtype=state_dtype, **kw)
-    for t in range(1, 4):                      # a few steps so the state is not zero
+    for t in range(1, 4):
         g = rng.standard_normal(n).astype(np.float32).astype(pdt)
-        fa.adam_step_lowp(p, g, st, step=t, lr=LR)
+        fa.adam_step_lowp(p, g, st, step=t, lr=LR, **(step_kw or {}))
     return p, st
 
 
@@ -248,10 +251,12 @@ def test_q8_encode_is_nearest_code():
 # ---------------------------------------------------------------- one step vs reference
 @pytest.mark.parametrize("var", VARIANTS)
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8", "float32"])
-def test_float32_params_low_precision_state_one_step(state_dtype, var, launch_mode):
+def test_float32_params_low_precision_state_one_step(state_dtype, var):
+    # serial kernels (n is below one parallel block anyway): the parallel kernel of
+    # every layout is held to the serial one bit for bit below
     rng = np.random.default_rng(3)
     n = 3000
-    p, st = warm_state(rng, n, np.float32, state_dtype)
+    p, st = warm_state(rng, n, np.float32, state_dtype, step_kw=call_kw(var))
     g = rng.standard_normal(n).astype(np.float32)
     m0, v0 = decoded_state(st)
     pd, m, v, upd = adam64(p.astype(np.float64), g.astype(np.float64), m0, v0, 4, **var)
@@ -285,16 +290,16 @@ def test_float32_params_low_precision_state_one_step(state_dtype, var, launch_mo
 
 @pytest.mark.parametrize("mode", ["nearest", "stochastic", "compensation", "master"])
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
-def test_bf16_params_one_step(mode, state_dtype, launch_mode):
+def test_bf16_params_one_step(mode, state_dtype):
     rng = np.random.default_rng(4)
     n = 3000
     kw = {"compensation": {"compensation": True}, "master": {"master_weights": True}}.get(mode, {})
-    p, st = warm_state(rng, n, BF, state_dtype, **kw)
+    var = dict(wd=0.1, decoupled=True)
+    p, st = warm_state(rng, n, BF, state_dtype, step_kw=call_kw(var), **kw)
     g = rng.standard_normal(n).astype(np.float32).astype(BF)
     p0 = (st["master"] if mode == "master" else p).astype(np.float64)
     c0 = st["compensation"].astype(np.float64) if mode == "compensation" else 0.0
     m0, v0 = decoded_state(st)
-    var = dict(wd=0.1, decoupled=True)
     pd, m, v, upd = adam64(p0, g.astype(np.float64), m0, v0, 4, **var)
     exact = pd - upd
     fa.adam_step_lowp(p, g, st, step=4, lr=LR, rounding="stochastic" if mode == "stochastic" else "nearest",
@@ -323,7 +328,7 @@ def test_bf16_params_one_step(mode, state_dtype, launch_mode):
         assert np.all(np.abs(v1 - bf_round(v)) <= bf_ulp(v) + 1e-30)
 
 
-def test_master_weights_follow_float32_adam_bit_for_bit(launch_mode):
+def test_master_weights_follow_float32_adam_bit_for_bit():
     rng = np.random.default_rng(6)
     n = 5000
     p32 = rng.standard_normal(n).astype(np.float32)
@@ -341,6 +346,43 @@ def test_master_weights_follow_float32_adam_bit_for_bit(launch_mode):
         assert np.array_equal(st["master"].view(np.uint32), w.view(np.uint32)), t
         assert np.array_equal(st["exp_avg"], m) and np.array_equal(st["exp_avg_sq"], v)
         assert np.array_equal(pb, w.astype(BF))
+
+
+# Every layout's parallel kernel, against its serial kernel: bit for bit over several
+# parallel blocks (a last block that is not whole, 8-bit blocks across block edges) with
+# every thread count. The one-step tests above hold the serial kernels to the reference.
+LAYOUTS = ([(np.float32, s, "nearest") for s in ("float32", "bfloat16", "int8")]
+           + [(BF, s, m) for s in ("bfloat16", "int8")
+              for m in ("nearest", "stochastic", "compensation", "master")])
+
+
+@pytest.mark.parametrize("pdt,state_dtype,mode", LAYOUTS,
+                         ids=[f"{np.dtype(p).name}-{s}-{m}" for p, s, m in LAYOUTS])
+def test_parallel_kernel_equals_serial_bit_for_bit(pdt, state_dtype, mode, monkeypatch):
+    n = 2 * config.BLOCK + 3 * L.Q8_BLOCK + 77
+    kw = {"compensation": {"compensation": True}, "master": {"master_weights": True}}.get(mode, {})
+    var = dict(wd=0.1, decoupled=True) if pdt is BF else {}
+    step_kw = dict(call_kw(var), rounding="stochastic" if mode == "stochastic" else "nearest",
+                   seed=5)
+    rng = np.random.default_rng(12)
+    p0 = rng.standard_normal(n).astype(np.float32).astype(pdt)
+    gs = [rng.standard_normal(n).astype(np.float32).astype(pdt) for _ in range(3)]
+
+    def run(parallel, threads):
+        monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 0 if parallel else 1 << 62)
+        p = p0.copy()
+        st = fa.init_lowp_state(p, state_dtype=state_dtype, **kw)
+        with fa.threads(threads):
+            for t, g in enumerate(gs, 1):
+                fa.adam_step_lowp(p, g, st, step=t, lr=LR, **step_kw)
+        return [p.view(np.uint8).copy()] + [st[k].view(np.uint8).copy() for k in sorted(st)]
+
+    want = run(False, 1)
+    for threads in sorted({1, fa.get_num_threads()}):
+        got = run(True, threads)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b), threads
 
 
 def test_stochastic_rounding_reproducible_for_seed_and_threads(monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _checks as C
 from ..optim import Adam, ParamGroup
-from ..optim.groups import normalize_params
+from ..optim.groups import normalize_params, validate_groups
 
 
 _MANIFEST = "manifest.npz"
@@ -241,19 +241,7 @@ class ShardedOptimizer(_StateMixin):
 
     def _validate_groups(self):
         """Check edited param groups (no writes); return the validated values."""
-        groups = self.param_groups
-        if not isinstance(groups, list) or len(groups) != len(self._group_params):
-            raise ValueError("param_groups must stay a list of the optimizer's "
-                             f"{len(self._group_params)} groups")
-        out = []
-        for gi, g in enumerate(groups):
-            if not isinstance(g, dict):
-                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
-            if g.get("params") is not self._group_params[gi]:
-                raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
-                                 "are fixed at construction")
-            out.append(self._check_hparams(g, f"param_groups[{gi}]"))
-        return out
+        return validate_groups(self.param_groups, self._group_params, self._check_hparams)
 
     def _adopt_groups(self, values):
         """Write validated hyperparameters into the groups and the inner groups."""

@@ -19,7 +19,8 @@ from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DEC
                             N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
-from .groups import TORCH_SWITCHES, ParamGroup, Validator, normalize_params
+from .groups import (TORCH_SWITCHES, ParamGroup, Validator, normalize_params,
+                     validate_groups)
 from .guard import grad_norms
 from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
 from .plan import Bucket, Launch
@@ -184,17 +185,8 @@ class Optimizer(StateDictMixin):
         Raises before anything is modified: an invalid edit makes every step raise the
         same error until it is undone."""
         groups = self.param_groups
-        if not isinstance(groups, list) or len(groups) != len(self._group_params):
-            raise ValueError("param_groups must stay a list of the optimizer's "
-                             f"{len(self._group_params)} groups (use add_param_group)")
-        normalised = []
-        for gi, g in enumerate(groups):
-            if not isinstance(g, dict):
-                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
-            if g.get("params") is not self._group_params[gi]:
-                raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
-                                 "are fixed at construction (use add_param_group)")
-            normalised.append(self._validate(g, where=f"param_groups[{gi}]"))
+        normalised = validate_groups(groups, self._group_params,
+                                     lambda g, where: self._validate(g, where=where))
         alg = self._alg
         avg = 0.0 if self._average is None else self._average
         for gi, (g, values) in enumerate(zip(groups, normalised)):   # all valid: adopt them

@@ -62,6 +62,26 @@ def normalize_params(params, check_param, existing=()):
     return groups
 
 
+def validate_groups(groups, group_params, validate):
+    """Check ``param_groups`` as edited between steps: still a list of the optimizer's
+    groups, each a dict whose "params" list is the one it was built with. Returns
+    ``[validate(group, where) for each group]`` (``where``: "param_groups[i]"); raises
+    TypeError/ValueError naming the group before anything is modified, so an invalid
+    edit makes every step raise the same error until it is undone."""
+    if not isinstance(groups, list) or len(groups) != len(group_params):
+        raise ValueError("param_groups must stay a list of the optimizer's "
+                         f"{len(group_params)} groups (use add_param_group)")
+    out = []
+    for gi, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise TypeError(f"param_groups[{gi}] must be a dict, got {type(g).__name__}")
+        if g.get("params") is not group_params[gi]:
+            raise ValueError(f"param_groups[{gi}]['params'] was replaced; parameters "
+                             "are fixed at construction (use add_param_group)")
+        out.append(validate(g, f"param_groups[{gi}]"))
+    return out
+
+
 class ParamGroup(dict):
     """A param group: a plain dict (torch convention) that notes its own edits, so that
     ``step`` re-validates only after a write instead of re-reading every key each step."""

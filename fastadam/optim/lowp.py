@@ -271,7 +271,7 @@ class LowpState:
                 "skipped_steps": opt.skipped_steps}
 
     def load_state_dict(self, opt, sd):
-        from .state import _int
+        from .state import param_entry
         if not isinstance(sd, dict):
             raise TypeError(f"state_dict must be a dict, got {type(sd).__name__}")
         check_layout(sd, self.state_dtype)
@@ -282,18 +282,7 @@ class LowpState:
         new_state = []
         for i, live in enumerate(self.states):
             gi = opt._group_of[i]
-            where = f"state_dict['state'][{i}]"
-            st = state.get(i, state.get(str(i)))
-            if st is None:
-                st = {"step": 0}
-            if not isinstance(st, dict):
-                raise TypeError(f"{where} must be a dict")
-            step = _int(st.get("step", 0), f"{where}['step']", 0, C.MAX_STEP, "2**63 - 1")
-            if new_steps[gi] is None:
-                new_steps[gi] = step
-            elif new_steps[gi] != step:
-                raise ValueError(f"{where}['step'] is {step} but other parameters of "
-                                 f"param_groups[{gi}] are at step {new_steps[gi]}")
+            st, where, step = param_entry(state, i, gi, new_steps)
             unknown = set(st) - set(live) - {"step"}
             if unknown:
                 raise ValueError(f"{where} has unknown entries {sorted(unknown)} for "

@@ -77,6 +77,25 @@ def loaded_groups(opt, state_dict, check=None, validate=None, keys=None):
     return new_groups
 
 
+def param_entry(state, i, gi, steps):
+    """``state_dict["state"]`` entry of parameter i (keys i or "i"; missing: a fresh
+    parameter) of group gi, checked: a dict whose "step" agrees with the other parameters
+    of its group (``steps[gi]``, set by the first). Returns (entry, where, step)."""
+    where = f"state_dict['state'][{i}]"
+    st = state.get(i, state.get(str(i)))
+    if st is None:
+        st = {"step": 0}
+    if not isinstance(st, dict):
+        raise TypeError(f"{where} must be a dict")
+    step = _int(st.get("step", 0), f"{where}['step']", 0, C.MAX_STEP, "2**63 - 1")
+    if steps[gi] is None:
+        steps[gi] = step
+    elif steps[gi] != step:
+        raise ValueError(f"{where}['step'] is {step} but other parameters of "
+                         f"param_groups[{gi}] are at step {steps[gi]}")
+    return st, where, step
+
+
 class StateDictMixin:
     """The state methods of :class:`~fastadam.optim.base.Optimizer`."""
 
@@ -173,18 +192,7 @@ class StateDictMixin:
         new_state = [None] * len(self._params)
         for i, p in enumerate(self._params):
             gi = self._group_of[i]
-            st = state.get(i, state.get(str(i)))
-            where = f"state_dict['state'][{i}]"
-            if st is None:
-                st = {"step": 0}
-            if not isinstance(st, dict):
-                raise TypeError(f"{where} must be a dict")
-            step = _int(st.get("step", 0), f"{where}['step']", 0, C.MAX_STEP, "2**63 - 1")
-            if new_steps[gi] is None:
-                new_steps[gi] = step
-            elif new_steps[gi] != step:
-                raise ValueError(f"{where}['step'] is {step} but other parameters of "
-                                 f"param_groups[{gi}] are at step {new_steps[gi]}")
+            st, where, step = param_entry(state, i, gi, new_steps)
             arrays = {}
             for key in list(alg.state) + avg:
                 if key not in st:
