@@ -231,8 +231,25 @@ def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
 
 
 @njit(**JIT_OPTIONS)
+def first_bad_index(idx, n_rows):
+    """Position of the first index outside [0, n_rows), or -1."""
+    for j in range(idx.shape[0]):
+        r = idx[j]
+        if r < 0 or r >= n_rows:
+            return j
+    return -1
+
+
+@njit(**JIT_OPTIONS)
 def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
+    """Serial step. Returns -1, or the position of the first index outside
+    [0, n_rows) with nothing written (the bounds check is part of the call: one
+    dispatch per step)."""
+    bad = first_bad_index(idx, p2.shape[0])
+    if bad >= 0:
+        return bad
     coalesce_update(p2, idx, vals2, m2, v2, np.arange(idx.shape[0]), sc, 0)
+    return -1
 
 
 @njit(**JIT_OPTIONS)
@@ -296,7 +313,11 @@ def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
     (every occurrence of a row is in its bucket, so no two chunks touch a row). One
     fork/join per step. The bucket and chunk counts change only who does the work:
     each row is still summed in occurrence order, so the result is bit-identical for any
-    ``bbits``, ``n_chunks`` and thread count."""
+    ``bbits``, ``n_chunks`` and thread count. Returns -1, or the position of the first
+    index outside [0, n_rows) with nothing written."""
+    bad = first_bad_index(idx, p2.shape[0])
+    if bad >= 0:
+        return bad
     order, start = bucket_positions(idx, bbits)
     cut = work_cuts(start, n_chunks)
     for c in prange(n_chunks):
@@ -304,6 +325,7 @@ def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
         hi = start[cut[c + 1]]
         if hi > lo:
             coalesce_update(p2, idx, vals2, m2, v2, order[lo:hi], sc, bbits)
+    return -1
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -362,16 +384,6 @@ def span_hit(spans, a):
             right = mid
     if left < spans.shape[0] and spans[left, 0] < hi:
         return left
-    return -1
-
-
-@njit(**JIT_OPTIONS)
-def first_bad_index(idx, n_rows):
-    """Position of the first index outside [0, n_rows), or -1."""
-    for j in range(idx.shape[0]):
-        r = idx[j]
-        if r < 0 or r >= n_rows:
-            return j
     return -1
 
 
