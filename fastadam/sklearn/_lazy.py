@@ -160,36 +160,101 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
                            k)
 
 
-@numba.njit(**config.JIT_OPTIONS)
-def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, Wf, MV, MV2,
-                      b, bm, bv, fit_intercept, t, lr, beta1, beta2, eps, alpha, out_kind,
-                      huber_delta, lazy_sq, Z, Yb, swb, keys, slots, touched, hpos, G,
-                      q_slot, q_x, q_row, k):
-    """One epoch of a linear model (one weight layer, no hidden layer) with lazy
-    updates, in one compiled loop. Per minibatch of rows ``order[start:start +
-    batch_size]`` of the CSR matrix (read in place):
+# ------------------------------------------------------------------ linear models, compiled
+def table_row(k):
+    """Elements per feature of the fit-time table of a k-output linear model: the k
+    weights, k exp_avg, k exp_avg_sq and a slot marker, padded so that a feature's
+    row is one aligned block (4 elements for k = 1: two features per 64-byte line, a
+    feature never split across two)."""
+    n = 3 * k + 1
+    return 4 if n <= 4 else 8 * ((n + 7) // 8)
 
-    1. the forward product over the nonzeros; the same pass finds each nonzero's
-       feature in the minibatch's hash table (as ``lazy_adam_step`` does) and records
-       (slot, value, row) per nonzero in ``q_slot``, ``q_x``, ``q_row``;
+
+def new_table(n_features, k, dtype):
+    """An uninitialised (n_features, table_row(k)) array of ``dtype`` starting on a
+    64-byte boundary (so no feature's row straddles two cache lines)."""
+    dtype = np.dtype(dtype)
+    width = table_row(k)
+    extra = 64 // dtype.itemsize
+    buf = np.empty(n_features * width + extra, dtype)
+    off = (-buf.ctypes.data % 64) // dtype.itemsize
+    return buf[off:off + n_features * width].reshape(n_features, width)
+
+
+def marker_view(T):
+    """``T`` viewed as integers of its itemsize (the slot marker column 3 k)."""
+    return T.view(np.int64 if T.dtype.itemsize == 8 else np.int32)
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def pack_table(Wf, MV, T, Ti):
+    """T[j] = (Wf[j, :], MV[j, :, 0], MV[j, :, 1], marker -1)."""
+    n, k = Wf.shape
+    for j in range(n):
+        for o in range(k):
+            T[j, o] = Wf[j, o]
+            T[j, k + o] = MV[j, o, 0]
+            T[j, 2 * k + o] = MV[j, o, 1]
+        Ti[j, 3 * k] = -1
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def unpack_table(T, Wf, MV, moments):
+    """Wf[j, :] = T[j, :k] (and the moments back into MV when ``moments``)."""
+    n, k = Wf.shape
+    for j in range(n):
+        for o in range(k):
+            Wf[j, o] = T[j, o]
+            if moments:
+                MV[j, o, 0] = T[j, k + o]
+                MV[j, o, 1] = T[j, 2 * k + o]
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def _prefetch_features(indptr, indices, T, r):
+    # the table rows of row r's features, fetched while the previous row is processed
+    for p in range(indptr[r], indptr[r + 1]):
+        prefetch_row(T, indices[p], True)
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T, Ti, b,
+                      bm, bv, fit_intercept, t, lr, beta1, beta2, eps, alpha, out_kind,
+                      huber_delta, lazy_sq, Z, Yb, swb, touched, G, q_slot, q_x, q_row, k):
+    """One epoch of a linear model (one weight layer, no hidden layer) with lazy
+    updates, in one compiled loop, on the fit-time table ``T`` (see table_row: each
+    feature's k weights, k exp_avg, k exp_avg_sq and a slot marker side by side, so a
+    touched feature costs one cache line, not one for the weight and one for its
+    moments; ``Ti`` is T viewed as integers, for the marker). A feature's marker is -1,
+    or its slot (0, 1, ...) in the minibatch being processed. Per minibatch of rows
+    ``order[start:start + batch_size]`` of the CSR matrix (read in place):
+
+    1. the forward product over the nonzeros; the same pass reads each nonzero's
+       feature marker from the line just read for its weight (a new feature gets the
+       next slot: no hash table, no probing) and records (slot, value, row) per nonzero
+       in ``q_slot``, ``q_x``, ``q_row``; the table rows of the next row's features are
+       prefetched meanwhile;
     2. the loss and output delta (``output_loss_delta``);
     3. one dense Adam step ("epsilon hat") of the intercept ``b`` with moments ``bm``,
        ``bv``: its gradient is the delta's column sum (0 without ``fit_intercept``, as
        the optimizer steps it then);
     4. the touched rows' gradients, summed from the recorded nonzeros in the order of
-       the minibatch path, and their lazy Adam step (as ``lazy_adam_step``).
+       the minibatch path, and their lazy Adam step (as ``lazy_adam_step``), which
+       resets their markers to -1.
 
     The same arithmetic as the minibatch-by-minibatch path (``_loss_grad`` +
     ``_lazy_step``), without its per-minibatch Python work or second pass over the
     rows. ``t``: the step count before the epoch. A minibatch whose sample weights sum
     to 0 is skipped (no step). ``Z``, ``Yb`` (>= batch_size rows) and ``swb`` are
-    scratch; ``MV2`` is MV as a C-contiguous (n_features, 2 k) view (for prefetching);
-    ``keys`` ... ``G`` as for lazy_adam_step, ``q_*`` (>= the largest minibatch
-    nnz); ``k``: the number of outputs (Z.shape[1]). Returns (sum over minibatches of
-    loss * rows, the step count after the epoch, the running sum of squares of Wf)."""
+    scratch; ``touched``, ``G`` (rows) and ``q_*`` hold at least the largest
+    minibatch's nnz; ``k``: the number of outputs. Every marker is -1 on entry and on
+    return. Returns (sum over minibatches of loss * rows, the step count after the
+    epoch, the running sum of squares of the weights)."""
     n_all = order.shape[0]
-    mask = keys.shape[0] - 1
+    c = 3 * k
     acc = 0.0
+    if n_all:
+        _prefetch_features(indptr, indices, T, order[0])
     for start in range(0, n_all, batch_size):
         stop = min(start + batch_size, n_all)
         n = stop - start
@@ -207,6 +272,8 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, W
         nq = 0
         for i in range(n):
             r = rows[i]
+            if start + i + 1 < n_all:
+                _prefetch_features(indptr, indices, T, order[start + i + 1])
             for o in range(k):
                 Yb[i, o] = Y[r, o]
                 D[i, o] = 0.0
@@ -214,33 +281,20 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, W
                 x = data[p]
                 j = np.int64(indices[p])
                 if k == 1:          # (binary models: no loop over the outputs)
-                    D[i, 0] += x * Wf[j, 0]
+                    D[i, 0] += x * T[j, 0]
                 else:
                     for o in range(k):
-                        D[i, o] += x * Wf[j, o]
+                        D[i, o] += x * T[j, o]
                 if x == 0:
                     continue
-                h = (j * 2654435761) & mask
-                while True:
-                    kj = keys[h]
-                    if kj == j:
-                        s = slots[h]
-                        break
-                    if kj < 0:
-                        keys[h] = j
-                        s = nt
-                        slots[h] = s
-                        touched[nt] = j
-                        hpos[nt] = h
-                        nt += 1
-                        for o in range(k):
-                            G[s, o] = 0.0
-                        # the row's moments are needed after the forward pass: fetch
-                        # them now, overlapped with the rest of the pass (a feature's
-                        # weight is already in cache from the product above)
-                        prefetch_row(MV2, j, True)
-                        break
-                    h = (h + 1) & mask
+                s = np.int64(Ti[j, c])
+                if s < 0:
+                    s = nt
+                    Ti[j, c] = s
+                    touched[nt] = j
+                    nt += 1
+                    for o in range(k):
+                        G[s, o] = 0.0
                 q_slot[nq] = s
                 q_x[nq] = x
                 q_row[nq] = i
@@ -274,9 +328,44 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, W
                 i = q_row[q]
                 for o in range(k):
                     G[s, o] += x * D[i, o]
-        lazy_sq += _update_touched(Wf, MV, G, touched, nt, keys, hpos, alpha / sw_sum, lr_t,
-                                   beta1, beta2, eps, k)
+        lazy_sq += _update_table(T, Ti, G, touched, nt, alpha / sw_sum, lr_t, beta1,
+                                 beta2, eps, k)
     return acc, t, lazy_sq
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def _update_table(T, Ti, G, touched, nt, reg, lr_t, beta1, beta2, eps, k):
+    # _update_touched on the table layout (the same arithmetic, the same rounding of the
+    # moments to the table's dtype before the weight update); resets the markers.
+    c = 3 * k
+    dsq = 0.0
+    if k == 1:
+        for s in range(nt):
+            j = touched[s]
+            Ti[j, c] = -1
+            w = np.float64(T[j, 0])
+            g = G[s, 0] + reg * w
+            T[j, 1] = beta1 * T[j, 1] + (1.0 - beta1) * g
+            T[j, 2] = beta2 * T[j, 2] + (1.0 - beta2) * (g * g)
+            T[j, 0] = w - lr_t * (np.float64(T[j, 1]) / (math.sqrt(T[j, 2]) + eps))
+            w1 = np.float64(T[j, 0])
+            dsq += w1 * w1 - w * w
+        return dsq
+    for s in range(nt):
+        j = touched[s]
+        Ti[j, c] = -1
+        for o in range(k):
+            w = np.float64(T[j, o])
+            g = G[s, o] + reg * w
+            m = beta1 * T[j, k + o] + (1.0 - beta1) * g
+            v = beta2 * T[j, 2 * k + o] + (1.0 - beta2) * (g * g)
+            T[j, k + o] = m
+            T[j, 2 * k + o] = v
+            T[j, o] = w - lr_t * (np.float64(T[j, k + o]) / (math.sqrt(T[j, 2 * k + o])
+                                                             + eps))
+            w1 = np.float64(T[j, o])
+            dsq += w1 * w1 - w * w
+    return dsq
 
 
 class Scratch:
@@ -301,14 +390,15 @@ class Scratch:
         return self.keys, self.slots, self.touched, self.hpos, self.G
 
     def get_epoch(self, nnz):
-        """get(nnz) and the whole-epoch loop's per-nonzero arrays (slot, value, row)."""
-        arrays = self.get(nnz)
+        """The whole-epoch loop's scratch: ``touched``, ``G`` and the per-nonzero
+        arrays (slot, value, row), for minibatches of up to nnz nonzeros."""
+        _, _, touched, _, G = self.get(nnz)
         if getattr(self, "q_n", -1) < self.nnz:
             self.q_slot = np.empty(self.nnz, np.int64)
             self.q_x = np.empty(self.nnz, np.float64)
             self.q_row = np.empty(self.nnz, np.int64)
             self.q_n = self.nnz
-        return arrays + (self.q_slot, self.q_x, self.q_row)
+        return touched, G, self.q_slot, self.q_x, self.q_row
 
 
 def step_lr(lr, beta1, beta2, t):

@@ -131,6 +131,24 @@ class _Network:
                 and getattr(self, "_optimizer_comm", None) is None
                 and getattr(self.optimizer_, "_lowp", None) is None)
 
+    def _lazy_pack(self):
+        """The fit-time table of the compiled lazy epoch (``_lazy.table_row``): each
+        feature's weights, moments and slot marker side by side, from the first weight
+        layer and ``_lazy_mv``."""
+        Wf = self._dense_weights()[0]
+        T = _lazy.new_table(Wf.shape[0], Wf.shape[1], self._flat.dtype)
+        Ti = _lazy.marker_view(T)
+        _lazy.pack_table(Wf, self._lazy_mv, T, Ti)
+        self._lazy_table = (T, Ti)
+
+    def _lazy_unpack(self, moments):
+        """The table's weights back into the first weight layer (and its moments into
+        ``_lazy_mv`` when ``moments``, which also drops the table)."""
+        T = self._lazy_table[0]
+        _lazy.unpack_table(T, self._dense_weights()[0], self._lazy_mv, moments)
+        if moments:
+            del self._lazy_table
+
     def _lazy_epoch(self, X, Y, sw, order, batch_size, ws):
         """One epoch of the lazy linear model in one compiled loop; returns the sum over
         minibatches of (mean loss * rows), like the minibatch loop of ``_epochs``. The
@@ -143,8 +161,7 @@ class _Network:
         bm = np.ascontiguousarray(st.get("exp_avg", np.zeros_like(self._intercepts[0])), dt)
         bv = np.ascontiguousarray(st.get("exp_avg_sq", np.zeros_like(self._intercepts[0])),
                                   dt)
-        Wf = self._dense_weights()[0]
-        k = Wf.shape[1]
+        k = self._intercepts[0].shape[0]
         scratch = getattr(self, "_lazy_scratch", None)
         if scratch is None or scratch.k != k:
             scratch = self._lazy_scratch = _lazy.Scratch(k)
@@ -155,8 +172,7 @@ class _Network:
         t0 = self._lazy_t
         acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
             X.indptr, X.indices, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
-            batch_size, Wf, self._lazy_mv,
-            self._lazy_mv.reshape(self._lazy_mv.shape[0], -1), self._intercepts[0], bm, bv,
+            batch_size, *self._lazy_table, self._intercepts[0], bm, bv,
             bool(getattr(self, "fit_intercept", True)), t0,
             float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
             float(self.epsilon), float(self.alpha), K.OUT_CODE[self._out_kind],
@@ -213,7 +229,7 @@ class _Network:
             state["optimizer_"] = self.optimizer_.state_dict() if local else None
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
             for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_batch",
-                      "_lazy_scratch", "coef_", "intercept_", "coefs_", "intercepts_"):
+                      "_lazy_scratch", "_lazy_table", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
 
