@@ -90,16 +90,44 @@ def prefetch_row(typingctx, arr, row, write):
         nbytes = builder.mul(width, itemsize)
         cap = ir.Constant(intp, PREFETCH_BYTES)
         nbytes = builder.select(builder.icmp_signed("<", nbytes, cap), nbytes, cap)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
         with cgutils.for_range_slice(builder, ir.Constant(intp, 0), nbytes,
                                      ir.Constant(intp, 64)) as (off, _):
-            builder.call(fn, [builder.gep(base, [off]), ir.Constant(i32, rw),
-                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            _emit_prefetch(builder, builder.gep(base, [off]), rw)
         return context.get_dummy_value()
 
     return types.void(arr, row, write), codegen
+
+
+def _emit_prefetch(builder, addr, rw):
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [addr.type, i32, i32, i32]),
+        _PREFETCH)
+    builder.call(fn, [addr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+@intrinsic
+def prefetch_span(typingctx, arr, start, nbytes):
+    """Hint the ``nbytes`` (a literal) bytes from ``arr[start]`` (a 1-D array) into L1
+    for reading, one hint per 64 bytes. No effect on results; the addresses are
+    computed, never dereferenced (``start`` may be the end of the array)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1
+            and isinstance(start, types.Integer) and isinstance(nbytes, types.IntegerLiteral)):
+        return None
+    span = nbytes.literal_value
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        intp = context.get_value_type(types.intp)
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        stride = cgutils.unpack_tuple(builder, ary.strides)[0]
+        i8p = ir.IntType(8).as_pointer()
+        base = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(i, stride)])
+        for off in range(0, span, 64):
+            _emit_prefetch(builder, builder.gep(base, [ir.Constant(intp, off)]), 0)
+        return context.get_dummy_value()
+
+    return types.void(arr, start, nbytes), codegen
 
 
 @njit(inline="always", **JIT_OPTIONS)

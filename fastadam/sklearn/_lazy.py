@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from .. import config
-from ..kernels.sparse import prefetch_row
+from ..kernels.sparse import prefetch_row, prefetch_span
 from ._kernels import output_loss_delta
 
 
@@ -210,11 +210,34 @@ def unpack_table(T, Wf, MV, moments):
                 MV[j, o, 1] = T[j, 2 * k + o]
 
 
+#: Rows of look-ahead of the compiled epoch's prefetching: the table rows of the
+#: features of the row this far ahead are fetched, and the CSR entries (indices, data) of
+#: the row twice as far ahead, so that reading that row's indices does not stall.
+ROW_PREFETCH = 2
+
+
 @numba.njit(inline="always", **config.JIT_OPTIONS)
 def _prefetch_features(indptr, indices, T, r):
-    # the table rows of row r's features, fetched while the previous row is processed
+    # the table rows of CSR row r's features
     for p in range(indptr[r], indptr[r + 1]):
         prefetch_row(T, indices[p], True)
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def _prefetch_entries(indptr, indices, data, r):
+    # the first CSR entries (indices, values) of row r
+    prefetch_span(indices, indptr[r], 128)
+    prefetch_span(data, indptr[r], 256)
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def _prefetch_ahead(indptr, indices, data, T, order, i):
+    # while the epoch's row order[i] is processed
+    n = order.shape[0]
+    if i + ROW_PREFETCH < n:
+        _prefetch_features(indptr, indices, T, order[i + ROW_PREFETCH])
+    if i + 2 * ROW_PREFETCH < n:
+        _prefetch_entries(indptr, indices, data, order[i + 2 * ROW_PREFETCH])
 
 
 @numba.njit(**config.JIT_OPTIONS)
@@ -232,8 +255,8 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
     1. the forward product over the nonzeros; the same pass reads each nonzero's
        feature marker from the line just read for its weight (a new feature gets the
        next slot: no hash table, no probing) and records (slot, value, row) per nonzero
-       in ``q_slot``, ``q_x``, ``q_row``; the table rows of the next row's features are
-       prefetched meanwhile;
+       in ``q_slot``, ``q_x``, ``q_row``; the table rows of the features of the rows
+       ahead, and those rows' CSR entries, are prefetched meanwhile (_prefetch_ahead);
     2. the loss and output delta (``output_loss_delta``);
     3. one dense Adam step ("epsilon hat") of the intercept ``b`` with moments ``bm``,
        ``bv``: its gradient is the delta's column sum (0 without ``fit_intercept``, as
@@ -253,8 +276,10 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
     n_all = order.shape[0]
     c = 3 * k
     acc = 0.0
-    if n_all:
-        _prefetch_features(indptr, indices, T, order[0])
+    for i in range(min(2 * ROW_PREFETCH, n_all)):
+        _prefetch_entries(indptr, indices, data, order[i])
+    for i in range(min(ROW_PREFETCH, n_all)):
+        _prefetch_features(indptr, indices, T, order[i])
     for start in range(0, n_all, batch_size):
         stop = min(start + batch_size, n_all)
         n = stop - start
@@ -272,8 +297,7 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
         nq = 0
         for i in range(n):
             r = rows[i]
-            if start + i + 1 < n_all:
-                _prefetch_features(indptr, indices, T, order[start + i + 1])
+            _prefetch_ahead(indptr, indices, data, T, order, start + i)
             for o in range(k):
                 Yb[i, o] = Y[r, o]
                 D[i, o] = 0.0
