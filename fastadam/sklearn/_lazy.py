@@ -269,8 +269,8 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
     ``_lazy_step``), without its per-minibatch Python work or second pass over the
     rows. ``t``: the step count before the epoch. A minibatch whose sample weights sum
     to 0 is skipped (no step). ``Z``, ``Yb`` (>= batch_size rows) and ``swb`` are
-    scratch; ``touched``, ``G`` (rows) and ``q_*`` hold at least the largest
-    minibatch's nnz; ``k``: the number of outputs. Every marker is -1 on entry and on
+    scratch; ``touched``, ``G`` (rows) and ``q_*`` hold more than the largest
+    minibatch's nnz (slot nt is written before it is known to be needed); ``k``: the number of outputs. Every marker is -1 on entry and on
     return. Returns (sum over minibatches of loss * rows, the step count after the
     epoch, the running sum of squares of the weights)."""
     n_all = order.shape[0]
@@ -311,14 +311,17 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
                         D[i, o] += x * T[j, o]
                 if x == 0:
                     continue
+                # branch-free: whether the feature is new in the minibatch is data
+                # (a hot feature recurs at random); slot nt's entries are written
+                # either way and only kept (nt advances) for a new feature
                 s = np.int64(Ti[j, c])
-                if s < 0:
-                    s = nt
-                    Ti[j, c] = s
-                    touched[nt] = j
-                    nt += 1
-                    for o in range(k):
-                        G[s, o] = 0.0
+                fresh = s < 0
+                s = nt if fresh else s
+                Ti[j, c] = s
+                touched[nt] = j
+                for o in range(k):
+                    G[nt, o] = 0.0
+                nt += fresh
                 q_slot[nq] = s
                 q_x[nq] = x
                 q_row[nq] = i
@@ -418,9 +421,9 @@ class Scratch:
         arrays (slot, value, row), for minibatches of up to nnz nonzeros."""
         _, _, touched, _, G = self.get(nnz)
         if getattr(self, "q_n", -1) < self.nnz:
-            self.q_slot = np.empty(self.nnz, np.int64)
+            self.q_slot = np.empty(self.nnz, np.int32)
             self.q_x = np.empty(self.nnz, np.float64)
-            self.q_row = np.empty(self.nnz, np.int64)
+            self.q_row = np.empty(self.nnz, np.int32)
             self.q_n = self.nnz
         return touched, G, self.q_slot, self.q_x, self.q_row
 
