@@ -368,7 +368,7 @@ def test_table_epoch_is_skipped_when_it_would_not_pay_and_results_agree(monkeypa
     packs = []
     orig = AdamClassifier._lazy_pack
     monkeypatch.setattr(AdamClassifier, "_lazy_pack",
-                        lambda self: packs.append(1) or orig(self))
+                        lambda self, X: packs.append(1) or orig(self, X))
     kw = dict(sparse_updates="lazy", batch_size=8, alpha=0.01, random_state=0)
     a = AdamClassifier(**kw, max_iter=20, tol=0, n_iter_no_change=100).fit(X, y)
     assert packs == [1]                       # 20 epochs * 300 nnz >= 4000 / 4
@@ -400,3 +400,13 @@ def test_compiled_epoch_with_early_stopping_scores_the_current_weights(monkeypat
     np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-12)
     for p, q in zip(_params(a) + [a._lazy_mv], _params(b) + [b._lazy_mv]):
         np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
+
+
+def test_compact_columns_renumbers_the_present_features():
+    from fastadam.sklearn._lazy import compact_columns
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 1000, 300).astype(np.int32)
+    ids, local = compact_columns(indices, 1000)
+    np.testing.assert_array_equal(ids, np.unique(indices))
+    np.testing.assert_array_equal(ids[local], indices)
+    assert local.dtype == np.int32 and compact_columns(indices[:0], 10)[0].shape == (0,)

@@ -285,9 +285,10 @@ class _BaseAdam(_Network, BaseEstimator):
         data-parallel batching (see ``_parallel``), None in one process.
 
         A lazy linear model runs each epoch as one compiled loop on a fit-time table that
-        keeps each feature's weights next to their moments (``_lazy_pack``), built here
-        and copied back into ``coef_`` and ``_lazy_mv`` when the loop ends, however it
-        ends. Building and copying back is O(n_features) per call, so it is used only
+        keeps each feature's weights next to their moments (``_lazy_pack``: one row per
+        feature present in X), built here and copied back into ``coef_`` and
+        ``_lazy_mv`` when the loop ends, however it ends. Finding the features present
+        takes one int32 per feature (O(n_features) per call), so the table is used only
         when the call's nonzeros (times its epochs) are at least n_features / 4;
         smaller calls (``partial_fit`` on a few rows of a wide model, say) take the
         minibatch loop, which is O(nnz). Both give the same results (tested)."""
@@ -297,7 +298,7 @@ class _BaseAdam(_Network, BaseEstimator):
         if not compiled:
             return self._run_epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
                                     early, plan, False)
-        self._lazy_pack()
+        self._lazy_pack(X)
         try:
             return self._run_epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
                                     early, plan, True)

@@ -162,7 +162,8 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
 
 # ------------------------------------------------------------------ linear models, compiled
 def table_row(k):
-    """Elements per feature of the fit-time table of a k-output linear model: the k
+    """Elements per feature of the fit-time table of a k-output linear model (one row
+    per feature present in the data, see compact_columns): the k
     weights, k exp_avg, k exp_avg_sq and a slot marker, padded so that a feature's
     row is one aligned block (4 elements for k = 1: two features per 64-byte line, a
     feature never split across two)."""
@@ -187,27 +188,51 @@ def marker_view(T):
 
 
 @numba.njit(**config.JIT_OPTIONS)
-def pack_table(Wf, MV, T, Ti):
-    """T[j] = (Wf[j, :], MV[j, :, 0], MV[j, :, 1], marker -1)."""
-    n, k = Wf.shape
-    for j in range(n):
-        for o in range(k):
-            T[j, o] = Wf[j, o]
-            T[j, k + o] = MV[j, o, 0]
-            T[j, 2 * k + o] = MV[j, o, 1]
-        Ti[j, 3 * k] = -1
+def compact_columns(indices, n_features):
+    """The distinct column indices of a CSR matrix (its ``indices``), in increasing
+    order (int64), and ``indices`` renumbered to positions in that list (int32). One
+    int32 per feature of scratch; the rest is O(nnz)."""
+    pos = np.zeros(n_features, np.int32)
+    for p in range(indices.shape[0]):
+        pos[indices[p]] = 1
+    ids = np.empty(min(n_features, indices.shape[0]), np.int64)
+    nc = 0
+    for j in range(n_features):
+        if pos[j]:
+            pos[j] = nc
+            ids[nc] = j
+            nc += 1
+    local = np.empty(indices.shape[0], np.int32)
+    for p in range(indices.shape[0]):
+        local[p] = pos[indices[p]]
+    return ids[:nc], local
 
 
 @numba.njit(**config.JIT_OPTIONS)
-def unpack_table(T, Wf, MV, moments):
-    """Wf[j, :] = T[j, :k] (and the moments back into MV when ``moments``)."""
-    n, k = Wf.shape
-    for j in range(n):
+def pack_table(Wf, MV, ids, T, Ti):
+    """T[c] = (Wf[j, :], MV[j, :, 0], MV[j, :, 1], marker -1) for j = ids[c]."""
+    k = Wf.shape[1]
+    for c in range(ids.shape[0]):
+        j = ids[c]
         for o in range(k):
-            Wf[j, o] = T[j, o]
+            T[c, o] = Wf[j, o]
+            T[c, k + o] = MV[j, o, 0]
+            T[c, 2 * k + o] = MV[j, o, 1]
+        Ti[c, 3 * k] = -1
+
+
+@numba.njit(**config.JIT_OPTIONS)
+def unpack_table(T, ids, Wf, MV, moments):
+    """Wf[j, :] = T[c, :k] for j = ids[c] (and the moments back into MV when
+    ``moments``)."""
+    k = Wf.shape[1]
+    for c in range(ids.shape[0]):
+        j = ids[c]
+        for o in range(k):
+            Wf[j, o] = T[c, o]
             if moments:
-                MV[j, o, 0] = T[j, k + o]
-                MV[j, o, 1] = T[j, 2 * k + o]
+                MV[j, o, 0] = T[c, k + o]
+                MV[j, o, 1] = T[c, 2 * k + o]
 
 
 #: Rows of look-ahead of the compiled epoch's prefetching: the table rows of the
@@ -248,7 +273,10 @@ def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, T
     updates, in one compiled loop, on the fit-time table ``T`` (see table_row: each
     feature's k weights, k exp_avg, k exp_avg_sq and a slot marker side by side, so a
     touched feature costs one cache line, not one for the weight and one for its
-    moments; ``Ti`` is T viewed as integers, for the marker). A feature's marker is -1,
+    moments; ``Ti`` is T viewed as integers, for the marker). ``indices`` are the CSR
+    matrix's column indices renumbered to rows of T (compact_columns: only the features
+    present in the data have a row, so the table is as dense in cache as the data
+    allows, whatever n_features). A feature's marker is -1,
     or its slot (0, 1, ...) in the minibatch being processed. Per minibatch of rows
     ``order[start:start + batch_size]`` of the CSR matrix (read in place):
 

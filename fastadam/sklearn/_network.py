@@ -131,21 +131,23 @@ class _Network:
                 and getattr(self, "_optimizer_comm", None) is None
                 and getattr(self.optimizer_, "_lowp", None) is None)
 
-    def _lazy_pack(self):
-        """The fit-time table of the compiled lazy epoch (``_lazy.table_row``): each
-        feature's weights, moments and slot marker side by side, from the first weight
-        layer and ``_lazy_mv``."""
+    def _lazy_pack(self, X):
+        """The fit-time table of the compiled lazy epoch (``_lazy.table_row``) for the
+        CSR matrix X: for each feature present in X, its weights, moments and slot
+        marker side by side, from the first weight layer and ``_lazy_mv``; and X's
+        column indices renumbered to the table's rows."""
         Wf = self._dense_weights()[0]
-        T = _lazy.new_table(Wf.shape[0], Wf.shape[1], self._flat.dtype)
+        ids, local = _lazy.compact_columns(X.indices, X.shape[1])
+        T = _lazy.new_table(ids.shape[0], Wf.shape[1], self._flat.dtype)
         Ti = _lazy.marker_view(T)
-        _lazy.pack_table(Wf, self._lazy_mv, T, Ti)
-        self._lazy_table = (T, Ti)
+        _lazy.pack_table(Wf, self._lazy_mv, ids, T, Ti)
+        self._lazy_table = (T, Ti, ids, local)
 
     def _lazy_unpack(self, moments):
         """The table's weights back into the first weight layer (and its moments into
         ``_lazy_mv`` when ``moments``, which also drops the table)."""
-        T = self._lazy_table[0]
-        _lazy.unpack_table(T, self._dense_weights()[0], self._lazy_mv, moments)
+        T, _, ids, _ = self._lazy_table
+        _lazy.unpack_table(T, ids, self._dense_weights()[0], self._lazy_mv, moments)
         if moments:
             del self._lazy_table
 
@@ -170,9 +172,10 @@ class _Network:
             if order.shape[0] else 0
         has_sw = sw is not None
         t0 = self._lazy_t
+        T, Ti, _, local = self._lazy_table
         acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
-            X.indptr, X.indices, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
-            batch_size, *self._lazy_table, self._intercepts[0], bm, bv,
+            X.indptr, local, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
+            batch_size, T, Ti, self._intercepts[0], bm, bv,
             bool(getattr(self, "fit_intercept", True)), t0,
             float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
             float(self.epsilon), float(self.alpha), K.OUT_CODE[self._out_kind],
