@@ -403,7 +403,7 @@ def test_compiled_epoch_with_early_stopping_scores_the_current_weights(monkeypat
 
 
 def test_compact_columns_renumbers_the_present_features():
-    from fastadam.sklearn._lazy import compact_columns
+    from fastadam.sklearn._lazy_linear import compact_columns
     rng = np.random.default_rng(5)
     indices = rng.integers(0, 1000, 300).astype(np.int32)
     ids, local = compact_columns(indices, 1000)

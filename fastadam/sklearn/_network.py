@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from ..flat import flatten
 from ..optim import Adam
 from . import _kernels as K
-from . import _lazy
+from . import _lazy, _lazy_linear
 
 
 class _Network:
@@ -125,29 +125,30 @@ class _Network:
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
     def _compiled_lazy_epoch(self):
-        """Whether an epoch runs as one compiled loop (:func:`._lazy.lazy_linear_epoch`):
-        lazy updates of a linear model (one weight layer) with an in-memory optimizer."""
+        """Whether an epoch runs as one compiled loop
+        (:func:`._lazy_linear.lazy_linear_epoch`): lazy updates of a linear model (one
+        weight layer) with an in-memory optimizer."""
         return (getattr(self, "_lazy", False) and self._linear and len(self._weights) == 1
                 and getattr(self, "_optimizer_comm", None) is None
                 and getattr(self.optimizer_, "_lowp", None) is None)
 
     def _lazy_pack(self, X):
-        """The fit-time table of the compiled lazy epoch (``_lazy.table_row``) for the
+        """The fit-time table of the compiled lazy epoch (``_lazy_linear.table_row``) for the
         CSR matrix X: for each feature present in X, its weights, moments and slot
         marker side by side, from the first weight layer and ``_lazy_mv``; and X's
         column indices renumbered to the table's rows."""
         Wf = self._dense_weights()[0]
-        ids, local = _lazy.compact_columns(X.indices, X.shape[1])
-        T = _lazy.new_table(ids.shape[0], Wf.shape[1], self._flat.dtype)
-        Ti = _lazy.marker_view(T)
-        _lazy.pack_table(Wf, self._lazy_mv, ids, T, Ti)
+        ids, local = _lazy_linear.compact_columns(X.indices, X.shape[1])
+        T = _lazy_linear.new_table(ids.shape[0], Wf.shape[1], self._flat.dtype)
+        Ti = _lazy_linear.marker_view(T)
+        _lazy_linear.pack_table(Wf, self._lazy_mv, ids, T, Ti)
         self._lazy_table = (T, Ti, ids, local)
 
     def _lazy_unpack(self, moments):
         """The table's weights back into the first weight layer (and its moments into
         ``_lazy_mv`` when ``moments``, which also drops the table)."""
         T, _, ids, _ = self._lazy_table
-        _lazy.unpack_table(T, ids, self._dense_weights()[0], self._lazy_mv, moments)
+        _lazy_linear.unpack_table(T, ids, self._dense_weights()[0], self._lazy_mv, moments)
         if moments:
             del self._lazy_table
 
@@ -173,7 +174,7 @@ class _Network:
         has_sw = sw is not None
         t0 = self._lazy_t
         T, Ti, _, local = self._lazy_table
-        acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
+        acc, t, self._lazy_sq = _lazy_linear.lazy_linear_epoch(
             X.indptr, local, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
             batch_size, T, Ti, self._intercepts[0], bm, bv,
             bool(getattr(self, "fit_intercept", True)), t0,
