@@ -56,12 +56,13 @@ def _check_param(name, p):
     return p
 
 
-def _check_indices(name, indices, n_rows):
+def _check_indices(name, indices, n_rows, bounds=True):
     """``indices`` as a 1-D C-contiguous int64 or int32 array, every entry in
-    [0, n_rows). Never writes; copies only when the dtype or layout needs it."""
+    [0, n_rows) (unless ``bounds`` is False: the caller's kernel launch checks them).
+    Never writes; copies only when the dtype or layout needs it."""
     if type(indices) is np.ndarray and (indices.dtype is _I64 or indices.dtype is _I32) \
             and indices.ndim == 1 and indices.flags.c_contiguous:
-        if indices.shape[0]:
+        if bounds and indices.shape[0]:
             j = _K.first_bad_index(indices, n_rows)
             if j >= 0:
                 _bad_index(name, indices, j, n_rows)
@@ -85,7 +86,7 @@ def _check_indices(name, indices, n_rows):
         idx = idx.astype(np.int64)
     if not idx.flags.c_contiguous:
         idx = np.ascontiguousarray(idx)
-    if idx.size:
+    if bounds and idx.size:
         j = _K.first_bad_index(idx, n_rows)
         if j >= 0:
             _bad_index(name, indices, j, n_rows)
@@ -137,13 +138,9 @@ def step_scalars(step, lr, beta1, beta2, eps, maximize, dtype):
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     step_size = lr * math.sqrt(bias_correction2) / bias_correction1
-    sc = np.empty(_K.N_SCALARS, dtype=dtype)
-    sc[_K.OMB1] = 1 - beta1
-    sc[_K.OMB2] = 1 - beta2
-    sc[_K.EPS] = eps
-    sc[_K.NEG_STEP_SIZE] = -step_size
-    sc[_K.GSIGN] = -1.0 if maximize else 1.0
-    return sc
+    # one array construction (the order of kernels/sparse.py's OMB1 ... GSIGN)
+    return np.array((1 - beta1, 1 - beta2, eps, -step_size, -1.0 if maximize else 1.0),
+                    dtype)
 
 
 def _partition_bits(k):
@@ -154,14 +151,15 @@ def _partition_bits(k):
 
 
 def launch(p2, idx, vals2, m2, v2, sc):
-    """Run the serial or parallel kernel on validated 2-D views (k >= 1)."""
+    """Run the serial or parallel kernel on validated 2-D views (k >= 1). The kernel
+    checks the bounds of ``idx`` before writing anything: returns -1, or the position
+    of the first index outside [0, n_rows) (nothing changed)."""
     k = idx.shape[0]
     if config.use_parallel(k * p2.shape[1]) and k >= 2:
         with config.launch_lock():
-            _K.sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, _partition_bits(k),
-                                    numba.get_num_threads())
-    else:
-        _K.sparse_adam_serial(p2, idx, vals2, m2, v2, sc)
+            return _K.sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, _partition_bits(k),
+                                           numba.get_num_threads())
+    return _K.sparse_adam_serial(p2, idx, vals2, m2, v2, sc)
 
 
 # ----------------------------------------------------------------------------- functional
@@ -197,7 +195,7 @@ def sparse_adam_step(param, indices, values, exp_avg, exp_avg_sq, *, step, lr=1e
         if not (type(a) is np.ndarray and a.dtype is dt and a.shape == shape
                 and a.flags.c_contiguous and a.flags.writeable):
             C.check_array(name, a, writable=True, dtype=dt, shape=shape)
-    idx = _check_indices("indices", indices, shape[0])
+    idx = _check_indices("indices", indices, shape[0], bounds=False)   # bounds: launch
     vals = _check_values("values", values, param, idx.shape[0])
     p2, m2, v2, vals2 = _as_rows(param), _as_rows(exp_avg), _as_rows(exp_avg_sq), _as_rows(vals)
     bad = _K.functional_overlap(p2, m2, v2, vals2, idx)
@@ -206,7 +204,10 @@ def sparse_adam_step(param, indices, values, exp_avg, exp_avg_sq, *, step, lr=1e
                          "parameter, its moments and the gradient must be separate arrays")
     if idx.shape[0] == 0:
         return
-    launch(p2, idx, vals2, m2, v2, step_scalars(step, lr, beta1, beta2, eps, maximize, dt))
+    bad = launch(p2, idx, vals2, m2, v2,
+                 step_scalars(step, lr, beta1, beta2, eps, maximize, dt))
+    if bad >= 0:
+        _bad_index("indices", indices, bad, shape[0])
 
 
 def _check_hyper(step, lr, betas, eps):

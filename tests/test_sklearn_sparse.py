@@ -347,3 +347,66 @@ def test_compiled_lazy_epoch_equals_the_minibatch_loop(monkeypatch, case):
     assert sa["step"] == sb["step"] == a._lazy_t
     for k in ("exp_avg", "exp_avg_sq"):
         np.testing.assert_allclose(sa[k], sb[k], rtol=1e-12, atol=1e-15)
+
+
+def _wide(n=60, d=4000, nnz=5, seed=4):
+    """Few nonzeros over many features: nnz * epochs < n_features / 4 for one epoch."""
+    rng = np.random.default_rng(seed)
+    cols = rng.integers(0, d, (n, nnz))
+    X = sp.csr_matrix((rng.normal(size=n * nnz), cols.ravel(), np.arange(0, n * nnz + 1, nnz)),
+                      shape=(n, d))
+    X.sum_duplicates()
+    return X, (np.asarray(X.sum(1)).ravel() > 0).astype(int)
+
+
+def test_table_epoch_is_skipped_when_it_would_not_pay_and_results_agree(monkeypatch):
+    """The compiled epoch packs a table of all n_features (O(n_features) per call); a
+    call with nnz * epochs < n_features / 4 (partial_fit on a few rows of a wide model)
+    takes the O(nnz) minibatch loop instead. Both paths give the same model, and every
+    path leaves the public weights and moments (coef_, _lazy_mv) up to date."""
+    X, y = _wide()
+    packs = []
+    orig = AdamClassifier._lazy_pack
+    monkeypatch.setattr(AdamClassifier, "_lazy_pack",
+                        lambda self, X: packs.append(1) or orig(self, X))
+    kw = dict(sparse_updates="lazy", batch_size=8, alpha=0.01, random_state=0)
+    a = AdamClassifier(**kw, max_iter=20, tol=0, n_iter_no_change=100).fit(X, y)
+    assert packs == [1]                       # 20 epochs * 300 nnz >= 4000 / 4
+    for _ in range(3):
+        a.partial_fit(X[:10], y[:10])         # 50 nnz < 1000: the minibatch loop
+    assert packs == [1]
+    monkeypatch.setattr(AdamClassifier, "_compiled_lazy_epoch", lambda self: False)
+    b = AdamClassifier(**kw, max_iter=20, tol=0, n_iter_no_change=100).fit(X, y)
+    for _ in range(3):
+        b.partial_fit(X[:10], y[:10])
+    for p, q in zip(_params(a) + [a._lazy_mv], _params(b) + [b._lazy_mv]):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
+    assert not hasattr(a, "_lazy_table")
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-12)
+
+
+def test_compiled_epoch_with_early_stopping_scores_the_current_weights(monkeypatch):
+    """Under early stopping the validation score of each epoch is computed from coef_,
+    which the compiled loop's table is copied into after every epoch: the scores, the
+    best weights restored at the end and the moments equal the minibatch path's."""
+    X, y, _ = _sparse_data(n=300, d=30)
+    kw = dict(sparse_updates="lazy", max_iter=12, early_stopping=True,
+              validation_fraction=0.2, n_iter_no_change=3, tol=1e-3, alpha=0.01,
+              batch_size=20, random_state=2, learning_rate_init=0.05)
+    a = AdamClassifier(**kw).fit(X, y)
+    monkeypatch.setattr(AdamClassifier, "_compiled_lazy_epoch", lambda self: False)
+    b = AdamClassifier(**kw).fit(X, y)
+    assert len(a.validation_scores_) == len(b.validation_scores_) >= 3
+    np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-12)
+    for p, q in zip(_params(a) + [a._lazy_mv], _params(b) + [b._lazy_mv]):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-15)
+
+
+def test_compact_columns_renumbers_the_present_features():
+    from fastadam.sklearn._lazy_linear import compact_columns
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 1000, 300).astype(np.int32)
+    ids, local = compact_columns(indices, 1000)
+    np.testing.assert_array_equal(ids, np.unique(indices))
+    np.testing.assert_array_equal(ids[local], indices)
+    assert local.dtype == np.int32 and compact_columns(indices[:0], 10)[0].shape == (0,)

@@ -517,6 +517,29 @@ def test_functional_bad_input_changes_nothing(bad, exc, msg):
         assert np.array_equal(a, b, equal_nan=True)
 
 
+@pytest.mark.parametrize("where", [0, 2999, 6000])
+def test_functional_index_out_of_range_is_caught_by_the_launch(launch_mode, where):
+    """The functional form checks the bounds inside the kernel call (serial and
+    parallel kernels), before any row is written: a bad index anywhere in a large
+    index set, with good rows before it, changes nothing."""
+    rng = np.random.default_rng(12)
+    p = make_param(rng, 500, 16, np.float32)
+    m, v = (0.1 * p).astype(np.float32), np.abs(p).astype(np.float32)
+    before = [a.copy() for a in (p, m, v)]
+    idx = rng.integers(0, 500, 6001)
+    idx[where] = 500 if where else -3
+    with pytest.raises(ValueError, match=rf"indices\[{where}\] = {idx[where]} is out of"):
+        fa.sparse_adam_step(p, idx, make_values(rng, 6001, 16, np.float32), m, v, step=2)
+    for a, b in zip((p, m, v), before):
+        assert np.array_equal(a, b)
+    for kernel in (lambda sc: K.sparse_adam_serial(p, idx, vals, m, v, sc),
+                   lambda sc: K.sparse_adam_parallel(p, idx, vals, m, v, sc, 5, 3)):
+        vals = make_values(rng, 6001, 16, np.float32)
+        assert kernel(fs.step_scalars(2, 1e-3, 0.9, 0.999, 1e-8, False, np.float32)) == where
+        for a, b in zip((p, m, v), before):
+            assert np.array_equal(a, b)
+
+
 def test_functional_bad_buffers():
     p, m, v = _fresh()
     idx, vals = np.array([1]), np.ones((1, 4), np.float32)

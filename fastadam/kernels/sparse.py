@@ -32,15 +32,12 @@ both kernels, so results are identical for any thread, bucket and chunk count.
 """
 from __future__ import annotations
 
-import llvmlite.binding as _llvm
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from .. import _checks as C
 from ..config import JIT_OPTIONS
+from .prefetch import prefetch_row
 from .spec import Algorithm, Option
 
 #: Indices of the scalars row ``sc`` (dtype of the buffers).
@@ -62,45 +59,6 @@ PREFETCH_DISTANCE = 4
 #: The same for the value rows summed into the accumulators of duplicated rows (little
 #: work per row: look further ahead).
 ACC_PREFETCH_DISTANCE = 16
-#: Bytes of a row prefetched (the hardware prefetcher follows longer rows by itself).
-PREFETCH_BYTES = 512
-_PREFETCH = "llvm.prefetch.p0" if _llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
-
-
-@intrinsic
-def prefetch_row(typingctx, arr, row, write):
-    """Hint the cache lines of the first PREFETCH_BYTES of ``arr[row]`` (2-D C-contiguous
-    array) into L1, for writing when the literal ``write`` is True. No effect on results;
-    ``row`` must be in range (the address is computed, never dereferenced here)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
-            and isinstance(row, types.Integer) and isinstance(write, types.BooleanLiteral)):
-        return None
-    rw = 1 if write.literal_value else 0
-
-    def codegen(context, builder, sig, args):
-        aryty = sig.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        intp = context.get_value_type(types.intp)
-        row = context.cast(builder, args[1], sig.args[1], types.intp)
-        width = cgutils.unpack_tuple(builder, ary.shape)[1]
-        itemsize = ir.Constant(intp, aryty.dtype.bitwidth // 8)
-        i8p = ir.IntType(8).as_pointer()
-        base = builder.gep(builder.bitcast(ary.data, i8p),
-                           [builder.mul(builder.mul(row, width), itemsize)])
-        nbytes = builder.mul(width, itemsize)
-        cap = ir.Constant(intp, PREFETCH_BYTES)
-        nbytes = builder.select(builder.icmp_signed("<", nbytes, cap), nbytes, cap)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
-        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), nbytes,
-                                     ir.Constant(intp, 64)) as (off, _):
-            builder.call(fn, [builder.gep(base, [off]), ir.Constant(i32, rw),
-                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, row, write), codegen
-
 
 @njit(inline="always", **JIT_OPTIONS)
 def _prefetch(p2, m2, v2, vals2, r, j):
@@ -231,8 +189,25 @@ def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
 
 
 @njit(**JIT_OPTIONS)
+def first_bad_index(idx, n_rows):
+    """Position of the first index outside [0, n_rows), or -1."""
+    for j in range(idx.shape[0]):
+        r = idx[j]
+        if r < 0 or r >= n_rows:
+            return j
+    return -1
+
+
+@njit(**JIT_OPTIONS)
 def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
+    """Serial step. Returns -1, or the position of the first index outside
+    [0, n_rows) with nothing written (the bounds check is part of the call: one
+    dispatch per step)."""
+    bad = first_bad_index(idx, p2.shape[0])
+    if bad >= 0:
+        return bad
     coalesce_update(p2, idx, vals2, m2, v2, np.arange(idx.shape[0]), sc, 0)
+    return -1
 
 
 @njit(**JIT_OPTIONS)
@@ -296,7 +271,11 @@ def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
     (every occurrence of a row is in its bucket, so no two chunks touch a row). One
     fork/join per step. The bucket and chunk counts change only who does the work:
     each row is still summed in occurrence order, so the result is bit-identical for any
-    ``bbits``, ``n_chunks`` and thread count."""
+    ``bbits``, ``n_chunks`` and thread count. Returns -1, or the position of the first
+    index outside [0, n_rows) with nothing written."""
+    bad = first_bad_index(idx, p2.shape[0])
+    if bad >= 0:
+        return bad
     order, start = bucket_positions(idx, bbits)
     cut = work_cuts(start, n_chunks)
     for c in prange(n_chunks):
@@ -304,6 +283,7 @@ def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
         hi = start[cut[c + 1]]
         if hi > lo:
             coalesce_update(p2, idx, vals2, m2, v2, order[lo:hi], sc, bbits)
+    return -1
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -362,16 +342,6 @@ def span_hit(spans, a):
             right = mid
     if left < spans.shape[0] and spans[left, 0] < hi:
         return left
-    return -1
-
-
-@njit(**JIT_OPTIONS)
-def first_bad_index(idx, n_rows):
-    """Position of the first index outside [0, n_rows), or -1."""
-    for j in range(idx.shape[0]):
-        r = idx[j]
-        if r < 0 or r >= n_rows:
-            return j
     return -1
 
 

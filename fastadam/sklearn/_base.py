@@ -282,7 +282,31 @@ class _BaseAdam(_Network, BaseEstimator):
     def _epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early,
                 plan=None):
         """The training loop; returns True when the stopping rule fired. ``plan``: the
-        data-parallel batching (see ``_parallel``), None in one process."""
+        data-parallel batching (see ``_parallel``), None in one process.
+
+        A lazy linear model runs each epoch as one compiled loop on a fit-time table that
+        keeps each feature's weights next to their moments (``_lazy_pack``: one row per
+        feature present in X), built here and copied back into ``coef_`` and
+        ``_lazy_mv`` when the loop ends, however it ends. Finding the features present
+        takes one int32 per feature (O(n_features) per call), so the table is used only
+        when the call's nonzeros (times its epochs) are at least n_features / 4;
+        smaller calls (``partial_fit`` on a few rows of a wide model, say) take the
+        minibatch loop, which is O(nnz). Both give the same results (tested)."""
+        lazy = getattr(self, "_lazy", False)
+        compiled = (lazy and plan is None and self._compiled_lazy_epoch()
+                    and 4 * X.nnz * n_epochs >= X.shape[1])
+        if not compiled:
+            return self._run_epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
+                                    early, plan, False)
+        self._lazy_pack(X)
+        try:
+            return self._run_epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
+                                    early, plan, True)
+        finally:
+            self._lazy_unpack(moments=True)
+
+    def _run_epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early, plan,
+                    compiled):
         if early:
             X_val, y_val, sw_val, best_flat = early
         n = X.shape[0]
@@ -290,7 +314,11 @@ class _BaseAdam(_Network, BaseEstimator):
         step = self._train_step()
         lazy = getattr(self, "_lazy", False)
         take = _lazy.take_rows if lazy else _take_rows
-        compiled = lazy and plan is None and self._compiled_lazy_epoch()
+        if compiled:
+            # exact sum of squares of the lazy layer at the start of the call; the
+            # compiled loop keeps it up to date from each step's changes
+            w = self._weights[0].reshape(-1)
+            self._lazy_sq = float(np.dot(w, w)) if self.alpha else 0.0
         clock = time.perf_counter
         t_opt = 0.0
         converged = False
@@ -306,7 +334,7 @@ class _BaseAdam(_Network, BaseEstimator):
         for _ in range(n_epochs):
             if self.shuffle:
                 rng.shuffle(idx)
-            if lazy:
+            if lazy and not compiled:
                 # exact sum of squares of the lazy layer once an epoch (O(n_features)
                 # per epoch, not per minibatch); _lazy_step keeps it up to date
                 w = self._weights[0].reshape(-1)
@@ -318,6 +346,8 @@ class _BaseAdam(_Network, BaseEstimator):
                 t0 = clock()
                 acc = self._lazy_epoch(X, Y, sw, idx, batch_size, ws)
                 t_opt += clock() - t0
+                if early:
+                    self._lazy_unpack(moments=False)     # coef_ for the validation score
                 bounds_epoch = ()
             else:
                 bounds_epoch = range(len(bounds) - 1)

@@ -19,8 +19,6 @@ import numba
 import numpy as np
 
 from .. import config
-from ..kernels.sparse import prefetch_row
-from ._kernels import output_loss_delta
 
 
 class CSRBatch:
@@ -160,125 +158,6 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
                            k)
 
 
-@numba.njit(**config.JIT_OPTIONS)
-def lazy_linear_epoch(indptr, indices, data, Y, sw, has_sw, order, batch_size, Wf, MV, MV2,
-                      b, bm, bv, fit_intercept, t, lr, beta1, beta2, eps, alpha, out_kind,
-                      huber_delta, lazy_sq, Z, Yb, swb, keys, slots, touched, hpos, G,
-                      q_slot, q_x, q_row, k):
-    """One epoch of a linear model (one weight layer, no hidden layer) with lazy
-    updates, in one compiled loop. Per minibatch of rows ``order[start:start +
-    batch_size]`` of the CSR matrix (read in place):
-
-    1. the forward product over the nonzeros; the same pass finds each nonzero's
-       feature in the minibatch's hash table (as ``lazy_adam_step`` does) and records
-       (slot, value, row) per nonzero in ``q_slot``, ``q_x``, ``q_row``;
-    2. the loss and output delta (``output_loss_delta``);
-    3. one dense Adam step ("epsilon hat") of the intercept ``b`` with moments ``bm``,
-       ``bv``: its gradient is the delta's column sum (0 without ``fit_intercept``, as
-       the optimizer steps it then);
-    4. the touched rows' gradients, summed from the recorded nonzeros in the order of
-       the minibatch path, and their lazy Adam step (as ``lazy_adam_step``).
-
-    The same arithmetic as the minibatch-by-minibatch path (``_loss_grad`` +
-    ``_lazy_step``), without its per-minibatch Python work or second pass over the
-    rows. ``t``: the step count before the epoch. A minibatch whose sample weights sum
-    to 0 is skipped (no step). ``Z``, ``Yb`` (>= batch_size rows) and ``swb`` are
-    scratch; ``MV2`` is MV as a C-contiguous (n_features, 2 k) view (for prefetching);
-    ``keys`` ... ``G`` as for lazy_adam_step, ``q_*`` (>= the largest minibatch
-    nnz); ``k``: the number of outputs (Z.shape[1]). Returns (sum over minibatches of
-    loss * rows, the step count after the epoch, the running sum of squares of Wf)."""
-    n_all = order.shape[0]
-    mask = keys.shape[0] - 1
-    acc = 0.0
-    for start in range(0, n_all, batch_size):
-        stop = min(start + batch_size, n_all)
-        n = stop - start
-        rows = order[start:stop]
-        sw_sum = float(n)
-        if has_sw:
-            sw_sum = 0.0
-            for i in range(n):
-                swb[i] = sw[rows[i]]
-                sw_sum += swb[i]
-            if not sw_sum > 0:
-                continue
-        D = Z[:n]
-        nt = 0
-        nq = 0
-        for i in range(n):
-            r = rows[i]
-            for o in range(k):
-                Yb[i, o] = Y[r, o]
-                D[i, o] = 0.0
-            for p in range(indptr[r], indptr[r + 1]):
-                x = data[p]
-                j = np.int64(indices[p])
-                if k == 1:          # (binary models: no loop over the outputs)
-                    D[i, 0] += x * Wf[j, 0]
-                else:
-                    for o in range(k):
-                        D[i, o] += x * Wf[j, o]
-                if x == 0:
-                    continue
-                h = (j * 2654435761) & mask
-                while True:
-                    kj = keys[h]
-                    if kj == j:
-                        s = slots[h]
-                        break
-                    if kj < 0:
-                        keys[h] = j
-                        s = nt
-                        slots[h] = s
-                        touched[nt] = j
-                        hpos[nt] = h
-                        nt += 1
-                        for o in range(k):
-                            G[s, o] = 0.0
-                        # the row's moments are needed after the forward pass: fetch
-                        # them now, overlapped with the rest of the pass (a feature's
-                        # weight is already in cache from the product above)
-                        prefetch_row(MV2, j, True)
-                        break
-                    h = (h + 1) & mask
-                q_slot[nq] = s
-                q_x[nq] = x
-                q_row[nq] = i
-                nq += 1
-            for o in range(k):
-                D[i, o] = D[i, o] + b[o]
-        loss = output_loss_delta(D, Yb[:n], swb, has_sw, 1.0 / sw_sum, out_kind,
-                                 huber_delta)
-        sq = lazy_sq if alpha != 0.0 else 0.0
-        acc += (loss + 0.5 * alpha * sq) / sw_sum * n
-        t += 1
-        tf = np.float64(t)
-        lr_t = lr * math.sqrt(1.0 - beta2 ** tf) / (1.0 - beta1 ** tf)
-        for o in range(k):
-            g = 0.0
-            if fit_intercept:
-                for i in range(n):
-                    g += D[i, o]
-            m = beta1 * bm[o] + (1.0 - beta1) * g
-            v = beta2 * bv[o] + (1.0 - beta2) * (g * g)
-            bm[o] = m
-            bv[o] = v
-            b[o] = b[o] - lr_t * (np.float64(bm[o]) / (math.sqrt(bv[o]) + eps))
-        if k == 1:
-            for q in range(nq):
-                G[q_slot[q], 0] += q_x[q] * D[q_row[q], 0]
-        else:
-            for q in range(nq):
-                s = q_slot[q]
-                x = q_x[q]
-                i = q_row[q]
-                for o in range(k):
-                    G[s, o] += x * D[i, o]
-        lazy_sq += _update_touched(Wf, MV, G, touched, nt, keys, hpos, alpha / sw_sum, lr_t,
-                                   beta1, beta2, eps, k)
-    return acc, t, lazy_sq
-
-
 class Scratch:
     """The lazy step's scratch arrays, grown (doubling) to the largest minibatch nnz."""
 
@@ -301,14 +180,15 @@ class Scratch:
         return self.keys, self.slots, self.touched, self.hpos, self.G
 
     def get_epoch(self, nnz):
-        """get(nnz) and the whole-epoch loop's per-nonzero arrays (slot, value, row)."""
-        arrays = self.get(nnz)
+        """The whole-epoch loop's scratch: ``touched``, ``G`` and the per-nonzero
+        arrays (slot, value, row), for minibatches of up to nnz nonzeros."""
+        _, _, touched, _, G = self.get(nnz)
         if getattr(self, "q_n", -1) < self.nnz:
-            self.q_slot = np.empty(self.nnz, np.int64)
+            self.q_slot = np.empty(self.nnz, np.int32)
             self.q_x = np.empty(self.nnz, np.float64)
-            self.q_row = np.empty(self.nnz, np.int64)
+            self.q_row = np.empty(self.nnz, np.int32)
             self.q_n = self.nnz
-        return arrays + (self.q_slot, self.q_x, self.q_row)
+        return touched, G, self.q_slot, self.q_x, self.q_row
 
 
 def step_lr(lr, beta1, beta2, t):

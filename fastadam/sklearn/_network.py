@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from ..flat import flatten
 from ..optim import Adam
 from . import _kernels as K
-from . import _lazy
+from . import _lazy, _lazy_linear
 
 
 class _Network:
@@ -125,11 +125,32 @@ class _Network:
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
     def _compiled_lazy_epoch(self):
-        """Whether an epoch runs as one compiled loop (:func:`._lazy.lazy_linear_epoch`):
-        lazy updates of a linear model (one weight layer) with an in-memory optimizer."""
+        """Whether an epoch runs as one compiled loop
+        (:func:`._lazy_linear.lazy_linear_epoch`): lazy updates of a linear model (one
+        weight layer) with an in-memory optimizer."""
         return (getattr(self, "_lazy", False) and self._linear and len(self._weights) == 1
                 and getattr(self, "_optimizer_comm", None) is None
                 and getattr(self.optimizer_, "_lowp", None) is None)
+
+    def _lazy_pack(self, X):
+        """The fit-time table of the compiled lazy epoch (``_lazy_linear.table_row``) for the
+        CSR matrix X: for each feature present in X, its weights, moments and slot
+        marker side by side, from the first weight layer and ``_lazy_mv``; and X's
+        column indices renumbered to the table's rows."""
+        Wf = self._dense_weights()[0]
+        ids, local = _lazy_linear.compact_columns(X.indices, X.shape[1])
+        T = _lazy_linear.new_table(ids.shape[0], Wf.shape[1], self._flat.dtype)
+        Ti = _lazy_linear.marker_view(T)
+        _lazy_linear.pack_table(Wf, self._lazy_mv, ids, T, Ti)
+        self._lazy_table = (T, Ti, ids, local)
+
+    def _lazy_unpack(self, moments):
+        """The table's weights back into the first weight layer (and its moments into
+        ``_lazy_mv`` when ``moments``, which also drops the table)."""
+        T, _, ids, _ = self._lazy_table
+        _lazy_linear.unpack_table(T, ids, self._dense_weights()[0], self._lazy_mv, moments)
+        if moments:
+            del self._lazy_table
 
     def _lazy_epoch(self, X, Y, sw, order, batch_size, ws):
         """One epoch of the lazy linear model in one compiled loop; returns the sum over
@@ -143,8 +164,7 @@ class _Network:
         bm = np.ascontiguousarray(st.get("exp_avg", np.zeros_like(self._intercepts[0])), dt)
         bv = np.ascontiguousarray(st.get("exp_avg_sq", np.zeros_like(self._intercepts[0])),
                                   dt)
-        Wf = self._dense_weights()[0]
-        k = Wf.shape[1]
+        k = self._intercepts[0].shape[0]
         scratch = getattr(self, "_lazy_scratch", None)
         if scratch is None or scratch.k != k:
             scratch = self._lazy_scratch = _lazy.Scratch(k)
@@ -153,10 +173,10 @@ class _Network:
             if order.shape[0] else 0
         has_sw = sw is not None
         t0 = self._lazy_t
-        acc, t, self._lazy_sq = _lazy.lazy_linear_epoch(
-            X.indptr, X.indices, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
-            batch_size, Wf, self._lazy_mv,
-            self._lazy_mv.reshape(self._lazy_mv.shape[0], -1), self._intercepts[0], bm, bv,
+        T, Ti, _, local = self._lazy_table
+        acc, t, self._lazy_sq = _lazy_linear.lazy_linear_epoch(
+            X.indptr, local, X.data, Y, sw if has_sw else ws["w"], has_sw, order,
+            batch_size, T, Ti, self._intercepts[0], bm, bv,
             bool(getattr(self, "fit_intercept", True)), t0,
             float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
             float(self.epsilon), float(self.alpha), K.OUT_CODE[self._out_kind],
@@ -213,7 +233,7 @@ class _Network:
             state["optimizer_"] = self.optimizer_.state_dict() if local else None
             state["_param_arrays"] = [np.array(a) for a in self._weights + self._intercepts]
             for k in ("_flat", "_weights", "_intercepts", "_workspace", "_lazy_batch",
-                      "_lazy_scratch", "coef_", "intercept_", "coefs_", "intercepts_"):
+                      "_lazy_scratch", "_lazy_table", "coef_", "intercept_", "coefs_", "intercepts_"):
                 state.pop(k, None)
         return state
 
