@@ -30,14 +30,19 @@ def _restore_policy():
 def test_two_cores_short_step_runs_serially():
     # torch 2 threads on 2 cores: its one worker spins on the other core
     assert choose(10**5, 2, 2, 2, True) == (1, False)
-    assert choose(10**6, 2, 2, 2, True, can_release=True) == (1, False)
+    assert choose(10**6 - 1, 2, 2, 2, True, can_release=True) == (1, False)
 
 
-def test_long_step_uses_all_threads_and_releases_when_possible():
+def test_longer_steps_use_all_threads_and_release_from_release_step():
+    assert choose(10**6, 2, 2, 2, True, can_release=True) == (2, False)
+    assert choose(3 * 10**6, 2, 2, 2, True, can_release=True) == (2, False)
     assert choose(10**7, 2, 2, 2, True, can_release=True) == (2, True)
     assert choose(10**7, 2, 2, 2, True, can_release=False) == (2, False)
-    assert choose(999, 2, 2, 2, True, long_step=1000, can_release=True) == (1, False)
-    assert choose(1000, 2, 2, 2, True, long_step=1000, can_release=True) == (2, True)
+    kw = dict(short_step=1000, release_step=5000, can_release=True)
+    assert choose(999, 2, 2, 2, True, **kw) == (1, False)
+    assert choose(1000, 2, 2, 2, True, **kw) == (2, False)
+    assert choose(4999, 2, 2, 2, True, **kw) == (2, False)
+    assert choose(5000, 2, 2, 2, True, **kw) == (2, True)
 
 
 def test_no_spinning_workers_keeps_numba_count():
@@ -105,6 +110,7 @@ def test_plan_follows_the_setting(monkeypatch):
     _share_threads()                 # what a step does when torch's count changed
     fa.set_num_threads(2)
     assert _threads.plan(10**5) == (2, 1, False)
+    assert _threads.plan(2 * 10**6) == (2, 2, False)
     assert _threads.plan(10**7) == (2, 2, True)
     ft.set_step_threads(2)                     # explicit: as given, pool left alone
     assert _threads.plan(10**5) == (2, 2, False)
@@ -182,8 +188,9 @@ def test_results_bit_identical_whatever_the_thread_count(monkeypatch):
 
 def test_auto_step_threads_and_release(monkeypatch):
     """Under "auto" with spinning workers on 2 cores: a short step runs with one thread
-    and leaves torch's pool alone; a long one (LONG_STEP lowered to fit a test) runs
-    with two after one release; with release_torch_pool=False it is not released."""
+    and leaves torch's pool alone; a long one runs
+    with two after one release (the thresholds lowered to fit a test); with
+    release_torch_pool=False it is not released."""
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has one thread")
@@ -196,7 +203,8 @@ def test_auto_step_threads_and_release(monkeypatch):
     seen = _threads_during_step(monkeypatch)
     _train("auto", steps=2)
     assert seen == [1, 1] and calls == []
-    monkeypatch.setattr(_threads, "LONG_STEP", 100000)
+    monkeypatch.setattr(_threads, "SHORT_STEP", 100000)
+    monkeypatch.setattr(_threads, "RELEASE_STEP", 100000)
     _threads._cache.clear()
     seen.clear()
     _train("auto", steps=2)

@@ -14,16 +14,17 @@ The ``"auto"`` policy (the default; :func:`set_step_threads` overrides it):
   ``OMP_WAIT_POLICY=passive`` / ``GOMP_SPINCOUNT=0`` / ``KMP_BLOCKTIME=0`` in the
   environment): the step uses numba's thread count, as set (capped at torch's count,
   see ``_common._share_threads``).
-* steps of at least :data:`LONG_STEP` elements (longer than the spin window): all of
-  numba's threads, after releasing torch's OpenMP pool with the OpenMP 5.0 call
-  ``omp_pause_resource_all(omp_pause_soft)`` when torch's runtime has it (its workers
-  exit at once instead of spinning through the step; torch's next parallel region starts
-  new ones, a few tens of microseconds). Nothing else changes: torch's thread count,
-  wait policy and results are as before.
-* shorter steps: the threads that have a core without a spinning worker,
-  ``min(T, cpus - (torch_threads - 1))`` for numba's count ``T``, unless that is less
-  than half of ``T`` (on many cores ``T`` threads at half speed still beat fewer at full
-  speed). On 2 cores with 2 torch threads that is one thread: the serial kernel.
+* steps of fewer than :data:`SHORT_STEP` elements: the threads that have a core without
+  a spinning worker, ``min(T, cpus - (torch_threads - 1))`` for numba's count ``T``,
+  unless that is less than half of ``T`` (on many cores ``T`` threads at half speed
+  still beat fewer at full speed). On 2 cores with 2 torch threads: one thread, the
+  serial kernel.
+* longer steps: all of numba's threads; from :data:`RELEASE_STEP` elements (a step as
+  long as the spin window or longer) after releasing torch's OpenMP pool with the
+  OpenMP 5.0 call ``omp_pause_resource_all(omp_pause_soft)`` when torch's runtime has it
+  (its workers exit at once instead of spinning through the step; torch's next parallel
+  region starts new ones, tens of microseconds). Nothing else changes: torch's thread
+  count, wait policy and results are as before.
 
 Results do not depend on the thread count (each element is updated by one thread with
 the same arithmetic), so the policy changes only the time a step takes.
@@ -41,11 +42,18 @@ from fastadam import config
 
 from ._common import _threads_seen
 
-#: Steps over at least this many elements are longer than libgomp's default spin window
-#: (a float32 step of 4e6 elements streams ~110 MB: several ms on 1-2 cores) and use all
-#: of numba's threads after releasing torch's pool; shorter ones avoid the cores
-#: torch's spinning workers hold. Measured: docs/torch.md.
-LONG_STEP = 4_000_000
+#: Steps over fewer elements run on the cores without a spinning torch worker (on 2
+#: cores: serially). Below ~1e6 float32 elements a step takes under ~1 ms, well inside
+#: the spin window, and waking numba's sleeping workers onto cores shared with spinners
+#: costs more than it saves (measured 1e5: one thread 1.2-1.6x faster; 1e6: a tie; 3e6:
+#: two threads faster; docs/torch.md).
+SHORT_STEP = 1_000_000
+
+#: Steps over at least this many elements (several ms: as long as the spin window or
+#: longer) release torch's pool first, when its runtime allows: the spinning workers
+#: would otherwise hold their cores through a good part of the step, and the release
+#: plus the new workers at torch's next parallel region cost tens of microseconds.
+RELEASE_STEP = 4_000_000
 
 _policy = {"threads": "auto", "release": True}
 _policy_key = [("auto", True)]
@@ -112,14 +120,14 @@ def _cpus():
         return os.cpu_count() or 1
 
 
-def choose(numel, numba_threads, torch_threads, cpus, spins, long_step=LONG_STEP,
-           can_release=False):
+def choose(numel, numba_threads, torch_threads, cpus, spins, short_step=SHORT_STEP,
+           release_step=RELEASE_STEP, can_release=False):
     """(threads, release) for a step over ``numel`` elements under the "auto" policy:
     how many numba threads, and whether to release torch's OpenMP pool first."""
     if numba_threads <= 1 or torch_threads <= 1 or not spins:
         return numba_threads, False
-    if numel >= long_step:
-        return numba_threads, can_release
+    if numel >= short_step:
+        return numba_threads, can_release and numel >= release_step
     spinners = min(torch_threads - 1, cpus - 1)
     t = min(numba_threads, max(1, cpus - spinners))
     return (t if 2 * t >= numba_threads else numba_threads), False
@@ -180,7 +188,8 @@ def plan(numel):
             got = (want, False)
         else:
             got = choose(numel, cur, _threads_seen[0] or torch.get_num_threads(),
-                         _fact("cpus"), _fact("spins"), long_step=LONG_STEP,
+                         _fact("cpus"), _fact("spins"), short_step=SHORT_STEP,
+                         release_step=RELEASE_STEP,
                          can_release=_policy["release"] and _fact("pause") is not None)
         if len(_cache) > 64:
             _cache.clear()
