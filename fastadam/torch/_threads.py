@@ -5,8 +5,8 @@ After every parallel region libgomp's worker threads spin before they sleep: wit
 default wait policy 300,000 PAUSE iterations, 4-6 ms of CPU per worker measured on this
 project's 2-core Xeon. An optimizer step comes right after ``backward()``, so a step
 shorter than that window runs while ``torch.get_num_threads() - 1`` cores are taken by
-spinning threads, and numba's worker threads land on them (each gets about half a core;
-with numba's static split the step waits for its slowest thread).
+spinning threads, and numba's worker threads land on them (a thread sharing a core with
+a spinner runs at roughly half speed, and the step waits for its slowest thread).
 
 The ``"auto"`` policy (the default; :func:`set_step_threads` overrides it):
 
@@ -205,8 +205,9 @@ def run(numel, fn, *args):
         release_torch_pool()
     if threads == cur:
         return fn(*args)
-    config.set_thread_count(threads)
+    setter = config._set_thread_count      # numba's, settled: plan() read the count
+    setter(threads)
     try:
         return fn(*args)
     finally:
-        config.set_thread_count(cur)
+        setter(cur)
