@@ -3,11 +3,13 @@
 Used by ``fastadam bench --torch``, asv (asv_benches/benchmarks/bench_torch.py) and
 scripts/train_torch.py. Models are lists of float32 parameters of equal size (``n_params``
 split over ``n_tensors``); every step gets fresh gradient tensors, as after
-``zero_grad()`` (set_to_none) and a backward pass. The two optimizers take turns step by
-step, so a busy machine slows both alike; the medians and their ratio are reported.
+``zero_grad()`` (set_to_none) and a backward pass, right after a parallel torch op (so
+torch's OpenMP workers are spinning, as after backward). The optimizers take turns step
+by step, so a busy machine slows all alike; the medians and their ratios are reported.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -30,12 +32,14 @@ def _policy_label(policy):
     return {"auto": "auto", "fixed": "all threads"}.get(policy, f"{policy} thread(s)")
 
 
-def step_times(n_params, n_tensors, steps=30, warmup=3, policies=("auto",)):
+def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
     """Median seconds of one step() for fastadam.torch.Adam under each thread policy of
     ``policies`` ("auto", "fixed": always numba's thread count, as before the "auto"
     policy, or an int; see fastadam.torch.set_step_threads), then torch fused Adam. All
-    take turns step by step (the order rotates), every one on its own copy of the
-    model."""
+    take turns step by step (every order in turn), every one on its own copy of the
+    model, and every step follows a parallel torch op (2**20 elements, untimed) and fresh
+    gradients, as in training after backward(): torch's OpenMP workers are spinning
+    when each step starts, whichever optimizer stepped before."""
     import fastadam
     from . import _threads
     saved = _threads.get_step_threads()
@@ -44,16 +48,19 @@ def step_times(n_params, n_tensors, steps=30, warmup=3, policies=("auto",)):
     opts.append(torch.optim.Adam(models[-1], lr=1e-3, fused=True))
     settings = [fastadam.get_num_threads() if pol == "fixed" else pol for pol in policies]
     grads = [torch.randn_like(p) * 1e-3 for p in models[0]]
+    work, work_out = torch.ones(1 << 20), torch.empty(1 << 20)
     times = [[] for _ in opts]
     k_all = len(opts)
+    # every order in turn: each optimizer follows each other one equally often
+    orders = list(itertools.permutations(range(k_all)))
     try:
         for t in range(warmup + steps):
-            for j in range(k_all):
-                k = (t + j) % k_all
+            for k in orders[t % len(orders)]:
                 if k < len(settings):
                     set_step_threads(settings[k])
                 ps = models[k]
-                for p, g in zip(ps, grads):
+                torch.mul(work, 1.0, out=work_out)  # ends with a parallel region, as
+                for p, g in zip(ps, grads):         # backward does (torch's workers spin)
                     p.grad = g.clone()          # a fresh tensor, like a backward pass makes
                 t0 = time.perf_counter()
                 opts[k].step()
@@ -65,7 +72,7 @@ def step_times(n_params, n_tensors, steps=30, warmup=3, policies=("auto",)):
     return [float(np.median(ts)) for ts in times]
 
 
-def run(cases=DEFAULT_CASES, steps=30, quick=False, threads=None, policies=("fixed", "auto")):
+def run(cases=DEFAULT_CASES, steps=36, quick=False, threads=None, policies=("fixed", "auto")):
     """Rows {n_params, n_tensors, threads, numba_threads, fastadam_s, torch_fused_s,
     ratio, policies}: ``fastadam_s`` and ``ratio`` (> 1: fastadam faster) under the last
     policy of ``policies`` (the default "auto"), ``policies`` {label: (seconds, ratio)}
