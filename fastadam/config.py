@@ -189,7 +189,9 @@ _launch_lock = None
 # GNU OpenMP deadlocks in forked children; after a fork run everything serially.
 _forked_child = False
 # The calling thread's numba thread count, read once the pool runs (see _settle_threading),
-# and its setter for a valid count (numba's own checks skipped once the pool runs).
+# and its setter for a valid count (numba's own checks skipped once the pool runs; used
+# by fastadam.torch around a step it runs with another count: ~1 us against ~2.4 us for
+# numba.set_num_threads).
 _thread_count = numba.get_num_threads
 _set_thread_count = numba.set_num_threads
 
@@ -279,15 +281,6 @@ def use_parallel(n: int) -> bool:
         if _forked_child:
             return False
     return _thread_count() > 1
-
-
-def set_thread_count(n: int) -> None:
-    """Set the calling thread's numba thread count to ``n`` (1 <= n <=
-    NUMBA_NUM_THREADS, not checked here) for a step; ~0.7 us against ~2.4 us for
-    :func:`set_num_threads` (fastadam.torch sets it around each step it runs with
-    another count)."""
-    ensure_threading()
-    _set_thread_count(n)
 
 
 def threading_layer() -> str:
