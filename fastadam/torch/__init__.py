@@ -14,9 +14,11 @@ Importing this module imports torch; ``import fastadam`` does not. See docs/torc
 from ._common import Spec
 from ._frontend import FastadamTorchOptimizer
 from ._classes import Adam, AdamW, Adamax
+from ._threads import get_step_threads, set_step_threads
 from . import _classes, _sparse
 
-__all__ = ["Adam", "AdamW", "Adamax", "FastadamTorchOptimizer", "Spec"]
+__all__ = ["Adam", "AdamW", "Adamax", "FastadamTorchOptimizer", "Spec", "get_step_threads",
+           "set_step_threads"]
 
 for _name in ("NAdam", "RAdam", "SparseAdam"):     # present once fastadam has them
     _mod = _sparse if _name == "SparseAdam" else _classes

@@ -24,7 +24,7 @@ class _Layout:
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
                  "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_nps",
                  "gs_rows", "shapes2", "skipped", "views", "params", "gidx", "names",
-                 "all_ptrs", "blocks", "block_of", "patterns")
+                 "all_ptrs", "blocks", "block_of", "patterns", "numel")
 
 
 class _Block:
@@ -71,6 +71,7 @@ def _use_pattern(S, key):
     S.active, S.active_ids, S.inactive, S.inners, S.step_nps, S.gs_rows = P
     S.single = len(S.inners) == 1
     S.ptrs = [p.data_ptr() for p in S.active]
+    S.numel = sum(p.numel() for p in S.active)      # decides the step's threads
 
 
 def rebuild(opt, have=None):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.optim import optimizer as _opt_mod
 
-from . import _blocks
+from . import _blocks, _threads
 from ._blocks import _copy_group_scalars
 from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, Spec, _bf16_view, _fa_value, _share_threads,
                       _threads_seen, _twin_defaults, check_dtype, increment_version,
@@ -217,19 +217,7 @@ class FastadamTorchOptimizer:
             L, gl = self._slow_grads(L)
             if L is None:
                 return loss      # no parameter has a gradient: nothing to do
-        if L.single:
-            inner = L.inners[0][0]
-            try:
-                inner.step(gl)
-            except ValueError:
-                if all(a.flags.c_contiguous for a in gl):
-                    raise
-                inner.step([np.ascontiguousarray(a) for a in gl])  # nothing was written
-        else:
-            if not all(a.flags.c_contiguous for a in gl):
-                gl = [np.ascontiguousarray(a) for a in gl]
-            for inner, lo, hi in L.inners:
-                inner.step(gl[lo:hi])
+        _threads.run(L.numel, self._run_inners, L, gl)   # threads: _threads.py
         increment_version(L.active)      # in-place update, as torch's optimizers record
         for s in L.step_nps:
             np.add(s, 1, out=s)
@@ -267,6 +255,23 @@ class FastadamTorchOptimizer:
         return wrapper
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _run_inners(L, gl):
+        """Step the inner optimizers of layout ``L`` with gradients ``gl``."""
+        if L.single:
+            inner = L.inners[0][0]
+            try:
+                inner.step(gl)
+            except ValueError:
+                if all(a.flags.c_contiguous for a in gl):
+                    raise
+                inner.step([np.ascontiguousarray(a) for a in gl])  # nothing was written
+        else:
+            if not all(a.flags.c_contiguous for a in gl):
+                gl = [np.ascontiguousarray(a) for a in gl]
+            for inner, lo, hi in L.inners:
+                inner.step(gl[lo:hi])
+
     def _push(self, L, gi, g, vals):
         """Adopt group ``gi``'s edited hyperparameters. True when the edit changes the
         structure (a rebuild is needed)."""

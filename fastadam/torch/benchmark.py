@@ -3,17 +3,19 @@
 Used by ``fastadam bench --torch``, asv (asv_benches/benchmarks/bench_torch.py) and
 scripts/train_torch.py. Models are lists of float32 parameters of equal size (``n_params``
 split over ``n_tensors``); every step gets fresh gradient tensors, as after
-``zero_grad()`` (set_to_none) and a backward pass. The two optimizers take turns step by
-step, so a busy machine slows both alike; the medians and their ratio are reported.
+``zero_grad()`` (set_to_none) and a backward pass, right after a parallel torch op (so
+torch's OpenMP workers are spinning, as after backward). The optimizers take turns step
+by step, so a busy machine slows all alike; the medians and their ratios are reported.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
 import torch
 
-from . import Adam
+from . import Adam, set_step_threads
 
 #: (parameters, tensors): the issue's targets are >= 2x torch fused at 1e5-1e6 parameters
 #: in 10+ tensors and >= 1x from 1e7.
@@ -26,29 +28,55 @@ def _model(n_params, n_tensors, seed):
     return [torch.randn(size, generator=g).requires_grad_() for _ in range(n_tensors)]
 
 
-def step_times(n_params, n_tensors, steps=30, warmup=3):
-    """Median seconds of one step() for fastadam.torch.Adam and torch fused Adam."""
-    ours, theirs = _model(n_params, n_tensors, 0), _model(n_params, n_tensors, 0)
-    opts = [(Adam(ours, lr=1e-3), ours), (torch.optim.Adam(theirs, lr=1e-3, fused=True), theirs)]
-    grads = [torch.randn_like(p) * 1e-3 for p in ours]
-    times = [[], []]
-    for t in range(warmup + steps):
-        order = (0, 1) if t % 2 == 0 else (1, 0)
-        for k in order:
-            opt, ps = opts[k]
-            for p, g in zip(ps, grads):
-                p.grad = g.clone()          # a fresh tensor, like a backward pass makes
-            t0 = time.perf_counter()
-            opt.step()
-            dt = time.perf_counter() - t0
-            if t >= warmup:
-                times[k].append(dt)
-    return float(np.median(times[0])), float(np.median(times[1]))
+def _policy_label(policy):
+    return {"auto": "auto", "fixed": "all threads"}.get(policy, f"{policy} thread(s)")
 
 
-def run(cases=DEFAULT_CASES, steps=30, quick=False, threads=None):
-    """Rows {n_params, n_tensors, threads, fastadam_s, torch_fused_s, ratio} (ratio > 1:
-    fastadam faster). ``threads``: for both torch and numba (default: as configured)."""
+def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
+    """Median seconds of one step() for fastadam.torch.Adam under each thread policy of
+    ``policies`` ("auto", "fixed": always numba's thread count, as before the "auto"
+    policy, or an int; see fastadam.torch.set_step_threads), then torch fused Adam. All
+    take turns step by step (every order in turn), every one on its own copy of the
+    model, and every step follows a parallel torch op (2**20 elements, untimed) and fresh
+    gradients, as in training after backward(): torch's OpenMP workers are spinning
+    when each step starts, whichever optimizer stepped before."""
+    import fastadam
+    from . import _threads
+    saved = _threads.get_step_threads()
+    models = [_model(n_params, n_tensors, 0) for _ in range(len(policies) + 1)]
+    opts = [Adam(ps, lr=1e-3) for ps in models[:-1]]
+    opts.append(torch.optim.Adam(models[-1], lr=1e-3, fused=True))
+    settings = [fastadam.get_num_threads() if pol == "fixed" else pol for pol in policies]
+    grads = [torch.randn_like(p) * 1e-3 for p in models[0]]
+    work, work_out = torch.ones(1 << 20), torch.empty(1 << 20)
+    times = [[] for _ in opts]
+    k_all = len(opts)
+    # every order in turn: each optimizer follows each other one equally often
+    orders = list(itertools.permutations(range(k_all)))
+    try:
+        for t in range(warmup + steps):
+            for k in orders[t % len(orders)]:
+                if k < len(settings):
+                    set_step_threads(settings[k])
+                ps = models[k]
+                torch.mul(work, 1.0, out=work_out)  # ends with a parallel region, as
+                for p, g in zip(ps, grads):         # backward does (torch's workers spin)
+                    p.grad = g.clone()          # a fresh tensor, like a backward pass makes
+                t0 = time.perf_counter()
+                opts[k].step()
+                dt = time.perf_counter() - t0
+                if t >= warmup:
+                    times[k].append(dt)
+    finally:
+        set_step_threads(saved["threads"], release_torch_pool=saved["release_torch_pool"])
+    return [float(np.median(ts)) for ts in times]
+
+
+def run(cases=DEFAULT_CASES, steps=36, quick=False, threads=None, policies=("fixed", "auto")):
+    """Rows {n_params, n_tensors, threads, numba_threads, fastadam_s, torch_fused_s,
+    ratio, policies}: ``fastadam_s`` and ``ratio`` (> 1: fastadam faster) under the last
+    policy of ``policies`` (the default "auto"), ``policies`` {label: (seconds, ratio)}
+    for each. ``threads``: for both torch and numba (default: as configured)."""
     import fastadam
     if quick:
         cases, steps = ((10**4, 10), (10**5, 10)), 5
@@ -59,10 +87,12 @@ def run(cases=DEFAULT_CASES, steps=30, quick=False, threads=None):
     try:
         rows = []
         for n, k in cases:
-            ours, fused = step_times(n, k, steps=steps)
+            *ours, fused = step_times(n, k, steps=steps, policies=policies)
             rows.append(dict(n_params=n, n_tensors=k, threads=torch.get_num_threads(),
-                             numba_threads=fastadam.get_num_threads(), fastadam_s=ours,
-                             torch_fused_s=fused, ratio=fused / ours))
+                             numba_threads=fastadam.get_num_threads(),
+                             fastadam_s=ours[-1], torch_fused_s=fused, ratio=fused / ours[-1],
+                             policies={_policy_label(p): (t, fused / t)
+                                       for p, t in zip(policies, ours)}))
     finally:
         torch.set_num_threads(old[0])
         fastadam.set_num_threads(old[1])
@@ -70,15 +100,23 @@ def run(cases=DEFAULT_CASES, steps=30, quick=False, threads=None):
 
 
 def format_rows(rows):
+    import os
+
     import numba
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                    if k in os.environ) or "default OpenMP wait policy"
     head = (f"optimizer.step(): fastadam.torch.Adam vs torch.optim.Adam(fused=True), float32, "
-            f"fresh grads each step (torch {torch.__version__}, numba {numba.__version__})")
-    lines = [head, f"{'params':>10} {'tensors':>8} {'threads':>8} {'fastadam':>12} "
-             f"{'torch fused':>12} {'speed-up':>9}"]
+            f"fresh grads each step (torch {torch.__version__}, numba {numba.__version__}, "
+            f"{env})")
+    pols = list(rows[0]["policies"]) if rows else []
+    lines = [head, f"{'params':>10} {'tensors':>8} {'threads':>8} "
+             + " ".join(f"{'fastadam ' + p:>22}" for p in pols)
+             + f" {'torch fused':>12} " + " ".join(f"{'speed-up ' + p:>22}" for p in pols)]
     for r in rows:
         lines.append(f"{r['n_params']:>10.0e} {r['n_tensors']:>8d} {r['threads']:>8d} "
-                     f"{r['fastadam_s'] * 1e6:>10.0f}us {r['torch_fused_s'] * 1e6:>10.0f}us "
-                     f"{r['ratio']:>8.2f}x")
+                     + " ".join(f"{t * 1e6:>20.0f}us" for t, _ in r["policies"].values())
+                     + f" {r['torch_fused_s'] * 1e6:>10.0f}us "
+                     + " ".join(f"{x:>21.2f}x" for _, x in r["policies"].values()))
     return "\n".join(lines)
 
 
