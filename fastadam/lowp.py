@@ -45,6 +45,9 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 ROUNDINGS = ("nearest", "stochastic")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "master",
                "compensation")
+#: The second state array of each algorithm with low-precision state (AdaMax: the
+#: infinity norm, bfloat16 or float32 only; fastadam.lowp_adamax).
+SECOND = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "adamax": "exp_inf"}
 _INF = float("inf")
 
 
@@ -79,7 +82,7 @@ def _check_param(param, name="param"):
 
 
 def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
-                    compensation=False):
+                    compensation=False, algorithm="adam"):
     """The zero state of ``param`` (1-D float32 or bfloat16) for :func:`adam_step_lowp`.
 
     ``state_dtype``: "float32", "bfloat16" (moments rounded to nearest even when stored)
@@ -88,10 +91,19 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
     :func:`decode_state` turns any state back into float32 moments. For bfloat16 parameters, ``master_weights=True`` adds a float32
     copy ``master`` (initialised from param) that the step updates, ``compensation=True``
-    a bfloat16 Kahan buffer ``compensation`` (zeros)."""
+    a bfloat16 Kahan buffer ``compensation`` (zeros).
+
+    ``algorithm="adamax"``: the state of :func:`fastadam.adamax_step_lowp`, ``exp_avg``
+    and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided)."""
     _check_param(param)
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
+    if not isinstance(algorithm, str) or algorithm not in SECOND:
+        raise ValueError(f"algorithm must be one of {tuple(SECOND)}, got {algorithm!r}")
+    if algorithm == "adamax" and state_dtype == "int8":
+        raise ValueError("state_dtype='int8' is not available for algorithm='adamax' (the "
+                         "8-bit code maps are Adam's; see docs/low_precision.md): use "
+                         "'bfloat16' or 'float32'")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
     bf16_param = _is_bf16(param.dtype)
@@ -113,6 +125,8 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
         state = {"exp_avg": np.zeros(n, np.int8), "exp_avg_sq": np.zeros(n, np.uint8),
                  "exp_avg_absmax": np.zeros(nb, np.float32),
                  "exp_avg_sq_absmax": np.zeros(nb, np.float32)}
+    if algorithm == "adamax":
+        state["exp_inf"] = state.pop("exp_avg_sq")
     if master_weights:
         state["master"] = param.astype(np.float32)
     if compensation:
@@ -158,8 +172,9 @@ def _state_array(state, key, dtype, shape, label):
     return a
 
 
-def _layout(param, grad, state):
-    """Validate and return (param_kind, state_kind, named arrays)."""
+def _layout(param, grad, state, second="exp_avg_sq"):
+    """Validate and return (param_kind, state_kind, named arrays). ``second``: the name of
+    the second state array (SECOND)."""
     _check_param(param)
     if not param.flags.writeable:
         raise ValueError("param is read-only; it must be writable to be updated in place")
@@ -174,11 +189,13 @@ def _layout(param, grad, state):
         raise ValueError("grad must be C-contiguous; pass np.ascontiguousarray(grad)")
     if not isinstance(state, MutableMapping):
         raise TypeError(f"state must be a dict from init_lowp_state, got {type(state).__name__}")
+    known = _STATE_KEYS if second == "exp_avg_sq" else (
+        "exp_avg", second, "master", "compensation")
     for key in state:
-        if key not in _STATE_KEYS:
+        if key not in known:
             raise ValueError(f"state has an unknown entry {key!r}; expected keys among "
-                             f"{_STATE_KEYS}")
-    for key in ("exp_avg", "exp_avg_sq"):
+                             f"{known}")
+    for key in ("exp_avg", second):
         if key not in state:
             raise ValueError(f"state has no {key!r}; build it with init_lowp_state")
     n = param.shape[0]
@@ -189,7 +206,7 @@ def _layout(param, grad, state):
         kind, dts = A.STATE_F32, (np.dtype(np.float32),) * 2
     elif _is_bf16(m0.dtype):
         kind, dts = A.STATE_BF16, (m0.dtype, m0.dtype)
-    elif m0.dtype == np.int8:
+    elif m0.dtype == np.int8 and second == "exp_avg_sq":
         kind, dts = A.STATE_Q8, (np.dtype(np.int8), np.dtype(np.uint8))
     else:
         raise TypeError(f"state['exp_avg'] has dtype {m0.dtype}; the state dtypes are "
@@ -197,7 +214,7 @@ def _layout(param, grad, state):
     label = {A.STATE_F32: "float32 state", A.STATE_BF16: "bfloat16 state",
              A.STATE_Q8: "int8 state: exp_avg int8, exp_avg_sq uint8"}[kind]
     arrays = {"exp_avg": _state_array(state, "exp_avg", dts[0], (n,), label),
-              "exp_avg_sq": _state_array(state, "exp_avg_sq", dts[1], (n,), label)}
+              second: _state_array(state, second, dts[1], (n,), label)}
     q8_keys = ("exp_avg_absmax", "exp_avg_sq_absmax")
     for key in q8_keys:
         if kind == A.STATE_Q8:
@@ -277,13 +294,48 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
         if flag is not True and flag is not False:
             C.check_bool(name, flag)
     C.check_eps_mode(eps_mode)
+    param_kind, state_kind, arrays, pmode = _checked_layout(param, grad, state, rounding,
+                                                            seed, "exp_avg_sq")
+    wd_mode = WD_NONE if weight_decay == 0.0 else (
+        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
+    from .functional import _ADAM           # Adam's validated hyperparameter row
+    h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
+                    maximize, bias_correction, eps_mode).h
+    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
+    m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
+    ms = arrays.get("exp_avg_absmax", _EMPTY32)
+    vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
+    w, c = _precision_arrays(arrays)
+    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
+    launch(kernels, param.shape[0], _u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
+
+
+def launch(kernels, n, *args):
+    """Run the (serial, parallel) pair on n elements (the parallel one under the launch
+    lock)."""
+    if config.use_parallel(n):
+        with config.launch_lock():
+            kernels[1](*args)
+    else:
+        kernels[0](*args)
+
+
+def _precision_arrays(arrays):
+    """(master, compensation as uint16) of a validated state, empty where absent."""
+    w = arrays.get("master", _EMPTY32)
+    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
+    return w, c
+
+
+def _checked_layout(param, grad, state, rounding, seed, second):
+    """rounding/seed and the arrays checked: (param_kind, state_kind, arrays, pmode)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    param_kind, state_kind, arrays = _layout(param, grad, state)
+    param_kind, state_kind, arrays = _layout(param, grad, state, second)
     if param_kind == A.PARAM_BF16:
         if "master" in arrays:
             pmode = A.PMODE_MASTER
@@ -302,24 +354,7 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
                              "parameters are not rounded)")
     C.check_no_overlap([("param", param), ("grad", grad)]
                        + [(f"state[{k!r}]", a) for k, a in arrays.items()])
-    wd_mode = WD_NONE if weight_decay == 0.0 else (
-        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
-    from .functional import _ADAM           # Adam's validated hyperparameter row
-    h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
-                    maximize, bias_correction, eps_mode).h
-    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
-    m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
-    ms = arrays.get("exp_avg_absmax", _EMPTY32)
-    vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
-    w = arrays.get("master", _EMPTY32)
-    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
-    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
-    args = (_u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
-    if config.use_parallel(param.shape[0]):
-        with config.launch_lock():
-            kernels[1](*args)
-    else:
-        kernels[0](*args)
+    return param_kind, state_kind, arrays, pmode
 
 
 def floor_lowp(param, grad, state, *, rounding="nearest"):
