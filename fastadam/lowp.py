@@ -422,12 +422,13 @@ def encode_moments(m, v, state_dtype):
     return out
 
 
-def _moments_of(st, state_dtype, where):
-    """float32 (m, v), 1-D, of one parameter's state in a state_dict."""
+def _moments_of(st, state_dtype, where, second="exp_avg_sq"):
+    """float32 (m, v), 1-D, of one parameter's state in a state_dict (v: the array named
+    ``second``)."""
     from .kernels.lowp import bf16_to_f32_np
-    m, v = st.get("exp_avg"), st.get("exp_avg_sq")
+    m, v = st.get("exp_avg"), st.get(second)
     if not isinstance(m, np.ndarray) or not isinstance(v, np.ndarray):
-        raise ValueError(f"{where} needs numpy arrays 'exp_avg' and 'exp_avg_sq'")
+        raise ValueError(f"{where} needs numpy arrays 'exp_avg' and {second!r}")
     if state_dtype == "float32":
         if m.dtype != np.float32 or v.dtype != np.float32:
             raise TypeError(f"{where}: float32 state must have float32 moments, got "
@@ -441,7 +442,8 @@ def _moments_of(st, state_dtype, where):
 
 def convert_state_dict(state_dict, *, state_dtype, shapes=None):
     """A new state_dict of an Adam/AdamW optimizer with its moments in ``state_dtype``
-    ("float32", "bfloat16" or "int8"): the explicit conversion an optimizer requires
+    ("float32", "bfloat16" or "int8"; of an Adamax optimizer: "float32" or "bfloat16",
+    ``exp_avg`` and ``exp_inf``): the explicit conversion an optimizer requires
     before loading a state of another state_dtype. Decoding (to float32) is exact;
     encoding to fewer bits rounds as the optimizer's step would (bfloat16: nearest even;
     int8: per-block absmax, nearest code). Low-precision arrays are 1-D; converting to
@@ -453,9 +455,14 @@ def convert_state_dict(state_dict, *, state_dtype, shapes=None):
         raise TypeError("state_dict must be an optimizer state_dict (a dict with 'state')")
     if not isinstance(state_dtype, str) or state_dtype not in _SD:
         raise ValueError(f"state_dtype must be one of {_SD}, got {state_dtype!r}")
-    if state_dict.get("algorithm", "adam") not in ("adam", "adamw"):
-        raise ValueError(f"state_dict is from a {state_dict.get('algorithm')!r} optimizer; "
-                         "conversion is for Adam and AdamW")
+    algorithm = state_dict.get("algorithm", "adam")
+    if algorithm not in SECOND:
+        raise ValueError(f"state_dict is from a {algorithm!r} optimizer; conversion is for "
+                         f"{tuple(SECOND)}")
+    second = SECOND[algorithm]
+    if second != "exp_avg_sq" and state_dtype == "int8":
+        raise ValueError(f"state_dtype='int8' is not available for {algorithm!r} state "
+                         "(use 'bfloat16' or 'float32')")
     have = state_dtype_of(state_dict)
     if have not in _SD:
         raise ValueError(f"state_dict['state_dtype'] is {have!r}, not one of {_SD}")
@@ -473,9 +480,11 @@ def convert_state_dict(state_dict, *, state_dtype, shapes=None):
         if "max_exp_avg_sq" in st or "param_avg" in st:
             raise ValueError(f"{where} holds AMSGrad or averaging state, which low-precision "
                              "state does not have")
-        m, v = _moments_of(st, have, where)
+        m, v = _moments_of(st, have, where, second)
         new = {k: val for k, val in st.items() if not isinstance(val, np.ndarray)}
         enc = encode_moments(m, v, state_dtype)
+        if second != "exp_avg_sq":
+            enc[second] = enc.pop("exp_avg_sq")
         if state_dtype == "float32":
             shape = tuple(shapes[int(i)])
             enc = {k: a.reshape(shape) for k, a in enc.items()}
