@@ -197,3 +197,190 @@ def test_errors_name_the_argument_and_change_nothing():
         assert unchanged(), match
     fa.adamax_step_lowp(p, g, st, step=2)               # and it still steps
     assert not unchanged()
+
+
+# ---------------------------------------------------------------- the optimizer object
+def params(seed=0, shapes=((7, 300), (5,), (3, 4))):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def grads_like(ps, rng):
+    return [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
+
+
+def snap(opt, ps):
+    """Parameters and the state_dict's arrays as bytes, steps and groups."""
+    sd = opt.state_dict()
+    out = [p.tobytes() for p in ps] + [sd["skipped_steps"]]
+    for i in sorted(sd["state"]):
+        out += [(k, a.dtype.str, a.tobytes()) if isinstance(a, np.ndarray) else (k, a)
+                for k, a in sorted(sd["state"][i].items())]
+    return out + [sorted((k, str(v)) for k, v in g.items()) for g in sd["param_groups"]]
+
+
+def test_optimizer_matches_functional_bit_for_bit_with_group_edits():
+    rng = np.random.default_rng(6)
+    ps = params()
+    ref = [p.reshape(-1).copy() for p in ps]
+    opt = fa.Adamax([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.1,
+                                          "maximize": True}],
+                    lr=3e-3, state_dtype="bfloat16")
+    assert opt.state_bytes() == 4.0
+    sts = [fa.init_lowp_state(r, algorithm="adamax") for r in ref]
+    for t in range(1, 6):
+        lr0 = 3e-3 * 0.5 ** t
+        opt.param_groups[0]["lr"] = lr0
+        if t == 3:
+            opt.param_groups[1]["betas"] = (0.8, 0.99)
+        gs = grads_like(ps, rng)
+        if t % 2:
+            opt.step(gs)
+        else:                                         # through the preallocated gradients
+            for dst, g in zip(opt.grads, gs):
+                dst[...] = g
+            opt.step()
+        for i, (r, g, st) in enumerate(zip(ref, gs, sts)):
+            kw = ({"lr": lr0} if i < 2 else
+                  {"lr": 3e-3, "weight_decay": 0.1, "maximize": True,
+                   "betas": (0.8, 0.99) if t >= 3 else (0.9, 0.999)})
+            fa.adamax_step_lowp(r, g.reshape(-1), st, step=t, **kw)
+    for p, r in zip(ps, ref):
+        assert np.array_equal(p.reshape(-1), r)
+    for i, st in enumerate(sts):
+        assert opt.state[i]["step"] == 5
+        for k, a in st.items():
+            assert np.array_equal(opt.state[i][k].view(np.uint16), a.view(np.uint16))
+
+
+def test_bf16_params_optimizer_matches_functional():
+    rng = np.random.default_rng(7)
+    ps = [p.astype(BF) for p in params()]
+    ref = [p.reshape(-1).copy() for p in ps]
+    opt = fa.Adamax(ps, lr=1e-2, state_dtype="float32", master_weights=True)
+    sts = [fa.init_lowp_state(r, state_dtype="float32", master_weights=True,
+                              algorithm="adamax") for r in ref]
+    for t in range(1, 4):
+        gs = [g.astype(BF) for g in grads_like(ps, rng)]
+        opt.step(gs)
+        for r, g, st in zip(ref, gs, sts):
+            fa.adamax_step_lowp(r, g.reshape(-1), st, step=t, lr=1e-2)
+    assert all(np.array_equal(p.reshape(-1).view(np.uint16), r.view(np.uint16))
+               for p, r in zip(ps, ref))
+    assert np.array_equal(opt.state[0]["master"], sts[0]["master"])
+
+
+def test_state_dict_checkpoint_round_trip_exact(tmp_path):
+    import copy
+    rng = np.random.default_rng(8)
+    ps = params()
+    opt = fa.Adamax(ps, lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")
+    for _ in range(3):
+        opt.step(grads_like(ps, rng))
+    sd = opt.state_dict()
+    assert sd["algorithm"] == "adamax" and sd["state_dtype"] == "bfloat16"
+    st = sd["state"][0]
+    assert set(st) == {"step", "exp_avg", "exp_inf"} and st["exp_inf"].dtype == np.uint16
+    opt.save(tmp_path / "ck.npz")
+    copies = []
+    for how in ("state_dict", "checkpoint", "deepcopy"):
+        qs = [p.copy() for p in ps]
+        o2 = fa.Adamax(qs, lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")
+        if how == "state_dict":
+            o2.load_state_dict(sd)
+        elif how == "checkpoint":
+            o2.load(tmp_path / "ck.npz")
+        else:
+            o2 = copy.deepcopy(opt)
+            qs = o2.param_groups[0]["params"]
+        assert snap(o2, qs) == snap(opt, ps)
+        copies.append((o2, qs))
+    for _ in range(2):
+        g = grads_like(ps, rng)
+        opt.step(g)
+        for o2, _ in copies:
+            o2.step([x.copy() for x in g])
+    for o2, qs in copies:
+        assert snap(o2, qs) == snap(opt, ps)
+
+
+def test_cross_layout_refused_then_converted():
+    from fastadam import lowp
+    rng = np.random.default_rng(9)
+    ps = params()
+    f32 = fa.Adamax([p.copy() for p in ps], lr=1e-2)
+    bf = fa.Adamax([p.copy() for p in ps], lr=1e-2, state_dtype="bfloat16")
+    for _ in range(2):
+        g = grads_like(ps, rng)
+        f32.step(g)
+        bf.step(g)
+    sd32, sdbf = f32.state_dict(), bf.state_dict()
+    for dst, src in ((bf, sd32), (f32, sdbf)):
+        before = snap(dst, dst.param_groups[0]["params"])
+        with pytest.raises(ValueError, match="convert_state_dict"):
+            dst.load_state_dict(src)
+        assert snap(dst, dst.param_groups[0]["params"]) == before
+    adam_sd = fa.Adam([p.copy() for p in ps], state_dtype="bfloat16").state_dict()
+    with pytest.raises(ValueError, match="'adam' optimizer, not 'adamax'"):
+        bf.load_state_dict(adam_sd)
+    with pytest.raises(ValueError, match="int8"):
+        lowp.convert_state_dict(sd32, state_dtype="int8")
+    # float32 -> bfloat16 rounds to nearest even; bfloat16 -> float32 decodes exactly
+    bf.load_state_dict(lowp.convert_state_dict(sd32, state_dtype="bfloat16"))
+    for k in ("exp_avg", "exp_inf"):
+        a32 = sd32["state"][0][k].reshape(-1)
+        assert np.array_equal(bf.state[0][k], a32.astype(BF))
+    back = lowp.convert_state_dict(bf.state_dict(), state_dtype="float32",
+                                   shapes=[p.shape for p in ps])
+    f32.load_state_dict(back)
+    assert np.array_equal(f32.state[0]["exp_inf"].reshape(-1),
+                          bf.state[0]["exp_inf"].astype(np.float32))
+
+
+def test_nonfinite_policies_and_bad_input_change_nothing():
+    rng = np.random.default_rng(10)
+    ps = params()
+    for policy in ("skip", "raise"):
+        opt = fa.Adamax(ps, lr=1e-2, nonfinite=policy, state_dtype="bfloat16")
+        opt.step(grads_like(ps, rng))
+        before = snap(opt, ps)
+        gs = grads_like(ps, rng)
+        gs[1][2] = np.inf
+        if policy == "skip":
+            opt.step(gs)
+            assert opt.skipped_steps == 1
+            opt.skipped_steps = 0
+        else:
+            with pytest.raises(ValueError, match=r"grads\[1\]"):
+                opt.step(gs)
+        assert snap(opt, ps) == before
+    gs = grads_like(ps, rng)
+    with pytest.raises(TypeError, match=r"grads\[2\]"):
+        opt.step(gs[:2] + [gs[2].astype(np.float64)])
+    with pytest.raises(ValueError, match=r"grads\[1\]"):            # aliases the state
+        opt.step([gs[0], opt.state[0]["exp_inf"].view(np.float32)[:5], gs[2]])
+    opt.param_groups[0]["eps"] = -1.0
+    with pytest.raises(ValueError, match="eps"):
+        opt.step(gs)
+    opt.param_groups[0]["eps"] = 1e-8
+    sd = opt.state_dict()
+    sd["state"][1]["exp_inf"] = sd["state"][1]["exp_inf"][:-1]
+    with pytest.raises(ValueError, match=r"\[1\]\['exp_inf'\]"):
+        opt.load_state_dict(sd)
+    assert snap(opt, ps) == before
+    opt.step(gs)                                             # and it still steps
+    assert snap(opt, ps) != before
+
+
+def test_refusals():
+    ps = params()
+    before = [p.copy() for p in ps]
+    with pytest.raises(ValueError, match="state_dtype='int8' is not available for 'adamax'"):
+        fa.Adamax(ps, state_dtype="int8")
+    with pytest.raises(ValueError, match="average"):
+        fa.Adamax(ps, state_dtype="bfloat16", average=0.99)
+    with pytest.raises(ValueError, match="master_weights"):
+        fa.Adamax(ps, state_dtype="bfloat16", master_weights=True)   # float32 params
+    with pytest.raises(ValueError, match="int8"):
+        fa.Adamax([p.astype(BF) for p in ps], state_dtype="int8")
+    assert all(np.array_equal(p, q) for p, q in zip(ps, before))
