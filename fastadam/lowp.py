@@ -135,9 +135,10 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
 
 
 def decode_state(state):
-    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays)."""
+    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays); of an AdaMax
+    state (exp_avg, exp_inf)."""
     from .kernels.lowp import Q8S_TABLE, Q8U_TABLE
-    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m, v = state["exp_avg"], state["exp_inf" if "exp_inf" in state else "exp_avg_sq"]
     if m.dtype == np.int8:
         n = m.shape[0]
         sm = np.repeat(state["exp_avg_absmax"], Q8_BLOCK)[:n]
