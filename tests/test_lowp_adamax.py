@@ -255,6 +255,24 @@ def test_optimizer_matches_functional_bit_for_bit_with_group_edits():
             assert np.array_equal(opt.state[i][k].view(np.uint16), a.view(np.uint16))
 
 
+def test_clipping_as_prescaled_gradient():
+    rng = np.random.default_rng(11)
+    ps = params()
+    ref = [p.reshape(-1).copy() for p in ps]
+    opt = fa.Adamax(ps, lr=1e-2, max_grad_norm=0.5, state_dtype="bfloat16")
+    sts = [fa.init_lowp_state(r, algorithm="adamax") for r in ref]
+    for t in range(1, 4):
+        gs = grads_like(ps, rng)
+        opt.step(gs)
+        norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in gs))
+        assert opt.last_grad_norms[0] == pytest.approx(norm, rel=1e-12)
+        clip = np.float32(min(1.0, 0.5 / (norm + 1e-6)))
+        for r, g, st in zip(ref, gs, sts):
+            fa.adamax_step_lowp(r, (g * clip).reshape(-1), st, step=t, lr=1e-2)
+    for p, r in zip(ps, ref):
+        assert np.array_equal(p.reshape(-1), r)
+
+
 def test_bf16_params_optimizer_matches_functional():
     rng = np.random.default_rng(7)
     ps = [p.astype(BF) for p in params()]
