@@ -45,6 +45,9 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 ROUNDINGS = ("nearest", "stochastic")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "master",
                "compensation")
+#: The second state array of each algorithm with low-precision state (AdaMax: the
+#: infinity norm, bfloat16 or float32 only; fastadam.lowp_adamax).
+SECOND = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "adamax": "exp_inf"}
 _INF = float("inf")
 
 
@@ -79,7 +82,7 @@ def _check_param(param, name="param"):
 
 
 def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
-                    compensation=False):
+                    compensation=False, algorithm="adam"):
     """The zero state of ``param`` (1-D float32 or bfloat16) for :func:`adam_step_lowp`.
 
     ``state_dtype``: "float32", "bfloat16" (moments rounded to nearest even when stored)
@@ -88,10 +91,19 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
     :func:`decode_state` turns any state back into float32 moments. For bfloat16 parameters, ``master_weights=True`` adds a float32
     copy ``master`` (initialised from param) that the step updates, ``compensation=True``
-    a bfloat16 Kahan buffer ``compensation`` (zeros)."""
+    a bfloat16 Kahan buffer ``compensation`` (zeros).
+
+    ``algorithm="adamax"``: the state of :func:`fastadam.adamax_step_lowp`, ``exp_avg``
+    and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided)."""
     _check_param(param)
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
+    if not isinstance(algorithm, str) or algorithm not in SECOND:
+        raise ValueError(f"algorithm must be one of {tuple(SECOND)}, got {algorithm!r}")
+    if algorithm == "adamax" and state_dtype == "int8":
+        raise ValueError("state_dtype='int8' is not available for algorithm='adamax' (the "
+                         "8-bit code maps are Adam's; see docs/low_precision.md): use "
+                         "'bfloat16' or 'float32'")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
     bf16_param = _is_bf16(param.dtype)
@@ -113,6 +125,8 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
         state = {"exp_avg": np.zeros(n, np.int8), "exp_avg_sq": np.zeros(n, np.uint8),
                  "exp_avg_absmax": np.zeros(nb, np.float32),
                  "exp_avg_sq_absmax": np.zeros(nb, np.float32)}
+    if algorithm == "adamax":
+        state["exp_inf"] = state.pop("exp_avg_sq")
     if master_weights:
         state["master"] = param.astype(np.float32)
     if compensation:
@@ -121,9 +135,10 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
 
 
 def decode_state(state):
-    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays)."""
+    """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays); of an AdaMax
+    state (exp_avg, exp_inf)."""
     from .kernels.lowp import Q8S_TABLE, Q8U_TABLE
-    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m, v = state["exp_avg"], state["exp_inf" if "exp_inf" in state else "exp_avg_sq"]
     if m.dtype == np.int8:
         n = m.shape[0]
         sm = np.repeat(state["exp_avg_absmax"], Q8_BLOCK)[:n]
@@ -158,8 +173,9 @@ def _state_array(state, key, dtype, shape, label):
     return a
 
 
-def _layout(param, grad, state):
-    """Validate and return (param_kind, state_kind, named arrays)."""
+def _layout(param, grad, state, second="exp_avg_sq"):
+    """Validate and return (param_kind, state_kind, named arrays). ``second``: the name of
+    the second state array (SECOND)."""
     _check_param(param)
     if not param.flags.writeable:
         raise ValueError("param is read-only; it must be writable to be updated in place")
@@ -174,11 +190,13 @@ def _layout(param, grad, state):
         raise ValueError("grad must be C-contiguous; pass np.ascontiguousarray(grad)")
     if not isinstance(state, MutableMapping):
         raise TypeError(f"state must be a dict from init_lowp_state, got {type(state).__name__}")
+    known = _STATE_KEYS if second == "exp_avg_sq" else (
+        "exp_avg", second, "master", "compensation")
     for key in state:
-        if key not in _STATE_KEYS:
+        if key not in known:
             raise ValueError(f"state has an unknown entry {key!r}; expected keys among "
-                             f"{_STATE_KEYS}")
-    for key in ("exp_avg", "exp_avg_sq"):
+                             f"{known}")
+    for key in ("exp_avg", second):
         if key not in state:
             raise ValueError(f"state has no {key!r}; build it with init_lowp_state")
     n = param.shape[0]
@@ -189,7 +207,7 @@ def _layout(param, grad, state):
         kind, dts = A.STATE_F32, (np.dtype(np.float32),) * 2
     elif _is_bf16(m0.dtype):
         kind, dts = A.STATE_BF16, (m0.dtype, m0.dtype)
-    elif m0.dtype == np.int8:
+    elif m0.dtype == np.int8 and second == "exp_avg_sq":
         kind, dts = A.STATE_Q8, (np.dtype(np.int8), np.dtype(np.uint8))
     else:
         raise TypeError(f"state['exp_avg'] has dtype {m0.dtype}; the state dtypes are "
@@ -197,7 +215,7 @@ def _layout(param, grad, state):
     label = {A.STATE_F32: "float32 state", A.STATE_BF16: "bfloat16 state",
              A.STATE_Q8: "int8 state: exp_avg int8, exp_avg_sq uint8"}[kind]
     arrays = {"exp_avg": _state_array(state, "exp_avg", dts[0], (n,), label),
-              "exp_avg_sq": _state_array(state, "exp_avg_sq", dts[1], (n,), label)}
+              second: _state_array(state, second, dts[1], (n,), label)}
     q8_keys = ("exp_avg_absmax", "exp_avg_sq_absmax")
     for key in q8_keys:
         if kind == A.STATE_Q8:
@@ -277,13 +295,48 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
         if flag is not True and flag is not False:
             C.check_bool(name, flag)
     C.check_eps_mode(eps_mode)
+    param_kind, state_kind, arrays, pmode = _checked_layout(param, grad, state, rounding,
+                                                            seed, "exp_avg_sq")
+    wd_mode = WD_NONE if weight_decay == 0.0 else (
+        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
+    from .functional import _ADAM           # Adam's validated hyperparameter row
+    h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
+                    maximize, bias_correction, eps_mode).h
+    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
+    m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
+    ms = arrays.get("exp_avg_absmax", _EMPTY32)
+    vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
+    w, c = _precision_arrays(arrays)
+    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
+    launch(kernels, param.shape[0], _u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
+
+
+def launch(kernels, n, *args):
+    """Run the (serial, parallel) pair on n elements (the parallel one under the launch
+    lock)."""
+    if config.use_parallel(n):
+        with config.launch_lock():
+            kernels[1](*args)
+    else:
+        kernels[0](*args)
+
+
+def _precision_arrays(arrays):
+    """(master, compensation as uint16) of a validated state, empty where absent."""
+    w = arrays.get("master", _EMPTY32)
+    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
+    return w, c
+
+
+def _checked_layout(param, grad, state, rounding, seed, second):
+    """rounding/seed and the arrays checked: (param_kind, state_kind, arrays, pmode)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    param_kind, state_kind, arrays = _layout(param, grad, state)
+    param_kind, state_kind, arrays = _layout(param, grad, state, second)
     if param_kind == A.PARAM_BF16:
         if "master" in arrays:
             pmode = A.PMODE_MASTER
@@ -302,24 +355,7 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
                              "parameters are not rounded)")
     C.check_no_overlap([("param", param), ("grad", grad)]
                        + [(f"state[{k!r}]", a) for k, a in arrays.items()])
-    wd_mode = WD_NONE if weight_decay == 0.0 else (
-        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
-    from .functional import _ADAM           # Adam's validated hyperparameter row
-    h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
-                    maximize, bias_correction, eps_mode).h
-    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
-    m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
-    ms = arrays.get("exp_avg_absmax", _EMPTY32)
-    vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
-    w = arrays.get("master", _EMPTY32)
-    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
-    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
-    args = (_u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
-    if config.use_parallel(param.shape[0]):
-        with config.launch_lock():
-            kernels[1](*args)
-    else:
-        kernels[0](*args)
+    return param_kind, state_kind, arrays, pmode
 
 
 def floor_lowp(param, grad, state, *, rounding="nearest"):
@@ -387,12 +423,13 @@ def encode_moments(m, v, state_dtype):
     return out
 
 
-def _moments_of(st, state_dtype, where):
-    """float32 (m, v), 1-D, of one parameter's state in a state_dict."""
+def _moments_of(st, state_dtype, where, second="exp_avg_sq"):
+    """float32 (m, v), 1-D, of one parameter's state in a state_dict (v: the array named
+    ``second``)."""
     from .kernels.lowp import bf16_to_f32_np
-    m, v = st.get("exp_avg"), st.get("exp_avg_sq")
+    m, v = st.get("exp_avg"), st.get(second)
     if not isinstance(m, np.ndarray) or not isinstance(v, np.ndarray):
-        raise ValueError(f"{where} needs numpy arrays 'exp_avg' and 'exp_avg_sq'")
+        raise ValueError(f"{where} needs numpy arrays 'exp_avg' and {second!r}")
     if state_dtype == "float32":
         if m.dtype != np.float32 or v.dtype != np.float32:
             raise TypeError(f"{where}: float32 state must have float32 moments, got "
@@ -406,7 +443,8 @@ def _moments_of(st, state_dtype, where):
 
 def convert_state_dict(state_dict, *, state_dtype, shapes=None):
     """A new state_dict of an Adam/AdamW optimizer with its moments in ``state_dtype``
-    ("float32", "bfloat16" or "int8"): the explicit conversion an optimizer requires
+    ("float32", "bfloat16" or "int8"; of an Adamax optimizer: "float32" or "bfloat16",
+    ``exp_avg`` and ``exp_inf``): the explicit conversion an optimizer requires
     before loading a state of another state_dtype. Decoding (to float32) is exact;
     encoding to fewer bits rounds as the optimizer's step would (bfloat16: nearest even;
     int8: per-block absmax, nearest code). Low-precision arrays are 1-D; converting to
@@ -418,9 +456,14 @@ def convert_state_dict(state_dict, *, state_dtype, shapes=None):
         raise TypeError("state_dict must be an optimizer state_dict (a dict with 'state')")
     if not isinstance(state_dtype, str) or state_dtype not in _SD:
         raise ValueError(f"state_dtype must be one of {_SD}, got {state_dtype!r}")
-    if state_dict.get("algorithm", "adam") not in ("adam", "adamw"):
-        raise ValueError(f"state_dict is from a {state_dict.get('algorithm')!r} optimizer; "
-                         "conversion is for Adam and AdamW")
+    algorithm = state_dict.get("algorithm", "adam")
+    if algorithm not in SECOND:
+        raise ValueError(f"state_dict is from a {algorithm!r} optimizer; conversion is for "
+                         f"{tuple(SECOND)}")
+    second = SECOND[algorithm]
+    if second != "exp_avg_sq" and state_dtype == "int8":
+        raise ValueError(f"state_dtype='int8' is not available for {algorithm!r} state "
+                         "(use 'bfloat16' or 'float32')")
     have = state_dtype_of(state_dict)
     if have not in _SD:
         raise ValueError(f"state_dict['state_dtype'] is {have!r}, not one of {_SD}")
@@ -438,9 +481,11 @@ def convert_state_dict(state_dict, *, state_dtype, shapes=None):
         if "max_exp_avg_sq" in st or "param_avg" in st:
             raise ValueError(f"{where} holds AMSGrad or averaging state, which low-precision "
                              "state does not have")
-        m, v = _moments_of(st, have, where)
+        m, v = _moments_of(st, have, where, second)
         new = {k: val for k, val in st.items() if not isinstance(val, np.ndarray)}
         enc = encode_moments(m, v, state_dtype)
+        if second != "exp_avg_sq":
+            enc[second] = enc.pop("exp_avg_sq")
         if state_dtype == "float32":
             shape = tuple(shapes[int(i)])
             enc = {k: a.reshape(shape) for k, a in enc.items()}

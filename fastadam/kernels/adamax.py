@@ -38,14 +38,21 @@ def consts(sc):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def element(variant, p, g, m, u, unused, k):
-    b1, omb1, b2, step_size, eps = k
+def moments(g, m, u, b1, omb1, b2, step_size, eps):
+    """The new (m, u) and the update ``upd`` (new parameter: p - upd) of one element; the
+    float32 loop (:func:`element`) and the low-precision one (adamax_lowp.py) share it."""
     m = b1 * m + omb1 * g
     u = b2 * u
     a = abs(g) + eps
     u = a if (a > u or a != a) else u
-    p = p - step_size * (m / u)     # exact: an estimate measured slower here (docs/approx.md)
-    return p, m, u, unused
+    return m, u, step_size * (m / u)  # exact: an estimate measured slower (docs/approx.md)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def element(variant, p, g, m, u, unused, k):
+    b1, omb1, b2, step_size, eps = k
+    m, u, upd = moments(g, m, u, b1, omb1, b2, step_size, eps)
+    return p - upd, m, u, unused
 
 
 def reference(param, grad, state, step, hp):

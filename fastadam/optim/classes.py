@@ -14,9 +14,10 @@ _EXTRAS_DOC = """
     ``state_dtype`` (None: the parameters' dtype; "bfloat16" or "int8": low-precision
     moments) and, for ``ml_dtypes.bfloat16`` parameters, ``master_weights``,
     ``compensation`` or ``rounding="stochastic"`` with ``seed``; see
-    docs/low_precision.md. Adamax, NAdam and RAdam take ``state_dtype`` None or
-    "float32" only (the low-precision kernels compute Adam's update; "bfloat16"/"int8"
-    raise ValueError)."""
+    docs/low_precision.md. Adamax takes the same with ``state_dtype`` None, "float32" or
+    "bfloat16" ("int8" raises ValueError). NAdam and RAdam take ``state_dtype`` None or
+    "float32" only (the low-precision kernels compute Adam's and AdaMax's updates;
+    "bfloat16"/"int8" raise ValueError)."""
 
 
 class Adam(Optimizer):
@@ -80,11 +81,15 @@ class Adamax(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  foreach=None, *, maximize=False, max_grad_norm=None, average=None,
                  nonfinite="propagate", differentiable=False, capturable=False,
-                 state_dtype=None):
+                 state_dtype=None, master_weights=False, compensation=False,
+                 rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          maximize=maximize, max_grad_norm=max_grad_norm, average=average,
-                         nonfinite=nonfinite, state_dtype=state_dtype)
+                         nonfinite=nonfinite, state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class NAdam(Optimizer):

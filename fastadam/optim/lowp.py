@@ -1,8 +1,10 @@
-"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW).
+"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW,
+``"bfloat16"`` on Adamax).
 
 When ``state_dtype`` is set (and differs from the parameters' float32), the optimizer
 keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
-steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (one fused launch per
+steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (Adamax:
+:func:`fastadam.lowp_adamax.adamax_step_lowp`; one fused launch per
 parameter: a model flattened with :func:`fastadam.flatten` is one launch). Everything
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
@@ -12,7 +14,8 @@ None there.
 State dict layout (``state_dict()["state_dtype"]`` and ``["state_layout"]`` name it);
 every array is 1-D over the flattened parameter:
 
-* bfloat16: ``exp_avg``/``exp_avg_sq`` uint16 (the bfloat16 bit patterns);
+* bfloat16: ``exp_avg``/``exp_avg_sq`` (Adamax: ``exp_avg``/``exp_inf``) uint16 (the
+  bfloat16 bit patterns);
 * int8: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8 codes of sqrt(v),
   ``exp_avg_absmax``/``exp_avg_sq_absmax`` float32 per-block scales.
 """
@@ -27,8 +30,10 @@ from ..kernels.spec import H_CLIP
 from .state import check_header, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
-#: Algorithms whose update the low-precision kernels compute.
-LOWP_ALGORITHMS = ("adam", "adamw")
+#: Algorithms whose update the low-precision kernels compute, with their state dtypes.
+LOWP_ALGORITHMS = ("adam", "adamw", "adamax")
+_LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
+               "adamax": ("bfloat16",)}
 LAYOUTS = {"bfloat16": "bfloat16-bits-uint16",
            "int8": f"int8-dynamic-blockwise-{Q8_BLOCK}"}
 _NO_REFS = np.zeros(0, dtype=np.int64)
@@ -50,8 +55,13 @@ def check_state_dtype(state_dtype, algorithm, average):
         if algorithm not in LOWP_ALGORITHMS:
             raise ValueError(f"state_dtype={state_dtype!r} is available for "
                              f"{LOWP_ALGORITHMS}, not {algorithm!r}: the low-precision "
-                             "kernels compute Adam's update only; use state_dtype=None "
-                             "or 'float32' here, or fa.Adam / fa.AdamW")
+                             "kernels compute Adam's and AdaMax's updates only; use "
+                             "state_dtype=None or 'float32' here, or fa.Adam / fa.AdamW")
+        if state_dtype not in _LOWP_STATE[algorithm]:
+            raise ValueError(f"state_dtype={state_dtype!r} is not available for "
+                             f"{algorithm!r} (8-bit state is Adam's: its code maps are "
+                             "not analysed for AdaMax's infinity norm); use "
+                             f"state_dtype in {(None, 'float32') + _LOWP_STATE[algorithm]}")
         if average is not None:
             raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
                              f"average={average!r} (temporal averaging is not in the "
@@ -169,7 +179,8 @@ class LowpState:
         kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
               if self.bf16 else {})
         self.states = [old.get(id(p)) or init_lowp_state(p.reshape(-1),
-                                                         state_dtype=self.state_dtype, **kw)
+                                                         state_dtype=self.state_dtype,
+                                                         algorithm=opt.algorithm, **kw)
                        for p in opt._params]
         self._by_id = {id(p): st for p, st in zip(opt._params, self.states)}
         self.kw = None
@@ -181,12 +192,14 @@ class LowpState:
         alg = opt._alg
         out = []
         for g in opt.param_groups:
-            out.append(dict(lr=float(g["lr"]), betas=(float(g["betas"][0]), float(g["betas"][1])),
-                            eps=float(g["eps"]), weight_decay=float(g["weight_decay"]),
-                            decoupled_weight_decay=bool(alg.decoupled(g)),
-                            maximize=bool(g["maximize"]),
-                            bias_correction=bool(g.get("bias_correction", True)),
-                            eps_mode=g.get("eps_mode", "paper")))
+            kw = dict(lr=float(g["lr"]), betas=(float(g["betas"][0]), float(g["betas"][1])),
+                      eps=float(g["eps"]), weight_decay=float(g["weight_decay"]),
+                      maximize=bool(g["maximize"]))
+            if opt.algorithm != "adamax":           # Adam's options (adam_step_lowp)
+                kw.update(decoupled_weight_decay=bool(alg.decoupled(g)),
+                          bias_correction=bool(g.get("bias_correction", True)),
+                          eps_mode=g.get("eps_mode", "paper"))
+            out.append(kw)
             if self.bf16:
                 out[-1].update(rounding=self.options["rounding"], seed=self.options["seed"])
         return out
@@ -194,7 +207,9 @@ class LowpState:
     # -------------------------------------------------------------- step
     def step(self, opt, grads):
         from ..lowp import adam_step_lowp
+        from ..lowp_adamax import adamax_step_lowp
         from .guard import grad_norms
+        step_lowp = adamax_step_lowp if opt.algorithm == "adamax" else adam_step_lowp
         if opt._groups_changed():
             groups = opt.param_groups
             if isinstance(groups, list):
@@ -234,8 +249,8 @@ class LowpState:
                 clip = opt._hyper[gi, H_CLIP]
                 if clip != 1.0:   # bfloat16: the scaled gradient is rounded (nearest)
                     g = (g.astype(np.float32) * np.float32(clip)).astype(g.dtype)
-            adam_step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
-                           step=int(steps[gi]) + 1, **self.kw[gi])
+            step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
+                      step=int(steps[gi]) + 1, **self.kw[gi])
         steps += 1
 
     # -------------------------------------------------------------- state dict
