@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
                                       validate_data)
 
-from . import _lazy
+from . import _lazy, _lazy_mlp
 from ._network import _Network
 from ._validation import (check_hyperparams, check_sample_weight,
                           check_state_dtype_combination,
@@ -314,6 +314,8 @@ class _BaseAdam(_Network, BaseEstimator):
         step = self._train_step()
         lazy = getattr(self, "_lazy", False)
         take = _lazy.take_rows if lazy else _take_rows
+        if lazy and self._batched_lazy_mlp():
+            take = _lazy_mlp.take_batch          # rows read in place by batch_forward
         if compiled:
             # exact sum of squares of the lazy layer at the start of the call; the
             # compiled loop keeps it up to date from each step's changes

@@ -94,17 +94,47 @@ def _update_touched(Wf, MV, G, touched, nt, keys, hpos, reg, lr_t, beta1, beta2,
     for s in range(nt):
         j = touched[s]
         keys[hpos[s]] = -1
-        for o in range(k):
-            w = np.float64(Wf[j, o])
-            g = G[s, o] + reg * w
-            m = beta1 * MV[j, o, 0] + (1.0 - beta1) * g
-            v = beta2 * MV[j, o, 1] + (1.0 - beta2) * (g * g)
-            MV[j, o, 0] = m
-            MV[j, o, 1] = v
-            Wf[j, o] = w - lr_t * (np.float64(MV[j, o, 0]) / (math.sqrt(MV[j, o, 1]) + eps))
-            w1 = np.float64(Wf[j, o])
-            dsq += w1 * w1 - w * w
+        dsq += update_row(Wf, MV, G, s, j, reg, lr_t, beta1, beta2, eps, k)
     return dsq
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def update_row(Wf, MV, G, s, j, reg, lr_t, beta1, beta2, eps, k):
+    # The lazy Adam step of row j of Wf (gradient G[s] + reg * Wf[j]); returns the
+    # change of its sum of squares.
+    dsq = 0.0
+    for o in range(k):
+        w = np.float64(Wf[j, o])
+        g = G[s, o] + reg * w
+        m = beta1 * MV[j, o, 0] + (1.0 - beta1) * g
+        v = beta2 * MV[j, o, 1] + (1.0 - beta2) * (g * g)
+        MV[j, o, 0] = m
+        MV[j, o, 1] = v
+        Wf[j, o] = w - lr_t * (np.float64(MV[j, o, 0]) / (math.sqrt(MV[j, o, 1]) + eps))
+        w1 = np.float64(Wf[j, o])
+        dsq += w1 * w1 - w * w
+    return dsq
+
+
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def slot_of(j, keys, slots, touched, hpos, G, nt, mask):
+    """The minibatch slot of feature j in the open-addressing hash table ``keys``
+    (``mask`` = its size - 1) and the number of slots after it: a new feature gets slot
+    nt (recorded in ``touched``/``hpos``, its gradient row G[nt] zeroed)."""
+    h = (j * 2654435761) & mask
+    while True:
+        kj = keys[h]
+        if kj == j:
+            return slots[h], nt
+        if kj < 0:
+            keys[h] = j
+            slots[h] = nt
+            touched[nt] = j
+            hpos[nt] = h
+            for o in range(G.shape[1]):
+                G[nt, o] = 0.0
+            return nt, nt + 1
+        h = (h + 1) & mask
 
 
 @numba.njit(**config.JIT_OPTIONS)
@@ -134,24 +164,7 @@ def lazy_adam_step(indptr, indices, data, D, Wf, MV, reg, lr_t, beta1, beta2, ep
             x = data[p]
             if x == 0:
                 continue
-            j = np.int64(indices[p])
-            h = (j * 2654435761) & mask
-            while True:
-                kj = keys[h]
-                if kj == j:
-                    s = slots[h]
-                    break
-                if kj < 0:
-                    keys[h] = j
-                    s = nt
-                    slots[h] = s
-                    touched[nt] = j
-                    hpos[nt] = h
-                    nt += 1
-                    for o in range(k):
-                        G[s, o] = 0.0
-                    break
-                h = (h + 1) & mask
+            s, nt = slot_of(np.int64(indices[p]), keys, slots, touched, hpos, G, nt, mask)
             for o in range(k):
                 G[s, o] += x * D[i, o]
     return _update_touched(Wf, MV, G, touched, nt, keys, hpos, reg, lr_t, beta1, beta2, eps,
@@ -189,6 +202,13 @@ class Scratch:
             self.q_row = np.empty(self.nnz, np.int32)
             self.q_n = self.nnz
         return touched, G, self.q_slot, self.q_x, self.q_row
+
+    def get_batch(self, nnz):
+        """The MLP minibatch path's scratch (``_lazy_mlp.batch_forward``): the hash
+        table's and the per-nonzero arrays, for a minibatch of up to nnz nonzeros."""
+        self.get_epoch(nnz)
+        return (self.keys, self.slots, self.touched, self.hpos, self.G, self.q_slot,
+                self.q_x, self.q_row)
 
 
 def step_lr(lr, beta1, beta2, t):

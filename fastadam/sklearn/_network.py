@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from ..flat import flatten
 from ..optim import Adam
 from . import _kernels as K
-from . import _lazy, _lazy_linear
+from . import _lazy, _lazy_linear, _lazy_mlp
 
 
 class _Network:
@@ -108,21 +108,51 @@ class _Network:
             return self.optimizer_.step
         return self._lazy_step
 
+    def _scratch(self, k):
+        scratch = getattr(self, "_lazy_scratch", None)
+        if scratch is None or scratch.k != k:
+            scratch = self._lazy_scratch = _lazy.Scratch(k)
+        return scratch
+
     def _lazy_step(self):
         self.optimizer_.step()
         self._lazy_t += 1
         A, D, reg = self._lazy_batch
         self._lazy_batch = None
         Wf = self._dense_weights()[0]
-        scratch = getattr(self, "_lazy_scratch", None)
-        if scratch is None or scratch.k != D.shape[1]:
-            scratch = self._lazy_scratch = _lazy.Scratch(D.shape[1])
+        scratch = self._scratch(D.shape[1])
         lr_t = _lazy.step_lr(self.learning_rate_init, self.beta_1, self.beta_2,
                              self._lazy_t)
+        hyper = (float(reg), lr_t, float(self.beta_1), float(self.beta_2),
+                 float(self.epsilon))
+        if isinstance(A, _lazy_mlp.RowsBatch):
+            # the MLP path: the slots and per-nonzero records of batch_forward
+            keys, _, touched, hpos, G, qs, qx, qr = scratch.get_batch(0)
+            mv = self._lazy_mv
+            self._lazy_sq += _lazy_mlp.batch_step(
+                D, Wf, mv, mv.reshape(mv.shape[0], -1), *hyper, keys, touched, hpos, G,
+                A.nt, qs, qx, qr, A.nq)
+            return
         self._lazy_sq += _lazy.lazy_adam_step(
-            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, float(reg), lr_t,
-            float(self.beta_1), float(self.beta_2), float(self.epsilon),
+            A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, *hyper,
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
+
+    def _batched_lazy_mlp(self):
+        """Whether the lazy first layer of an MLP takes the two-call minibatch path of
+        ``_lazy_mlp`` (rows read in place, slots found once, prefetched update); else
+        ``take_rows`` + ``csr_forward`` + ``lazy_adam_step`` (the same results, tested)."""
+        return getattr(self, "_lazy", False) and not self._linear
+
+    def _lazy_first_forward(self, A, W, Z):
+        """The lazy first layer's Z = A @ W (A: a CSRBatch or a RowsBatch)."""
+        if isinstance(A, _lazy_mlp.RowsBatch):
+            X = A.X
+            sc = self._scratch(Z.shape[1]).get_batch(A.nnz())
+            A.nt, A.nq = _lazy_mlp.batch_forward(X.indptr, X.indices, X.data, A.rows, W,
+                                                 Z, *sc)
+        else:
+            # reads only the weight rows of the batch's features (no copy of W)
+            _lazy.csr_forward(A.indptr, A.indices, A.data, W, Z)
 
     def _compiled_lazy_epoch(self):
         """Whether an epoch runs as one compiled loop
@@ -276,8 +306,7 @@ class _Network:
             if buffers is not None:
                 Z = buffers[l][:n]
                 if l == 0 and getattr(self, "_lazy", False):
-                    # reads only the weight rows of the batch's features (no copy of W)
-                    _lazy.csr_forward(A.indptr, A.indices, A.data, W, Z)
+                    self._lazy_first_forward(A, W, Z)
                 elif sp.issparse(A):
                     Z[...] = A @ W
                 else:
@@ -304,7 +333,7 @@ class _Network:
         else:
             sw_sum = float(total)
         lazy = getattr(self, "_lazy", False)
-        if lazy and not hasattr(Xb, "indptr"):
+        if lazy and not hasattr(Xb, "indptr") and not isinstance(Xb, _lazy_mlp.RowsBatch):
             Xb = sp.csr_matrix(Xb)       # dense rows under lazy updates: nonzeros touch
         acts = self._forward(Xb, ws["Z"])
         D = acts[-1]
