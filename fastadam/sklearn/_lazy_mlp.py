@@ -17,8 +17,6 @@ The results equal ``take_rows`` + ``csr_forward`` + ``lazy_adam_step`` exactly (
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
@@ -32,7 +30,7 @@ class RowsBatch:
     place by :func:`batch_forward`), and after the forward pass the number of touched
     features ``nt`` and recorded nonzeros ``nq`` (the records live in the scratch)."""
 
-    __slots__ = ("X", "rows", "shape", "nt", "nq")
+    __slots__ = ("X", "nq", "nt", "rows", "shape")
 
     def __init__(self, X, rows):
         self.X, self.rows = X, rows
