@@ -289,6 +289,24 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
 
     Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
     """
+    kernels, n, head, tail, sr_seed = prepare_adam_lowp(
+        param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
+        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize, bias_correction=bias_correction, eps_mode=eps_mode,
+        rounding=rounding, seed=seed)
+    launch(kernels, n, *head, _u16(grad), *tail, step,
+           0 if sr_seed is None else sr_key(sr_seed, step))
+
+
+def prepare_adam_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
+                      decoupled_weight_decay, maximize, bias_correction, eps_mode,
+                      rounding="nearest", seed=0):
+    """Every check of :func:`adam_step_lowp`, and its launch without the per-step values:
+    (kernels, n, head, tail, sr_seed); the step runs
+    ``launch(kernels, n, *head, grad_bits, *tail, step, key)`` with ``key`` =
+    ``sr_key(sr_seed, step)`` (0 when ``sr_seed`` is None: no stochastic rounding).
+    The optimizer keeps this and checks only the gradients at each step (optim/lowp.py).
+    """
     step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
     for name, flag in (("decoupled_weight_decay", decoupled_weight_decay),
                        ("maximize", maximize), ("bias_correction", bias_correction)):
@@ -302,13 +320,13 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
     from .functional import _ADAM           # Adam's validated hyperparameter row
     h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
                     maximize, bias_correction, eps_mode).h
-    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
     m, v = _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"])
     ms = arrays.get("exp_avg_absmax", _EMPTY32)
     vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
     w, c = _precision_arrays(arrays)
     kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
-    launch(kernels, param.shape[0], _u16(param), _u16(grad), m, v, w, c, ms, vs, h, step, key)
+    sr_seed = int(seed) if pmode == A.PMODE_STOCHASTIC else None
+    return kernels, param.shape[0], (_u16(param),), (m, v, w, c, ms, vs, h), sr_seed
 
 
 def launch(kernels, n, *args):

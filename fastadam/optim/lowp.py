@@ -24,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks as C
-from ..kernels.lowp import Q8_BLOCK
+from ..kernels.lowp import Q8_BLOCK, sr_key
 from ..kernels.memory import G_DATA, G_INDEXED
 from ..kernels.spec import H_CLIP
+from .guard import grad_norms
 from .state import check_header, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
@@ -140,6 +141,7 @@ class LowpState:
         self.options["state_dtype"] = state_dtype
         self.states = []          # per parameter: dict of init_lowp_state
         self.kw = None            # per group: keyword arguments of adam_step_lowp
+        self.launches = None      # per parameter: the checked launch (prepare)
         self.bf16 = None          # whether the parameters are bfloat16 (set by build)
 
     # -------------------------------------------------------------- validation
@@ -205,11 +207,29 @@ class LowpState:
         return out
 
     # -------------------------------------------------------------- step
+    def prepare(self, opt):
+        """Check every parameter's arrays, state and hyperparameters once (the functional
+        step's checks, with the parameter's own gradient buffer) and keep the launches:
+        per parameter (group, kernels, n, head, tail, stochastic-rounding seed). Raises
+        before anything is written. Kept until the groups, the layout or the state
+        change (``self.launches = None``)."""
+        from ..lowp import prepare_adam_lowp
+        from ..lowp_adamax import prepare_adamax_lowp
+        prep = prepare_adamax_lowp if opt.algorithm == "adamax" else prepare_adam_lowp
+        launches, targets, own = [], [], []
+        for i, p in enumerate(opt._params):
+            gi = opt._group_of[i]
+            b, r = opt._where[i]
+            g = b.grad_views[r].reshape(-1)
+            launches.append((gi,) + prep(p.reshape(-1), g, self.states[i],
+                                         step=int(opt._steps[gi]) + 1, **self.kw[gi]))
+            targets.append(p)
+            targets.extend(self.states[i].values())
+            own.append((b.grad_views[r], _u16(g)))
+        self.launches, self.targets, self.own_grads = launches, targets, own
+        self.own_ids = [id(v) for v, _ in own]
+
     def step(self, opt, grads):
-        from ..lowp import adam_step_lowp
-        from ..lowp_adamax import adamax_step_lowp
-        from .guard import grad_norms
-        step_lowp = adamax_step_lowp if opt.algorithm == "adamax" else adam_step_lowp
         if opt._groups_changed():
             groups = opt.param_groups
             if isinstance(groups, list):
@@ -220,19 +240,26 @@ class LowpState:
             self.kw = None
         if self.kw is None:
             self.kw = self.group_kwargs(opt)
+            self.launches = None
+        if self.launches is None:
+            self.prepare(opt)
+        # Per step: the gradients (every one: they may be new arrays at each step), the
+        # step counts and that nothing was made read-only; then the kept launches.
+        if grads is None and list(map(id, opt.grads)) != self.own_ids:
+            grads = opt.grads      # entries replaced by the caller: checked as a list
         if grads is None:
             arrays, grefs, g_mode = opt.grads, _NO_REFS, G_DATA
         else:
-            if type(grads) is not list and type(grads) is not tuple:
-                raise TypeError("grads must be a list of arrays, one per parameter, got "
-                                f"{type(grads).__name__}")
-            n = len(opt._params)
-            if len(grads) != n:
-                raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
-                                 "(one per parameter, in param_groups order)")
-            grefs, g_mode = opt._data_refs(grads, 0), G_INDEXED
-            opt._check_aliasing(grefs, g_mode)       # params, buffers and lowp state
+            grads, grefs, g_mode, checked = opt._grad_refs(grads)
+            grefs, g_mode = opt._checked_refs(grads, grefs, g_mode, checked)
             arrays = grads
+        if not all(a.flags.writeable for a in self.targets):
+            self.launches = None                     # the full checks name the array
+            self.prepare(opt)
+        steps = opt._steps
+        counts = steps.tolist()
+        if max(counts) >= C.MAX_STEP:
+            C.check_step(max(counts) + 1)
         if opt._checked_pass:
             sums = None
             if self.bf16:        # no compiled norm kernel for bfloat16: float64 NumPy sums
@@ -241,17 +268,21 @@ class LowpState:
                     sums[opt._group_of[i]] += float(np.sum(np.square(g.astype(np.float64))))
             if not grad_norms(opt, grads, grefs, g_mode, sums):
                 return
-        steps = opt._steps
-        for i, p in enumerate(opt._params):
-            gi = opt._group_of[i]
-            g = arrays[i]
-            if opt._clipping[gi]:
-                clip = opt._hyper[gi, H_CLIP]
-                if clip != 1.0:   # bfloat16: the scaled gradient is rounded (nearest)
-                    g = (g.astype(np.float32) * np.float32(clip)).astype(g.dtype)
-            step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
-                      step=int(steps[gi]) + 1, **self.kw[gi])
-        steps += 1
+        clipping = opt._clipping
+        for i, (gi, kernels, n, head, tail, sr_seed) in enumerate(self.launches):
+            if clipping[gi] and opt._hyper[gi, H_CLIP] != 1.0:
+                g = arrays[i]      # bfloat16: the scaled gradient is rounded (nearest)
+                g = (g.astype(np.float32) * np.float32(opt._hyper[gi, H_CLIP])).astype(g.dtype)
+                g = _u16(g.reshape(-1))
+            elif g_mode == G_DATA:
+                g = self.own_grads[i][1]
+            else:
+                g = _u16(arrays[i].reshape(-1))
+            step = counts[gi] + 1
+            _launch(kernels, n, *head, g, *tail, step,
+                   0 if sr_seed is None else sr_key(sr_seed, step))
+        for gi, c in enumerate(counts):
+            steps[gi] = c + 1
 
     # -------------------------------------------------------------- state dict
     def state_bytes(self, opt):
@@ -331,6 +362,18 @@ class LowpState:
         opt._steps[:] = [s or 0 for s in new_steps]
         opt.skipped_steps = int(skipped)
         self.kw = None
+
+
+def _launch(kernels, n, *args):
+    from ..lowp import launch      # fastadam.lowp imports this package: bound at first use
+    global _launch
+    _launch = launch
+    launch(kernels, n, *args)
+
+
+def _u16(a):
+    """bfloat16 arrays as their uint16 bits (what the kernels take); others unchanged."""
+    return a.view(np.uint16) if a.dtype.itemsize == 2 and a.dtype.kind != "u" else a
 
 
 def _portable(a):
