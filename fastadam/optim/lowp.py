@@ -221,8 +221,11 @@ class LowpState:
             gi = opt._group_of[i]
             b, r = opt._where[i]
             g = b.grad_views[r].reshape(-1)
-            launches.append((gi,) + prep(p.reshape(-1), g, self.states[i],
-                                         step=int(opt._steps[gi]) + 1, **self.kw[gi]))
+            try:
+                launches.append((gi,) + prep(p.reshape(-1), g, self.states[i],
+                                             step=int(opt._steps[gi]) + 1, **self.kw[gi]))
+            except (TypeError, ValueError) as exc:      # name the parameter
+                raise type(exc)(f"parameter {i} (param_groups[{gi}]): {exc}") from None
             targets.append(p)
             targets.extend(self.states[i].values())
             own.append((b.grad_views[r], _u16(g)))
