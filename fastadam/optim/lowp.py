@@ -25,8 +25,10 @@ import numpy as np
 
 from .. import _checks as C
 from ..kernels.lowp import Q8_BLOCK, sr_key
-from ..kernels.memory import G_DATA, G_INDEXED
+from ..kernels.memory import G_DATA
 from ..kernels.spec import H_CLIP
+from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
+from ..lowp_adamax import prepare_adamax_lowp
 from .guard import grad_norms
 from .state import check_header, loaded_groups
 
@@ -89,7 +91,6 @@ def check_lowp_options(options):
     if out["master_weights"] and out["compensation"]:
         raise ValueError("master_weights=True and compensation=True are two ways to keep "
                          "the same precision; choose one")
-    from ..lowp import ROUNDINGS
     if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
     if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
@@ -174,7 +175,6 @@ class LowpState:
     def build(self, opt):
         """(Re)build the per-parameter states, keeping those of parameters already here
         (add_param_group)."""
-        from ..lowp import init_lowp_state
         old = getattr(self, "_by_id", {})
         o = self.options
         self.bf16 = is_bf16(opt._params[0])
@@ -213,8 +213,6 @@ class LowpState:
         per parameter (group, kernels, n, head, tail, stochastic-rounding seed). Raises
         before anything is written. Kept until the groups, the layout or the state
         change (``self.launches = None``)."""
-        from ..lowp import prepare_adam_lowp
-        from ..lowp_adamax import prepare_adamax_lowp
         prep = prepare_adamax_lowp if opt.algorithm == "adamax" else prepare_adam_lowp
         launches, targets, own = [], [], []
         for i, p in enumerate(opt._params):
@@ -282,7 +280,7 @@ class LowpState:
             else:
                 g = _u16(arrays[i].reshape(-1))
             step = counts[gi] + 1
-            _launch(kernels, n, *head, g, *tail, step,
+            launch(kernels, n, *head, g, *tail, step,
                    0 if sr_seed is None else sr_key(sr_seed, step))
         for gi, c in enumerate(counts):
             steps[gi] = c + 1
@@ -365,18 +363,6 @@ class LowpState:
         opt._steps[:] = [s or 0 for s in new_steps]
         opt.skipped_steps = int(skipped)
         self.kw = None
-
-
-def _launch(kernels, n, *args):
-    from ..lowp import launch      # fastadam.lowp imports this package: bound at first use
-    global _launch
-    _launch = launch
-    launch(kernels, n, *args)
-
-
-def _u16(a):
-    """bfloat16 arrays as their uint16 bits (what the kernels take); others unchanged."""
-    return a.view(np.uint16) if a.dtype.itemsize == 2 and a.dtype.kind != "u" else a
 
 
 def _portable(a):
