@@ -275,7 +275,7 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
 
     Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
     """
-    kernels, n, head, tail, sr_seed = prepare_adam_lowp(
+    kernels, n, head, tail, sr_seed, _ = prepare_adam_lowp(
         param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize, bias_correction=bias_correction, eps_mode=eps_mode,
@@ -286,21 +286,24 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
 
 def prepare_adam_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
                       decoupled_weight_decay, maximize, bias_correction, eps_mode,
-                      rounding="nearest", seed=0):
+                      rounding="nearest", seed=0, layout=None):
     """Every check of :func:`adam_step_lowp`, and its launch without the per-step values:
-    (kernels, n, head, tail, sr_seed); the step runs
+    (kernels, n, head, tail, sr_seed, layout); the step runs
     ``launch(kernels, n, *head, grad_bits, *tail, step, key)`` with ``key`` =
     ``sr_key(sr_seed, step)`` (0 when ``sr_seed`` is None: no stochastic rounding).
     The optimizer keeps this and checks only the gradients at each step (optim/lowp.py).
-    """
+    ``layout``: the one returned for the same arrays, rounding and seed, which skips
+    their checks (the optimizer's hyperparameter edits); the hyperparameters are always
+    checked."""
     step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
     for name, flag in (("decoupled_weight_decay", decoupled_weight_decay),
                        ("maximize", maximize), ("bias_correction", bias_correction)):
         if flag is not True and flag is not False:
             C.check_bool(name, flag)
     C.check_eps_mode(eps_mode)
-    param_kind, state_kind, arrays, pmode = _checked_layout(param, grad, state, rounding,
-                                                            seed, "exp_avg_sq")
+    if layout is None:
+        layout = _checked_layout(param, grad, state, rounding, seed, "exp_avg_sq")
+    param_kind, state_kind, arrays, pmode = layout
     wd_mode = WD_NONE if weight_decay == 0.0 else (
         WD_DECOUPLED if decoupled_weight_decay else WD_L2)
     from .functional import _ADAM           # Adam's validated hyperparameter row
@@ -312,7 +315,7 @@ def prepare_adam_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
     w, c = _precision_arrays(arrays)
     kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
     sr_seed = int(seed) if pmode == A.PMODE_STOCHASTIC else None
-    return kernels, param.shape[0], (_u16(param),), (m, v, w, c, ms, vs, h), sr_seed
+    return kernels, param.shape[0], (_u16(param),), (m, v, w, c, ms, vs, h), sr_seed, layout
 
 
 def launch(kernels, n, *args):

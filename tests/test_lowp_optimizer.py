@@ -559,7 +559,7 @@ def test_read_only_arrays_after_a_kept_launch(cls, state_dtype):
 @pytest.mark.parametrize("cls,state_dtype", CACHED)
 def test_kept_launches_follow_groups_state_and_new_params(cls, state_dtype):
     """Kept launches are rebuilt when what they were built from changes: an lr edit, a
-    loaded state_dict, an added group. Each step matches a fresh optimizer (no kept
+    weight_decay/maximize edit (another kernel), a loaded state_dict, an added group. Each step matches a fresh optimizer (no kept
     launch) given the same state, bit for bit."""
     rng = np.random.default_rng(13)
     ps = params()
@@ -576,9 +576,12 @@ def test_kept_launches_follow_groups_state_and_new_params(cls, state_dtype):
     bounds = [(0, 3)]
     gs = grads_like(ps, rng)
     opt.step(gs)
-    for edit in ("lr", "load", "group"):
+    for edit in ("lr", "kernel", "load", "group"):
         if edit == "lr":
             opt.param_groups[0]["lr"] = 3e-3
+        elif edit == "kernel":                        # another kernel, same arrays
+            opt.param_groups[0]["weight_decay"] = 0.1
+            opt.param_groups[0]["maximize"] = True
         elif edit == "load":
             other = cls(params(seed=5), lr=2e-3, state_dtype=state_dtype)
             for _ in range(3):

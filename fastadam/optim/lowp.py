@@ -143,6 +143,7 @@ class LowpState:
         self.states = []          # per parameter: dict of init_lowp_state
         self.kw = None            # per group: keyword arguments of adam_step_lowp
         self.launches = None      # per parameter: the checked launch (prepare)
+        self.layouts = None       # per parameter: its checked arrays (prepare)
         self.bf16 = None          # whether the parameters are bfloat16 (set by build)
 
     # -------------------------------------------------------------- validation
@@ -185,7 +186,7 @@ class LowpState:
                                                          algorithm=opt.algorithm, **kw)
                        for p in opt._params]
         self._by_id = {id(p): st for p, st in zip(opt._params, self.states)}
-        self.kw = None
+        self.kw = self.layouts = None
 
     def arrays(self):
         return [a for st in self.states for a in st.values()]
@@ -211,23 +212,30 @@ class LowpState:
         """Check every parameter's arrays, state and hyperparameters once (the functional
         step's checks, with the parameter's own gradient buffer) and keep the launches:
         per parameter (group, kernels, n, head, tail, stochastic-rounding seed). Raises
-        before anything is written. Kept until the groups, the layout or the state
-        change (``self.launches = None``)."""
+        before anything is written. Kept until the groups change (``self.launches =
+        None``: the hyperparameters are checked again, the arrays' checks are kept) or
+        the layout or state do (``self.layouts = None`` too: everything again)."""
         prep = prepare_adamax_lowp if opt.algorithm == "adamax" else prepare_adam_lowp
-        launches, targets, own = [], [], []
+        launches, targets, own, layouts = [], [], [], []
+        kept = self.layouts
         for i, p in enumerate(opt._params):
             gi = opt._group_of[i]
             b, r = opt._where[i]
             g = b.grad_views[r].reshape(-1)
             try:
-                launches.append((gi,) + prep(p.reshape(-1), g, self.states[i],
-                                             step=int(opt._steps[gi]) + 1, **self.kw[gi]))
+                *launch_, layout = prep(p.reshape(-1), g, self.states[i],
+                                        step=int(opt._steps[gi]) + 1,
+                                        layout=None if kept is None else kept[i],
+                                        **self.kw[gi])
             except (TypeError, ValueError) as exc:      # name the parameter
                 raise type(exc)(f"parameter {i} (param_groups[{gi}]): {exc}") from None
+            launches.append((gi, *launch_))
+            layouts.append(layout)
             targets.append(p)
             targets.extend(self.states[i].values())
             own.append((b.grad_views[r], _u16(g)))
         self.launches, self.targets, self.own_grads = launches, targets, own
+        self.layouts = layouts
         self.own_ids = [id(v) for v, _ in own]
 
     def step(self, opt, grads):
@@ -238,7 +246,7 @@ class LowpState:
                     if isinstance(g, dict):
                         self.check_group(g, f"param_groups[{gi}]")
             opt._refresh_groups()
-            self.kw = None
+            self.kw = None            # the launches are rebuilt, the arrays' checks kept
         if self.kw is None:
             self.kw = self.group_kwargs(opt)
             self.launches = None
@@ -255,7 +263,7 @@ class LowpState:
             grefs, g_mode = opt._checked_refs(grads, grefs, g_mode, checked)
             arrays = grads
         if not all(a.flags.writeable for a in self.targets):
-            self.launches = None                     # the full checks name the array
+            self.launches = self.layouts = None      # the full checks name the array
             self.prepare(opt)
         steps = opt._steps
         counts = steps.tolist()
@@ -362,7 +370,7 @@ class LowpState:
                 _portable(live[key])[...] = a
         opt._steps[:] = [s or 0 for s in new_steps]
         opt.skipped_steps = int(skipped)
-        self.kw = None
+        self.kw = self.layouts = None
 
 
 def _portable(a):
