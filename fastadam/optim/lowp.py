@@ -9,7 +9,9 @@ parameter: a model flattened with :func:`fastadam.flatten` is one launch). Every
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
 and the non-finite policy. The float32 path does not see this module: ``opt._lowp`` is
-None there.
+None there. The per-parameter checks of the functional step run once and their launches
+are kept (:meth:`LowpState.prepare`); each step checks the gradients, step counts and
+writability only (docs/low_precision.md, "Per-step overhead").
 
 State dict layout (``state_dict()["state_dtype"]`` and ``["state_layout"]`` name it);
 every array is 1-D over the flattened parameter:
