@@ -30,15 +30,28 @@ def adamax_step_lowp(param, grad, state, *, step, lr=2e-3, betas=(0.9, 0.999), e
 
     Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
     """
+    kernels, n, head, tail, sr_seed, _ = prepare_adamax_lowp(
+        param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
+        weight_decay=weight_decay, maximize=maximize, rounding=rounding, seed=seed)
+    launch(kernels, n, *head, _u16(grad), *tail, step,
+           0 if sr_seed is None else sr_key(sr_seed, step))
+
+
+def prepare_adamax_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
+                        maximize, rounding="nearest", seed=0, layout=None):
+    """Every check of :func:`adamax_step_lowp` and its launch without the per-step
+    values, as :func:`fastadam.lowp.prepare_adam_lowp` returns it (and takes
+    ``layout``)."""
     step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
     if maximize is not True and maximize is not False:
         C.check_bool("maximize", maximize)
-    param_kind, state_kind, arrays, pmode = _checked_layout(param, grad, state, rounding,
-                                                            seed, "exp_inf")
+    if layout is None:
+        layout = _checked_layout(param, grad, state, rounding, seed, "exp_inf")
+    param_kind, state_kind, arrays, pmode = layout
     from .functional import _ADAMAX          # AdaMax's validated hyperparameter row
     h = _ADAMAX.setup(lr, tuple(betas), eps, weight_decay, maximize).h
-    key = sr_key(seed, step) if pmode == A.PMODE_STOCHASTIC else 0
     w, c = _precision_arrays(arrays)
     kernels = X.build(param_kind, state_kind, pmode, weight_decay != 0.0, maximize)
-    launch(kernels, param.shape[0], _u16(param), _u16(grad), _u16(arrays["exp_avg"]),
-           _u16(arrays["exp_inf"]), w, c, h, step, key)
+    sr_seed = int(seed) if pmode == A.PMODE_STOCHASTIC else None
+    return (kernels, param.shape[0], (_u16(param),),
+            (_u16(arrays["exp_avg"]), _u16(arrays["exp_inf"]), w, c, h), sr_seed, layout)

@@ -481,3 +481,118 @@ def test_bfloat16_param_refusals():
         opt.add_param_group({"params": [np.zeros(3, np.float32)]})
     with pytest.raises(TypeError, match=r"grads\[0\]"):
         opt.step([np.zeros(bs[0].shape, np.float32)])
+
+
+CACHED = [(fa.Adam, "bfloat16"), (fa.Adam, "int8"), (fa.Adamax, "bfloat16")]
+
+
+@pytest.mark.parametrize("cls,state_dtype", CACHED)
+def test_bad_gradients_after_a_kept_launch(cls, state_dtype):
+    """The step keeps its checked launches between steps; the gradients are checked at
+    every step all the same: one list whose entries are replaced between steps, and the
+    preallocated opt.grads with entries replaced, each refused with nothing changed."""
+    rng = np.random.default_rng(11)
+    ps = params()
+    opt = cls(ps, lr=1e-2, state_dtype=state_dtype)
+    gs = grads_like(ps, rng)
+    opt.step(gs)
+    opt.step(gs)                                       # the same list, kept launches
+    before = snapshot(opt, ps)
+    good = list(gs)
+    alias_state = opt.state[0]["exp_avg"].view(np.uint8)[:ps[2].nbytes].view(np.float32)
+    bad = [(1, ps[1], ValueError, r"grads\[1\]"),                    # the parameter
+           (2, alias_state.reshape(ps[2].shape), ValueError, r"grads\[2\]"),   # lowp state
+           (0, gs[0][:3], ValueError, r"grads\[0\]"),                     # shape
+           (2, gs[2].astype(np.float64), TypeError, r"grads\[2\]"),
+           (0, np.asfortranarray(gs[0]), ValueError, r"grads\[0\]"),
+           (1, [0.0] * 5, TypeError, r"grads\[1\]")]
+    for i, g, exc, match in bad:
+        gs[i] = g
+        with pytest.raises(exc, match=match):
+            opt.step(gs)
+        gs[i] = good[i]
+        assert same_snapshot(before, snapshot(opt, ps))
+    own = list(opt.grads)
+    for i, g, exc, match in bad:
+        opt.grads[i] = g
+        with pytest.raises(exc, match=match):
+            opt.step()
+        opt.grads[i] = own[i]
+        assert same_snapshot(before, snapshot(opt, ps))
+    for g, o in zip(good, own):
+        o[...] = g
+    ref = cls(params(), lr=1e-2, state_dtype=state_dtype)     # both steps kept going
+    ref.load_state_dict(opt.state_dict())
+    ref_ps = [p.copy() for p in ps]
+    for p, q in zip(ref._params, ref_ps):
+        p[...] = q
+    opt.step()
+    ref.step([g.copy() for g in good])
+    assert all(np.array_equal(p, q) for p, q in zip(ps, ref._params))
+
+
+@pytest.mark.parametrize("cls,state_dtype", CACHED)
+def test_read_only_arrays_after_a_kept_launch(cls, state_dtype):
+    """A parameter or state array made read-only after launches were kept: ValueError
+    naming it, and no parameter stepped (not even those before it)."""
+    rng = np.random.default_rng(12)
+    ps = params()
+    opt = cls(ps, lr=1e-2, state_dtype=state_dtype)
+    gs = grads_like(ps, rng)
+    opt.step(gs)
+    before = snapshot(opt, ps)
+    ps[2].flags.writeable = False
+    with pytest.raises(ValueError, match=r"parameter 2 .*read-only"):
+        opt.step(gs)
+    ps[2].flags.writeable = True
+    assert same_snapshot(before, snapshot(opt, ps))
+    st = opt.state[1]["exp_avg"]
+    st.flags.writeable = False
+    with pytest.raises(ValueError, match=r"parameter 1 .*exp_avg.*read-only"):
+        opt.step(gs)
+    st.flags.writeable = True
+    assert same_snapshot(before, snapshot(opt, ps))
+    opt.step(gs)
+    assert not np.array_equal(before[0][0], ps[0])
+
+
+@pytest.mark.parametrize("cls,state_dtype", CACHED)
+def test_kept_launches_follow_groups_state_and_new_params(cls, state_dtype):
+    """Kept launches are rebuilt when what they were built from changes: an lr edit, a
+    weight_decay/maximize edit (another kernel), a loaded state_dict, an added group. Each step matches a fresh optimizer (no kept
+    launch) given the same state, bit for bit."""
+    rng = np.random.default_rng(13)
+    ps = params()
+    opt = cls(ps, lr=1e-2, state_dtype=state_dtype)
+
+    def fresh_step(g):
+        qs = [p.copy() for p in ps]
+        ref = cls([{"params": qs[lo:hi]} for lo, hi in bounds], lr=1e-2,
+                  state_dtype=state_dtype)
+        ref.load_state_dict(opt.state_dict())
+        ref.step([x.copy() for x in g])
+        return qs
+
+    bounds = [(0, 3)]
+    gs = grads_like(ps, rng)
+    opt.step(gs)
+    for edit in ("lr", "kernel", "load", "group"):
+        if edit == "lr":
+            opt.param_groups[0]["lr"] = 3e-3
+        elif edit == "kernel":                        # another kernel, same arrays
+            opt.param_groups[0]["weight_decay"] = 0.1
+            opt.param_groups[0]["maximize"] = True
+        elif edit == "load":
+            other = cls(params(seed=5), lr=2e-3, state_dtype=state_dtype)
+            for _ in range(3):
+                other.step(grads_like(ps, rng))
+            opt.load_state_dict(other.state_dict())
+        else:
+            extra = rng.standard_normal(9).astype(np.float32)
+            opt.add_param_group({"params": [extra]})
+            ps.append(extra)
+            bounds = [(0, 3), (3, 4)]
+        gs = grads_like(ps, rng)
+        want = fresh_step(gs)
+        opt.step(gs)
+        assert all(np.array_equal(p, q) for p, q in zip(ps, want)), edit

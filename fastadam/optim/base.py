@@ -260,6 +260,17 @@ class Optimizer(StateDictMixin):
             return grads, seq, G_OBJECTS, False
         return grads, self._data_refs(grads, 0), G_INDEXED, True
 
+    def _checked_refs(self, grads, grefs, g_mode, checked):
+        """(grefs, g_mode) of _grad_refs' gradients once their types, dtypes, shapes and
+        layout are checked (compiled first_unlike, then Python from the first it did not
+        accept) and none overlaps a parameter or the optimizer's state."""
+        if not checked:
+            first = first_unlike(grefs, self._expect, self._expect_dims)
+            if first >= 0:
+                grefs, g_mode = self._data_refs(grads, first), G_INDEXED
+        self._check_aliasing(grefs, g_mode)
+        return grefs, g_mode
+
     def _data_refs(self, grads, start):
         """Check grads[start:] in Python (grads[:start] passed already); their data
         addresses."""
@@ -309,11 +320,7 @@ class Optimizer(StateDictMixin):
                 if not checked:
                     expect, dims, framed = self._expect, self._expect_dims, True
             else:
-                if not checked:
-                    first = first_unlike(grefs, self._expect, self._expect_dims)
-                    if first >= 0:
-                        grefs, g_mode = self._data_refs(grads, first), G_INDEXED
-                self._check_aliasing(grefs, g_mode)
+                grefs, g_mode = self._checked_refs(grads, grefs, g_mode, checked)
         if self._checked_pass and not grad_norms(self, grads, grefs, g_mode):
             return
         bad = self._launch(launches, grefs, g_mode, forbid, expect, dims, framed)

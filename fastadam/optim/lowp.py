@@ -9,7 +9,9 @@ parameter: a model flattened with :func:`fastadam.flatten` is one launch). Every
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
 and the non-finite policy. The float32 path does not see this module: ``opt._lowp`` is
-None there.
+None there. The per-parameter checks of the functional step run once and their launches
+are kept (:meth:`LowpState.prepare`); each step checks the gradients, step counts and
+writability only (docs/low_precision.md, "Per-step overhead").
 
 State dict layout (``state_dict()["state_dtype"]`` and ``["state_layout"]`` name it);
 every array is 1-D over the flattened parameter:
@@ -24,9 +26,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks as C
-from ..kernels.lowp import Q8_BLOCK
-from ..kernels.memory import G_DATA, G_INDEXED
+from ..kernels.lowp import Q8_BLOCK, sr_key
+from ..kernels.memory import G_DATA
 from ..kernels.spec import H_CLIP
+from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
+from ..lowp_adamax import prepare_adamax_lowp
+from .guard import grad_norms
 from .state import check_header, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
@@ -88,7 +93,6 @@ def check_lowp_options(options):
     if out["master_weights"] and out["compensation"]:
         raise ValueError("master_weights=True and compensation=True are two ways to keep "
                          "the same precision; choose one")
-    from ..lowp import ROUNDINGS
     if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
     if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
@@ -140,6 +144,8 @@ class LowpState:
         self.options["state_dtype"] = state_dtype
         self.states = []          # per parameter: dict of init_lowp_state
         self.kw = None            # per group: keyword arguments of adam_step_lowp
+        self.launches = None      # per parameter: the checked launch (prepare)
+        self.layouts = None       # per parameter: its checked arrays (prepare)
         self.bf16 = None          # whether the parameters are bfloat16 (set by build)
 
     # -------------------------------------------------------------- validation
@@ -172,7 +178,6 @@ class LowpState:
     def build(self, opt):
         """(Re)build the per-parameter states, keeping those of parameters already here
         (add_param_group)."""
-        from ..lowp import init_lowp_state
         old = getattr(self, "_by_id", {})
         o = self.options
         self.bf16 = is_bf16(opt._params[0])
@@ -183,7 +188,7 @@ class LowpState:
                                                          algorithm=opt.algorithm, **kw)
                        for p in opt._params]
         self._by_id = {id(p): st for p, st in zip(opt._params, self.states)}
-        self.kw = None
+        self.kw = self.layouts = None
 
     def arrays(self):
         return [a for st in self.states for a in st.values()]
@@ -205,11 +210,37 @@ class LowpState:
         return out
 
     # -------------------------------------------------------------- step
+    def prepare(self, opt):
+        """Check every parameter's arrays, state and hyperparameters once (the functional
+        step's checks, with the parameter's own gradient buffer) and keep the launches:
+        per parameter (group, kernels, n, head, tail, stochastic-rounding seed). Raises
+        before anything is written. Kept until the groups change (``self.launches =
+        None``: the hyperparameters are checked again, the arrays' checks are kept) or
+        the layout or state do (``self.layouts = None`` too: everything again)."""
+        prep = prepare_adamax_lowp if opt.algorithm == "adamax" else prepare_adam_lowp
+        launches, targets, own, layouts = [], [], [], []
+        kept = self.layouts
+        for i, p in enumerate(opt._params):
+            gi = opt._group_of[i]
+            b, r = opt._where[i]
+            g = b.grad_views[r].reshape(-1)
+            try:
+                *launch_, layout = prep(p.reshape(-1), g, self.states[i],
+                                        step=int(opt._steps[gi]) + 1,
+                                        layout=None if kept is None else kept[i],
+                                        **self.kw[gi])
+            except (TypeError, ValueError) as exc:      # name the parameter
+                raise type(exc)(f"parameter {i} (param_groups[{gi}]): {exc}") from None
+            launches.append((gi, *launch_))
+            layouts.append(layout)
+            targets.append(p)
+            targets.extend(self.states[i].values())
+            own.append((b.grad_views[r], _u16(g)))
+        self.launches, self.targets, self.own_grads = launches, targets, own
+        self.layouts = layouts
+        self.own_ids = [id(v) for v, _ in own]
+
     def step(self, opt, grads):
-        from ..lowp import adam_step_lowp
-        from ..lowp_adamax import adamax_step_lowp
-        from .guard import grad_norms
-        step_lowp = adamax_step_lowp if opt.algorithm == "adamax" else adam_step_lowp
         if opt._groups_changed():
             groups = opt.param_groups
             if isinstance(groups, list):
@@ -217,22 +248,29 @@ class LowpState:
                     if isinstance(g, dict):
                         self.check_group(g, f"param_groups[{gi}]")
             opt._refresh_groups()
-            self.kw = None
+            self.kw = None            # the launches are rebuilt, the arrays' checks kept
         if self.kw is None:
             self.kw = self.group_kwargs(opt)
+            self.launches = None
+        if self.launches is None:
+            self.prepare(opt)
+        # Per step: the gradients (every one: they may be new arrays at each step), the
+        # step counts and that nothing was made read-only; then the kept launches.
+        if grads is None and list(map(id, opt.grads)) != self.own_ids:
+            grads = opt.grads      # entries replaced by the caller: checked as a list
         if grads is None:
             arrays, grefs, g_mode = opt.grads, _NO_REFS, G_DATA
         else:
-            if type(grads) is not list and type(grads) is not tuple:
-                raise TypeError("grads must be a list of arrays, one per parameter, got "
-                                f"{type(grads).__name__}")
-            n = len(opt._params)
-            if len(grads) != n:
-                raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
-                                 "(one per parameter, in param_groups order)")
-            grefs, g_mode = opt._data_refs(grads, 0), G_INDEXED
-            opt._check_aliasing(grefs, g_mode)       # params, buffers and lowp state
+            grads, grefs, g_mode, checked = opt._grad_refs(grads)
+            grefs, g_mode = opt._checked_refs(grads, grefs, g_mode, checked)
             arrays = grads
+        if not all(a.flags.writeable for a in self.targets):
+            self.launches = self.layouts = None      # the full checks name the array
+            self.prepare(opt)
+        steps = opt._steps
+        counts = steps.tolist()
+        if max(counts) >= C.MAX_STEP:
+            C.check_step(max(counts) + 1)
         if opt._checked_pass:
             sums = None
             if self.bf16:        # no compiled norm kernel for bfloat16: float64 NumPy sums
@@ -241,17 +279,21 @@ class LowpState:
                     sums[opt._group_of[i]] += float(np.sum(np.square(g.astype(np.float64))))
             if not grad_norms(opt, grads, grefs, g_mode, sums):
                 return
-        steps = opt._steps
-        for i, p in enumerate(opt._params):
-            gi = opt._group_of[i]
-            g = arrays[i]
-            if opt._clipping[gi]:
-                clip = opt._hyper[gi, H_CLIP]
-                if clip != 1.0:   # bfloat16: the scaled gradient is rounded (nearest)
-                    g = (g.astype(np.float32) * np.float32(clip)).astype(g.dtype)
-            step_lowp(p.reshape(-1), g.reshape(-1), self.states[i],
-                      step=int(steps[gi]) + 1, **self.kw[gi])
-        steps += 1
+        clipping = opt._clipping
+        for i, (gi, kernels, n, head, tail, sr_seed) in enumerate(self.launches):
+            if clipping[gi] and opt._hyper[gi, H_CLIP] != 1.0:
+                g = arrays[i]      # bfloat16: the scaled gradient is rounded (nearest)
+                g = (g.astype(np.float32) * np.float32(opt._hyper[gi, H_CLIP])).astype(g.dtype)
+                g = _u16(g.reshape(-1))
+            elif g_mode == G_DATA:
+                g = self.own_grads[i][1]
+            else:
+                g = _u16(arrays[i].reshape(-1))
+            step = counts[gi] + 1
+            launch(kernels, n, *head, g, *tail, step,
+                   0 if sr_seed is None else sr_key(sr_seed, step))
+        for gi, c in enumerate(counts):
+            steps[gi] = c + 1
 
     # -------------------------------------------------------------- state dict
     def state_bytes(self, opt):
@@ -330,7 +372,7 @@ class LowpState:
                 _portable(live[key])[...] = a
         opt._steps[:] = [s or 0 for s in new_steps]
         opt.skipped_steps = int(skipped)
-        self.kw = None
+        self.kw = self.layouts = None
 
 
 def _portable(a):
