@@ -16,6 +16,9 @@ WORKERS=${PYTEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
 PAR=(-n "$WORKERS" --dist worksteal)
 if [ "$WORKERS" = 0 ]; then PAR=(); fi
 # The parity and error tests again with every unsafe shortcut off (kernels/unsafe.py).
+# The variants' float32 torch comparison is left to the main run: each variant compiles
+# its own kernels, and the float64 reference and torch runs cover the same code paths.
 FASTADAM_PORTABLE=1 "$PY" -m pytest -q "${PAR[@]}" tests/test_variants.py \
-    tests/test_torch_parity.py tests/test_errors.py -k "torch or reference or grads"
+    tests/test_torch_parity.py tests/test_errors.py \
+    -k "(torch or reference or grads) and not test_matches_torch_in_float32"
 "$PY" -m pytest -q "${PAR[@]}" "$@"

@@ -33,6 +33,22 @@ STEP = """
     print(json.dumps({"cache_dir": config.cache_dir(), "file": fa.__file__}))
 """
 
+# The same, through one small cached kernel (the floor kernel, cache=True like every
+# kernel, its directory chosen by the same import-time logic): an Adam step compiles
+# its launchers from an empty cache for ~10 s of CPU in every fresh process; the tests
+# that only check where the cache goes use this.
+FLOOR = """
+    import json
+    import numpy as np
+    import fastadam as fa
+    from fastadam import config
+    from fastadam.kernels.floor import floor_step
+    p, g, m, v = (np.full(1000, x, np.float32) for x in (1.0, 0.5, 0.0, 0.0))
+    floor_step(p, g, m, v)
+    assert np.allclose(p, 1.5), p[:3]
+    print(json.dumps({"cache_dir": config.cache_dir(), "file": fa.__file__}))
+"""
+
 
 @pytest.fixture
 def readonly_install(tmp_path):
@@ -52,13 +68,13 @@ def readonly_install(tmp_path):
         os.chmod(d, stat.S_IRWXU)
 
 
-def run_step(site, env, debug_cache=False):
+def run_step(site, env, debug_cache=False, script=STEP):
     full = {k: v for k, v in os.environ.items()
             if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "XDG_CACHE_HOME", "TMPDIR")}
     full.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1", **env)
     if debug_cache:
         full["NUMBA_DEBUG_CACHE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(STEP)], env=full,
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full,
                           capture_output=True, text=True, timeout=180, cwd=str(site))
     assert proc.returncode == 0, (f"fresh process failed on a read-only install:\n"
                                   f"{proc.stderr[-3000:]}")
@@ -88,19 +104,20 @@ def test_read_only_install_and_home_fall_back_to_tempdir(readonly_install, tmp_p
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {"XDG_CACHE_HOME": str(blocker / "cache"), "TMPDIR": str(tmpdir)}
-    info, _ = run_step(readonly_install, env)
+    info, _ = run_step(readonly_install, env, script=FLOOR)
     expected = tmpdir / f"fastadam-numba-cache-{os.getuid()}"
     assert info["cache_dir"] == str(expected)
     assert cached_files(expected), "no kernel cache written to the temp-dir fallback"
     # A second fresh process reuses it (loads at least one compiled kernel).
-    _, out = run_step(readonly_install, env, debug_cache=True)
+    _, out = run_step(readonly_install, env, debug_cache=True, script=FLOOR)
     assert "data loaded from '" + str(expected) in out, out[-2000:]
 
 
 def test_numba_cache_dir_wins(readonly_install, tmp_path):
     mine = tmp_path / "mine"
     info, _ = run_step(readonly_install, {"NUMBA_CACHE_DIR": str(mine),
-                                          "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+                                          "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+                       script=FLOOR)
     assert info["cache_dir"] == str(mine)
     assert cached_files(mine)
     assert not cached_files(tmp_path / "xdg")
