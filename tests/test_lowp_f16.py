@@ -164,6 +164,23 @@ def test_f16_master_weights_follow_float32_adam_bit_for_bit():
         assert np.array_equal(ph.view(np.uint16), w.astype(F16).view(np.uint16)), t
 
 
+def test_f16_adamax_master_weights_follow_float32_adamax_bit_for_bit():
+    rng = np.random.default_rng(3)
+    n = 2000
+    ph = rng.standard_normal(n).astype(np.float32).astype(F16)
+    w = ph.astype(np.float32)
+    m, u = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    st = fa.init_lowp_state(ph, state_dtype="float32", master_weights=True,
+                            algorithm="adamax")
+    for t in range(1, 20):
+        gh = rng.standard_normal(n).astype(np.float32).astype(F16)
+        fa.adamax_step(w, gh.astype(np.float32), m, u, step=t, lr=1e-3, weight_decay=0.01)
+        fa.adamax_step_lowp(ph, gh, st, step=t, lr=1e-3, weight_decay=0.01)
+        assert np.array_equal(st["master"].view(np.uint32), w.view(np.uint32)), t
+        assert np.array_equal(st["exp_avg"], m) and np.array_equal(st["exp_inf"], u)
+        assert np.array_equal(ph.view(np.uint16), w.astype(F16).view(np.uint16))
+
+
 def test_f16_parallel_kernel_equals_serial_bit_for_bit(monkeypatch):
     n = 2 * config.BLOCK + 77
     rng = np.random.default_rng(12)
