@@ -19,8 +19,10 @@ bfloat16              any                master_weights=True        + 6 (float32
                                                                     param write-only)
 ====================  =================  =========================  =================
 
-bfloat16 arrays are ``ml_dtypes.bfloat16`` (the dtype of JAX and TensorFlow); float16 is
-not supported (numba has no float16 arithmetic).
+bfloat16 arrays are ``ml_dtypes.bfloat16`` (the dtype of JAX and TensorFlow). float16
+parameters (``numpy.float16``, IEEE half) take the bfloat16 rows above except
+``rounding="stochastic"`` (refused): nearest, ``compensation=True`` (a float16 buffer) or
+``master_weights=True``. The kernels work on both as uint16 bits and compute in float32.
 
 Design: a state *dict* instead of more positional arrays, because the arrays a layout
 needs differ (two absmax arrays for int8, a master copy or a compensation buffer for
@@ -64,6 +66,15 @@ def _is_bf16(dt):
     return dt.name == "bfloat16" and dt.itemsize == 2
 
 
+def _is_16bit(dt):
+    """A 16-bit floating point parameter dtype: bfloat16 (ml_dtypes) or float16."""
+    return dt == np.float16 or _is_bf16(dt)
+
+
+def _param_kind(dt):
+    return A.PARAM_F16 if dt == np.float16 else A.PARAM_BF16 if _is_bf16(dt) else A.PARAM_F32
+
+
 def q8_blocks(n):
     """Number of 8-bit quantization blocks (absmax entries) for n elements."""
     return (n + Q8_BLOCK - 1) // Q8_BLOCK
@@ -72,8 +83,8 @@ def q8_blocks(n):
 def _check_param(param, name="param"):
     if not isinstance(param, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(param).__name__}")
-    if param.dtype != np.float32 and not _is_bf16(param.dtype):
-        raise TypeError(f"{name} must have dtype float32 or bfloat16 (ml_dtypes), got "
+    if param.dtype != np.float32 and not _is_16bit(param.dtype):
+        raise TypeError(f"{name} must have dtype float32, bfloat16 (ml_dtypes) or float16, got "
                         f"{param.dtype}; float64 parameters take fastadam.adam_step")
     if param.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {param.shape}")
@@ -83,15 +94,15 @@ def _check_param(param, name="param"):
 
 def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
                     compensation=False, algorithm="adam"):
-    """The zero state of ``param`` (1-D float32 or bfloat16) for :func:`adam_step_lowp`.
+    """The zero state of ``param`` (1-D float32, bfloat16 or float16) for :func:`adam_step_lowp`.
 
     ``state_dtype``: "float32", "bfloat16" (moments rounded to nearest even when stored)
     or "int8" (blockwise 8-bit codes: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8
     codes of sqrt(v), and a float32 absmax per block of ``kernels.lowp.Q8_BLOCK``
     elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
-    :func:`decode_state` turns any state back into float32 moments. For bfloat16 parameters, ``master_weights=True`` adds a float32
-    copy ``master`` (initialised from param) that the step updates, ``compensation=True``
-    a bfloat16 Kahan buffer ``compensation`` (zeros).
+    :func:`decode_state` turns any state back into float32 moments. For bfloat16 or float16 parameters, ``master_weights=True`` adds a
+    float32 copy ``master`` (initialised from param) that the step updates,
+    ``compensation=True`` a Kahan buffer ``compensation`` (zeros) of the parameter's dtype.
 
     ``algorithm="adamax"``: the state of :func:`fastadam.adamax_step_lowp`, ``exp_avg``
     and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided)."""
@@ -106,10 +117,9 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
                          "'bfloat16' or 'float32'")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
-    bf16_param = _is_bf16(param.dtype)
-    if (master_weights or compensation) and not bf16_param:
+    if (master_weights or compensation) and not _is_16bit(param.dtype):
         name = "master_weights" if master_weights else "compensation"
-        raise ValueError(f"{name}=True needs bfloat16 parameters (param is {param.dtype}: "
+        raise ValueError(f"{name}=True needs bfloat16 or float16 parameters (param is {param.dtype}: "
                          "float32 parameters are stepped exactly already)")
     if master_weights and compensation:
         raise ValueError("master_weights=True and compensation=True are two ways to keep "
@@ -212,17 +222,17 @@ def _layout(param, grad, state, second="exp_avg_sq"):
         elif key in state:
             raise ValueError(f"state[{key!r}] belongs to int8 state, but state['exp_avg'] "
                              f"is {m0.dtype}")
-    bf16_param = _is_bf16(param.dtype)
+    param_kind = _param_kind(param.dtype)
     for key in ("master", "compensation"):
         if key in state:
-            if not bf16_param:
-                raise ValueError(f"state[{key!r}] is for bfloat16 parameters; param is "
-                                 f"{param.dtype}")
+            if param_kind == A.PARAM_F32:
+                raise ValueError(f"state[{key!r}] is for bfloat16 or float16 parameters; "
+                                 f"param is {param.dtype}")
             dt = np.dtype(np.float32) if key == "master" else param.dtype
-            arrays[key] = _state_array(state, key, dt, (n,), f"the {key} of bfloat16 params")
+            arrays[key] = _state_array(state, key, dt, (n,), f"the {key} of {param.dtype} params")
     if "master" in arrays and "compensation" in arrays:
         raise ValueError("state has both 'master' and 'compensation'; use one of them")
-    return (A.PARAM_BF16 if bf16_param else A.PARAM_F32), kind, arrays
+    return param_kind, kind, arrays
 
 
 def _check_hyper(step, lr, betas, eps, weight_decay):
@@ -251,14 +261,15 @@ def _u16(a):
 def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                    weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
                    bias_correction=True, eps_mode="paper", rounding="nearest", seed=0):
-    r"""One fused Adam / AdamW step on a flat float32 or bfloat16 ``param`` with the
-    low-precision ``state`` of :func:`init_lowp_state`, in place.
+    r"""One fused Adam / AdamW step on a flat float32, bfloat16 or float16 ``param``
+    with the low-precision ``state`` of :func:`init_lowp_state`, in place.
 
     The formulas and hyperparameters are :func:`fastadam.adam_step`'s (no amsgrad).
     Every element is computed in float32 from the decoded parameter, gradient and
     moments; each value is rounded once when it is stored: bfloat16 moments to nearest
     even; int8 moments block by block (the block's new values, their absmax, then the
-    nearest code); the parameter as ``rounding`` says for bfloat16 parameters:
+    nearest code); the parameter as ``rounding`` says for bfloat16 parameters (float16
+    parameters: the same, except ``"stochastic"``, which raises ValueError):
 
     * ``"nearest"``: round to nearest even. Updates smaller than half a bfloat16 ulp of
       the parameter (|p| * 2**-9) are lost, every step: training stalls once lr is small
@@ -344,7 +355,11 @@ def _checked_layout(param, grad, state, rounding, seed, second):
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     param_kind, state_kind, arrays = _layout(param, grad, state, second)
-    if param_kind == A.PARAM_BF16:
+    if param_kind != A.PARAM_F32:
+        if param_kind == A.PARAM_F16 and rounding == "stochastic":
+            raise ValueError("rounding='stochastic' is not available for float16 parameters "
+                             "(bfloat16 only): use compensation=True or master_weights=True "
+                             "in init_lowp_state, or rounding='nearest'")
         if "master" in arrays:
             pmode = A.PMODE_MASTER
         elif "compensation" in arrays:

@@ -2,14 +2,15 @@
 
 Layouts (compile-time constants of a generated kernel):
 
-* parameters and gradients: float32 (``PARAM_F32``) or bfloat16 bits in uint16
-  (``PARAM_BF16``);
+* parameters and gradients: float32 (``PARAM_F32``), bfloat16 bits in uint16
+  (``PARAM_BF16``) or IEEE half bits in uint16 (``PARAM_F16``: numpy float16);
 * moments ``exp_avg`` / ``exp_avg_sq``: float32 (``STATE_F32``), bfloat16 bits
   (``STATE_BF16``, round to nearest even on store) or blockwise 8-bit codes
   (``STATE_Q8``: int8 codes of m, uint8 codes of sqrt(v), a float32 absmax of each per
   ``lowp.Q8_BLOCK`` elements);
-* how a bfloat16 parameter keeps its precision (``PMODE_*``): round to nearest, stochastic
-  rounding, Kahan compensation in a bfloat16 buffer ``c``, or a float32 master copy ``w``.
+* how a 16-bit parameter keeps its precision (``PMODE_*``): round to nearest, stochastic
+  rounding (bfloat16 only), Kahan compensation in a buffer ``c`` of the parameter's
+  16-bit format, or a float32 master copy ``w``.
 
 Every element is computed in float32 from the decoded values, with exactly the arithmetic
 of ``kernels/adam.py`` (so a float32 master copy follows float32 Adam bit for bit), and
@@ -49,10 +50,10 @@ def step_scalars(h, t, decoupled, adamax, out):
     """Adam's step scalars (kernels/adam.py, through the shared loop's step_scalars)."""
     _step_scalars(_ADAM_ID, h, t, h, decoupled, out)
 from .lowp import (Q8_BLOCK, _absbits, _bits_f32, bf16_load, bf16_store, bf16_store_sr,
-                   inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode, sr_bits,
+                   f16_load, f16_store, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode, sr_bits,
                    sr_segment_key)
 
-PARAM_F32, PARAM_BF16 = 0, 1
+PARAM_F32, PARAM_BF16, PARAM_F16 = 0, 1, 2
 STATE_F32, STATE_BF16, STATE_Q8 = 0, 1, 2
 PMODE_NEAREST, PMODE_STOCHASTIC, PMODE_KAHAN, PMODE_MASTER = 0, 1, 2, 3
 
@@ -84,21 +85,37 @@ def adam_elem(p, g, m, v, b1, omb1, b2, omb2, step_size, eps, wd, gs, wd_mode, s
 
 # ---------------------------------------------------------------- loads and stores
 @njit(inline="always", **JIT_OPTIONS)
+def p16_load(h, param_kind):
+    """A 16-bit parameter, gradient or compensation value -> float32, exactly."""
+    if param_kind == PARAM_F16:
+        return f16_load(h)
+    return bf16_load(h)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def p16_store(x, param_kind):
+    """float32 -> the 16-bit format of ``param_kind``, round to nearest even."""
+    if param_kind == PARAM_F16:
+        return f16_store(x)
+    return bf16_store(x)
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def load_param(p, w, i, param_kind, pmode):
     """The working (float32) value of parameter i: p[i], its master copy w[i], or p[i]
-    decoded from bfloat16."""
+    decoded from its 16-bit format."""
     if param_kind == PARAM_F32:
         return p[i]
     if pmode == PMODE_MASTER:
         return w[i]
-    return bf16_load(p[i])
+    return p16_load(p[i], param_kind)
 
 
 @njit(inline="always", **JIT_OPTIONS)
 def load_grad(g, i, param_kind):
     if param_kind == PARAM_F32:
         return g[i]
-    return bf16_load(g[i])
+    return p16_load(g[i], param_kind)
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -127,18 +144,18 @@ def store_param(p, w, c, i, p_old, p_dec, upd, wdm1, key, gi, param_kind, pmode,
     elif pmode == PMODE_MASTER:
         x = p_dec - upd
         w[i] = x
-        p[i] = bf16_store(x)
+        p[i] = p16_store(x, param_kind)
     elif pmode == PMODE_NEAREST:
-        p[i] = bf16_store(p_dec - upd)
-    elif pmode == PMODE_STOCHASTIC:
+        p[i] = p16_store(p_dec - upd, param_kind)
+    elif pmode == PMODE_STOCHASTIC:   # bfloat16 only (refused for float16 by the callers)
         p[i] = bf16_store_sr(p_dec - upd, sr_bits(key, gi))
-    else:  # PMODE_KAHAN: c holds what the bfloat16 parameter has not absorbed yet
+    else:  # PMODE_KAHAN: c holds what the 16-bit parameter has not absorbed yet
         delta = -upd
         if decoupled:
             delta = p_old * wdm1 - upd
-        cc = bf16_load(c[i]) + delta
-        pn = bf16_store(p_old + cc)
-        c[i] = bf16_store(cc + (p_old - bf16_load(pn)))
+        cc = p16_load(c[i], param_kind) + delta
+        pn = p16_store(p_old + cc, param_kind)
+        c[i] = p16_store(cc + (p_old - p16_load(pn, param_kind)), param_kind)
         p[i] = pn
 
 
@@ -210,8 +227,8 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
 def segment(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
             wd_mode, scale_grad):
     """Elements [lo, hi) of the flat buffers (lo a multiple of Q8_BLOCK)."""
-    master = pmode == PMODE_MASTER and param_kind == PARAM_BF16
-    kahan = pmode == PMODE_KAHAN and param_kind == PARAM_BF16
+    master = pmode == PMODE_MASTER and param_kind != PARAM_F32
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     if state_kind != STATE_Q8:
         plain_loop(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
                    c[lo:hi] if kahan else c[:0], sc, key, lo, param_kind, state_kind, pmode,
@@ -238,9 +255,9 @@ def lowp_scalars(h, t):
 def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
     """(serial, parallel) kernels ``k(p, g, m, v, w, c, ms, vs, h, t, key)`` for one layout.
 
-    p, g: float32 or uint16 (bfloat16 bits); m, v: float32, uint16, or int8 / uint8 codes
+    p, g: float32 or uint16 (bfloat16 or float16 bits); m, v: float32, uint16, or int8 / uint8 codes
     with their absmax arrays ms, vs (float32, one per Q8_BLOCK); w: float32 master copy;
-    c: uint16 compensation; unused arrays may be empty. h: float64 hyperparameter row
+    c: uint16 compensation (the parameter's 16-bit format); unused arrays may be empty. h: float64 hyperparameter row
     (kernels/spec.py layout, Adam's fields), t: the step (>= 1), key: stochastic rounding key (lowp.sr_key)."""
     from .launch import SOURCE_HASH
     param_kind, state_kind, pmode, wd_mode = (int(param_kind), int(state_kind), int(pmode),
@@ -280,8 +297,8 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
 def _touch(p, g, m, v, w, c, z, zi, param_kind, state_kind, pmode):
     # Reads and writes exactly the layout's bytes with trivial, value-preserving math
     # (z = 0.0 and zi = 0 at run time, so the compiler cannot drop the stores).
-    master = pmode == PMODE_MASTER and param_kind == PARAM_BF16
-    kahan = pmode == PMODE_KAHAN and param_kind == PARAM_BF16
+    master = pmode == PMODE_MASTER and param_kind != PARAM_F32
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     for i in range(g.shape[0]):
         if param_kind == PARAM_F32:
             gi = g[i]
@@ -305,8 +322,8 @@ def _touch(p, g, m, v, w, c, z, zi, param_kind, state_kind, pmode):
 
 @njit(inline="always", **JIT_OPTIONS)
 def _floor_segment(p, g, m, v, w, c, ms, vs, lo, hi, z, zi, param_kind, state_kind, pmode):
-    master = pmode == PMODE_MASTER and param_kind == PARAM_BF16
-    kahan = pmode == PMODE_KAHAN and param_kind == PARAM_BF16
+    master = pmode == PMODE_MASTER and param_kind != PARAM_F32
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     _touch(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
            c[lo:hi] if kahan else c[:0], z, zi, param_kind, state_kind, pmode)
     if state_kind == STATE_Q8:

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from .adam_lowp import (PARAM_BF16, PMODE_KAHAN, PMODE_MASTER, STATE_Q8, load_grad,
+from .adam_lowp import (PARAM_F32, PMODE_KAHAN, PMODE_MASTER, STATE_Q8, load_grad,
                         load_param, load_state, store_param, store_state)
 from .adamax import S_B1, S_B2, S_EPS, S_OMB1, S_STEP, moments
 from .loop import step_scalars
@@ -61,8 +61,8 @@ def plain_loop(p, g, m, u, w, c, sc, key, base, param_kind, state_kind, pmode, l
 @njit(inline="always", **JIT_OPTIONS)
 def segment(p, g, m, u, w, c, sc, key, lo, hi, param_kind, state_kind, pmode, l2,
             scale_grad):
-    master = pmode == PMODE_MASTER and param_kind == PARAM_BF16
-    kahan = pmode == PMODE_KAHAN and param_kind == PARAM_BF16
+    master = pmode == PMODE_MASTER and param_kind != PARAM_F32
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     plain_loop(p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi], w[lo:hi] if master else w[:0],
                c[lo:hi] if kahan else c[:0], sc, key, lo, param_kind, state_kind, pmode, l2,
                scale_grad)

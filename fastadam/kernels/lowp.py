@@ -149,6 +149,44 @@ def _f32_to_bf16_sr(typingctx, x, bits):
     return sig, codegen
 
 
+# ---------------------------------------------------------------- IEEE half (float16)
+_F16 = ir.HalfType()
+
+
+@intrinsic
+def _f16_to_f32(typingctx, h):
+    """float16 bits (an integer) -> float32: LLVM's fpext, exact (F16C vcvtph2ps on x86)."""
+    if not isinstance(h, types.Integer):
+        return None
+    sig = types.float32(h)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        x = args[0]
+        if x.type.width > 16:
+            x = builder.trunc(x, _I16)
+        elif x.type.width < 16:
+            x = builder.zext(x, _I16)
+        return builder.fpext(builder.bitcast(x, _F16), _F32)
+
+    return sig, codegen
+
+
+@intrinsic
+def _f32_to_f16_rne(typingctx, x):
+    """float32 -> float16 bits (uint16): LLVM's fptrunc, round to nearest even in the
+    default floating point environment (F16C vcvtps2ph on x86)."""
+    if x != types.float32:
+        return None
+    sig = types.uint16(x)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+
+    return sig, codegen
+
+
 @intrinsic
 def _absbits(typingctx, x):
     """float32 -> its magnitude bits (int32, sign cleared). For non-negative floats the
@@ -233,6 +271,19 @@ def bf16_store(x):
 def bf16_store_sr(x, bits):
     """float32 -> bfloat16 bits, stochastic rounding with the low 16 bits of ``bits``."""
     return _f32_to_bf16_sr(x, bits)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def f16_load(h):
+    """float16 bits (uint16) -> float32, exactly."""
+    return _f16_to_f32(h)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def f16_store(x):
+    """float32 -> float16 bits, round to nearest even; overflow -> +-inf, subnormals
+    kept, NaN -> a NaN of the same sign (= NumPy's astype(np.float16) on every non-NaN)."""
+    return _f32_to_f16_rne(x)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -22,7 +22,7 @@ from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
 from .groups import (TORCH_SWITCHES, ParamGroup, Validator, normalize_params,
                      validate_groups)
 from .guard import grad_norms
-from .lowp import LowpState, check_lowp_options, check_state_dtype, is_bf16, make_lowp
+from .lowp import LowpState, check_lowp_options, check_state_dtype, is_16bit, make_lowp
 from .plan import Bucket, Launch
 from .state import StateDictMixin
 
@@ -77,9 +77,9 @@ class Optimizer(StateDictMixin):
     # ------------------------------------------------------------------ construction
     def _normalize_groups(self, params, init=False):
         def check(name, p):
-            # bfloat16 parameters go to the low-precision path (optim/lowp.py)
+            # bfloat16 and float16 parameters go to the low-precision path (optim/lowp.py)
             C.check_array(name, p, writable=True,
-                          dtype=p.dtype if (init or self._lowp is not None) and is_bf16(p)
+                          dtype=p.dtype if (init or self._lowp is not None) and is_16bit(p)
                           else None)
         groups = normalize_params(params, check)
         all_params = [p for g in groups for p in g["params"]]

@@ -78,6 +78,11 @@ def is_bf16(a):
     return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
 
 
+def is_16bit(a):
+    """A bfloat16 or float16 parameter (the 16-bit layouts of kernels/adam_lowp.py)."""
+    return a.dtype == np.float16 or is_bf16(a)
+
+
 _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": "nearest",
                     "seed": 0}
 
@@ -110,16 +115,20 @@ def check_lowp_options(options):
 def make_lowp(state_dtype, options, params, algorithm, average):
     """The LowpState of an optimizer over ``params`` (validated), or None for the
     ordinary path (float32/float64 parameters with their own dtype's state)."""
-    bf = [is_bf16(p) for p in params]
-    if any(bf) and not all(bf):
-        i = bf.index(not bf[0])
+    bf = [is_16bit(p) for p in params]
+    if any(bf) and any(p.dtype != params[0].dtype for p in params):
+        i = next(i for i, p in enumerate(params) if p.dtype != params[0].dtype)
         raise TypeError(f"parameter {i} has dtype {params[i].dtype} but parameter 0 "
-                        f"{params[0].dtype}: an optimizer over bfloat16 parameters needs all "
-                        "of them bfloat16 (mixed float32/bfloat16 is not supported)")
+                        f"{params[0].dtype}: an optimizer over bfloat16 or float16 "
+                        "parameters needs all of them of one dtype (mixed float32/bfloat16/"
+                        "float16 is not supported)")
+    if any(bf) and params[0].dtype == np.float16 and options["rounding"] != "nearest":
+        raise ValueError("rounding='stochastic' is not available for float16 parameters "
+                         "(bfloat16 only): use compensation=True or master_weights=True")
     if not any(bf):
         for name in ("master_weights", "compensation"):
             if options[name]:
-                raise ValueError(f"{name}=True needs bfloat16 parameters (float32 "
+                raise ValueError(f"{name}=True needs bfloat16 or float16 parameters (float32 "
                                  "parameters are stepped exactly already)")
         if options["rounding"] != "nearest":
             raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
@@ -128,10 +137,11 @@ def make_lowp(state_dtype, options, params, algorithm, average):
             return None
         return LowpState(state_dtype, options)
     if algorithm not in LOWP_ALGORITHMS:
-        raise TypeError(f"bfloat16 parameters are supported by {LOWP_ALGORITHMS}, not "
+        raise TypeError(f"{params[0].dtype} parameters are supported by {LOWP_ALGORITHMS}, not "
                         f"{algorithm!r}")
     if average is not None:
-        raise ValueError(f"bfloat16 parameters cannot be combined with average={average!r}")
+        raise ValueError(f"{params[0].dtype} parameters cannot be combined with "
+                         f"average={average!r}")
     return LowpState(state_dtype or "bfloat16", options)
 
 
@@ -146,7 +156,8 @@ class LowpState:
         self.kw = None            # per group: keyword arguments of adam_step_lowp
         self.launches = None      # per parameter: the checked launch (prepare)
         self.layouts = None       # per parameter: its checked arrays (prepare)
-        self.bf16 = None          # whether the parameters are bfloat16 (set by build)
+        self.bf16 = None          # whether the parameters are 16-bit (bfloat16 or float16)
+        self.pdtype = None        # their dtype (set by build)
 
     # -------------------------------------------------------------- validation
     def check_groups(self, groups, defaults, names_of):
@@ -158,15 +169,15 @@ class LowpState:
             full.update(g)
             self.check_group(full, f"param_groups[{gi}]")
             for pi, p in enumerate(g["params"]):
-                if p.dtype != np.float32 and not is_bf16(p):
+                if p.dtype != np.float32 and not is_16bit(p):
                     raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; "
                                     f"state_dtype={self.state_dtype!r} needs float32 "
-                                    "(or bfloat16) parameters")
-                bf = is_bf16(g["params"][0])
-                if is_bf16(p) != bf or (self.bf16 is not None and bf != self.bf16):
+                                    "(or bfloat16 or float16) parameters")
+                dt = g["params"][0].dtype
+                if p.dtype != dt or (self.pdtype is not None and dt != self.pdtype):
                     raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; the "
-                                    "optimizer's parameters must all be float32 or all "
-                                    "bfloat16")
+                                    "optimizer's parameters must all be float32, all "
+                                    "bfloat16 or all float16")
 
     def check_group(self, g, where):
         if g.get("amsgrad", False):
@@ -180,7 +191,8 @@ class LowpState:
         (add_param_group)."""
         old = getattr(self, "_by_id", {})
         o = self.options
-        self.bf16 = is_bf16(opt._params[0])
+        self.bf16 = is_16bit(opt._params[0])
+        self.pdtype = opt._params[0].dtype
         kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
               if self.bf16 else {})
         self.states = [old.get(id(p)) or init_lowp_state(p.reshape(-1),
