@@ -292,6 +292,15 @@ def test_cross_layout_nonfinite_and_bad_input_change_nothing():
         with pytest.raises(ValueError, match="convert_state_dict"):
             dst.load_state_dict(src)
         assert snap(dst, dst.param_groups[0]["params"]) == before
+    # explicit conversion: float32 -> bfloat16 rounds to nearest even, mu_product kept
+    from fastadam import lowp
+    with pytest.raises(ValueError, match="int8"):
+        lowp.convert_state_dict(sd32, state_dtype="int8")
+    conv = fa.NAdam([p.copy() for p in ps], lr=LR, state_dtype="bfloat16")
+    conv.load_state_dict(lowp.convert_state_dict(sd32, state_dtype="bfloat16"))
+    assert conv.state[0]["mu_product"] == sd32["state"][0]["mu_product"] != 1.0
+    assert np.array_equal(conv.state[0]["exp_avg_sq"],
+                          sd32["state"][0]["exp_avg_sq"].reshape(-1).astype(BF))
     radam_sd = fa.RAdam([p.copy() for p in ps], state_dtype="bfloat16").state_dict()
     before = snap(bf, ps)
     with pytest.raises(ValueError, match="'radam' optimizer, not 'nadam'"):
