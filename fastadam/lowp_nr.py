@@ -79,7 +79,7 @@ def prepare_nr_lowp(name, param, grad, state, *, step, lr, betas, eps, weight_de
             raise ValueError(f"state is int8 state; 8-bit state is not provided for {name} "
                              "(docs/low_precision.md): use 'bfloat16' or 'float32'")
     _, state_kind, arrays, _ = layout
-    from . import functional as F             # the algorithm's validated hyperparameter row
+    from . import functional as F  # the algorithm's validated hyperparameter row
     if name == "nadam":
         h = F._NADAM.setup(lr, tuple(betas), eps, weight_decay, momentum_decay, decoupled,
                            maximize).h

@@ -43,8 +43,8 @@ def f32_step(alg, p, g, m, v, t, mp, **kw):
     return mp
 
 
-VARIANTS = [dict(), dict(weight_decay=0.05, maximize=True),
-            dict(weight_decay=0.05, decoupled_weight_decay=True)]
+VARIANTS = [{}, {"weight_decay": 0.05, "maximize": True},
+            {"weight_decay": 0.05, "decoupled_weight_decay": True}]
 
 
 @pytest.mark.parametrize("var", VARIANTS)
@@ -78,10 +78,10 @@ def test_bf16_state_steps_match_rounding_references(alg, var):
         ref = {"exp_avg": m0[ok].astype(np.float64), "exp_avg_sq": v0[ok].astype(np.float64)}
         if alg == "nadam":
             ref["mu_product"] = mp
-        hp = dict(lr=LR, betas=(0.9, 0.999), eps=1e-8, momentum_decay=4e-3,
-                  weight_decay=var.get("weight_decay", 0.0),
-                  decoupled=var.get("decoupled_weight_decay", False),
-                  maximize=var.get("maximize", False))
+        hp = {"lr": LR, "betas": (0.9, 0.999), "eps": 1e-8, "momentum_decay": 4e-3,
+                  "weight_decay": var.get("weight_decay", 0.0),
+                  "decoupled": var.get("decoupled_weight_decay", False),
+                  "maximize": var.get("maximize", False)}
         p64 = registry.get(alg).reference(p0[ok], g[ok], ref, t, hp)
         for k in ("exp_avg", "exp_avg_sq"):
             got, want = st[k][ok].astype(np.float64), ref[k]

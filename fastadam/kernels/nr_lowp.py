@@ -17,7 +17,7 @@ bfloat16 parameters and 8-bit state are not provided here (docs/low_precision.md
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from numba import njit, prange
@@ -67,7 +67,7 @@ def advance_group(name, h, t, gs):
         _advance_nadam(h, t, gs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def build(name, state_kind, wd_mode, scale_grad):
     """(serial, parallel) kernels ``k(p, g, m, v, h, t, gs)`` for one algorithm and
     layout. p, g: float32; m, v: float32 or uint16 (bfloat16 bits); h: float64

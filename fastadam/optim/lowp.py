@@ -29,11 +29,12 @@ import numpy as np
 from .. import _checks as C
 from ..kernels.lowp import Q8_BLOCK, sr_key
 from ..kernels.memory import G_DATA
+from ..kernels.nr_lowp import NAMES as _NR
+from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
 from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
-from ..kernels.nr_lowp import NAMES as _NR, advance_group
 from .guard import grad_norms
 from .state import check_header, loaded_groups
 
