@@ -15,6 +15,7 @@ from .functional import adam_step, adamax_step, nadam_step, radam_step
 from .optim import Adam, Adamax, AdamW, NAdam, Optimizer, RAdam
 from .lowp import adam_step_lowp, init_lowp_state
 from .lowp_adamax import adamax_step_lowp
+from .lowp_nr import nadam_step_lowp, radam_step_lowp
 from .sparse import SparseAdam, sparse_adam_step
 from . import schedules
 from .schedules import (CosineAnnealingLR, ExponentialLR, InverseSqrtLR, LambdaLR, LinearLR,
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Optimizer", "adam_step", "adamax_step",
            "nadam_step", "radam_step", "flatten", "SparseAdam", "sparse_adam_step",
-           "adam_step_lowp", "adamax_step_lowp", "init_lowp_state",
+           "adam_step_lowp", "adamax_step_lowp", "nadam_step_lowp", "radam_step_lowp", "init_lowp_state",
            "schedules", "LRScheduler", "LambdaLR", "StepLR", "ExponentialLR",
            "CosineAnnealingLR", "LinearLR", "OneCycleLR", "SequentialLR", "InverseSqrtLR",
            "get_num_threads", "set_num_threads", "threading_layer", "threads", "__version__"]

@@ -49,7 +49,8 @@ _STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "
                "compensation")
 #: The second state array of each algorithm with low-precision state (AdaMax: the
 #: infinity norm, bfloat16 or float32 only; fastadam.lowp_adamax).
-SECOND = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "adamax": "exp_inf"}
+SECOND = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "adamax": "exp_inf",
+          "nadam": "exp_avg_sq", "radam": "exp_avg_sq"}
 _INF = float("inf")
 
 
@@ -105,16 +106,23 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     ``compensation=True`` a Kahan buffer ``compensation`` (zeros) of the parameter's dtype.
 
     ``algorithm="adamax"``: the state of :func:`fastadam.adamax_step_lowp`, ``exp_avg``
-    and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided)."""
+    and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided).
+    ``algorithm="nadam"`` / ``"radam"``: the state of :func:`fastadam.nadam_step_lowp` /
+    :func:`fastadam.radam_step_lowp` (``exp_avg``, ``exp_avg_sq``; float32 ``param``,
+    "float32" or "bfloat16" state)."""
     _check_param(param)
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
     if not isinstance(algorithm, str) or algorithm not in SECOND:
         raise ValueError(f"algorithm must be one of {tuple(SECOND)}, got {algorithm!r}")
-    if algorithm == "adamax" and state_dtype == "int8":
-        raise ValueError("state_dtype='int8' is not available for algorithm='adamax' (the "
-                         "8-bit code maps are Adam's; see docs/low_precision.md): use "
-                         "'bfloat16' or 'float32'")
+    if algorithm in ("adamax", "nadam", "radam") and state_dtype == "int8":
+        raise ValueError(f"state_dtype='int8' is not available for algorithm={algorithm!r} "
+                         "(the 8-bit code maps are analysed for Adam's update only; see "
+                         "docs/low_precision.md): use 'bfloat16' or 'float32'")
+    if algorithm in ("nadam", "radam") and _is_16bit(param.dtype):
+        raise ValueError(f"algorithm={algorithm!r} needs float32 param (bfloat16 and "
+                         "float16 parameters are served for Adam, AdamW and AdaMax only), "
+                         f"got {param.dtype}")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
     if (master_weights or compensation) and not _is_16bit(param.dtype):

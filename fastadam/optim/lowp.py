@@ -1,5 +1,5 @@
 """Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW,
-``"bfloat16"`` on Adamax).
+``"bfloat16"`` on Adamax, NAdam and RAdam).
 
 When ``state_dtype`` is set (and differs from the parameters' float32), the optimizer
 keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
@@ -17,7 +17,8 @@ State dict layout (``state_dict()["state_dtype"]`` and ``["state_layout"]`` name
 every array is 1-D over the flattened parameter:
 
 * bfloat16: ``exp_avg``/``exp_avg_sq`` (Adamax: ``exp_avg``/``exp_inf``) uint16 (the
-  bfloat16 bit patterns);
+  bfloat16 bit patterns); NAdam's entries also carry the group's ``mu_product`` (float,
+  as in the float32 state_dict; the optimizer keeps it per group, float64);
 * int8: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8 codes of sqrt(v),
   ``exp_avg_absmax``/``exp_avg_sq_absmax`` float32 per-block scales.
 """
@@ -28,17 +29,20 @@ import numpy as np
 from .. import _checks as C
 from ..kernels.lowp import Q8_BLOCK, sr_key
 from ..kernels.memory import G_DATA
+from ..kernels.nr_lowp import NAMES as _NR
+from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
 from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
 from ..lowp_adamax import prepare_adamax_lowp
+from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
 from .state import check_header, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
-LOWP_ALGORITHMS = ("adam", "adamw", "adamax")
+LOWP_ALGORITHMS = ("adam", "adamw", "adamax", "nadam", "radam")
 _LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
-               "adamax": ("bfloat16",)}
+               "adamax": ("bfloat16",), "nadam": ("bfloat16",), "radam": ("bfloat16",)}
 LAYOUTS = {"bfloat16": "bfloat16-bits-uint16",
            "int8": f"int8-dynamic-blockwise-{Q8_BLOCK}"}
 _NO_REFS = np.zeros(0, dtype=np.int64)
@@ -60,12 +64,12 @@ def check_state_dtype(state_dtype, algorithm, average):
         if algorithm not in LOWP_ALGORITHMS:
             raise ValueError(f"state_dtype={state_dtype!r} is available for "
                              f"{LOWP_ALGORITHMS}, not {algorithm!r}: the low-precision "
-                             "kernels compute Adam's and AdaMax's updates only; use "
+                             "kernels compute Adam's, AdaMax's, NAdam's and RAdam's updates only; use "
                              "state_dtype=None or 'float32' here, or fa.Adam / fa.AdamW")
         if state_dtype not in _LOWP_STATE[algorithm]:
             raise ValueError(f"state_dtype={state_dtype!r} is not available for "
                              f"{algorithm!r} (8-bit state is Adam's: its code maps are "
-                             "not analysed for AdaMax's infinity norm); use "
+                             "analysed for Adam's update only); use "
                              f"state_dtype in {(None, 'float32') + _LOWP_STATE[algorithm]}")
         if average is not None:
             raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
@@ -136,9 +140,9 @@ def make_lowp(state_dtype, options, params, algorithm, average):
         if state_dtype in (None, "float32"):
             return None
         return LowpState(state_dtype, options)
-    if algorithm not in LOWP_ALGORITHMS:
-        raise TypeError(f"{params[0].dtype} parameters are supported by {LOWP_ALGORITHMS}, not "
-                        f"{algorithm!r}")
+    if algorithm not in LOWP_ALGORITHMS or algorithm in _NR:
+        raise TypeError(f"{params[0].dtype} parameters are supported by ('adam', 'adamw', "
+                        f"'adamax'), not {algorithm!r}")
     if average is not None:
         raise ValueError(f"{params[0].dtype} parameters cannot be combined with "
                          f"average={average!r}")
@@ -212,7 +216,11 @@ class LowpState:
             kw = dict(lr=float(g["lr"]), betas=(float(g["betas"][0]), float(g["betas"][1])),
                       eps=float(g["eps"]), weight_decay=float(g["weight_decay"]),
                       maximize=bool(g["maximize"]))
-            if opt.algorithm != "adamax":           # Adam's options (adam_step_lowp)
+            if opt.algorithm in _NR:
+                kw.update(decoupled_weight_decay=bool(alg.decoupled(g)))
+                if opt.algorithm == "nadam":
+                    kw.update(momentum_decay=float(g["momentum_decay"]))
+            elif opt.algorithm != "adamax":           # Adam's options (adam_step_lowp)
                 kw.update(decoupled_weight_decay=bool(alg.decoupled(g)),
                           bias_correction=bool(g.get("bias_correction", True)),
                           eps_mode=g.get("eps_mode", "paper"))
@@ -230,6 +238,8 @@ class LowpState:
         None``: the hyperparameters are checked again, the arrays' checks are kept) or
         the layout or state do (``self.layouts = None`` too: everything again)."""
         prep = prepare_adamax_lowp if opt.algorithm == "adamax" else prepare_adam_lowp
+        if opt.algorithm in _NR:
+            prep = _nr_prepare(opt.algorithm)
         launches, targets, own, layouts = [], [], [], []
         kept = self.layouts
         for i, p in enumerate(opt._params):
@@ -292,6 +302,7 @@ class LowpState:
             if not grad_norms(opt, grads, grefs, g_mode, sums):
                 return
         clipping = opt._clipping
+        nr = opt.algorithm in _NR         # last kernel argument: the group scalars
         for i, (gi, kernels, n, head, tail, sr_seed) in enumerate(self.launches):
             if clipping[gi] and opt._hyper[gi, H_CLIP] != 1.0:
                 g = arrays[i]      # bfloat16: the scaled gradient is rounded (nearest)
@@ -303,7 +314,13 @@ class LowpState:
                 g = _u16(arrays[i].reshape(-1))
             step = counts[gi] + 1
             launch(kernels, n, *head, g, *tail, step,
-                   0 if sr_seed is None else sr_key(sr_seed, step))
+                   opt._gscal[gi] if nr else 0 if sr_seed is None else sr_key(sr_seed, step))
+        if nr:                            # once per group, after all its parameters
+            done = set()
+            for gi, _, _, _, tail, _ in self.launches:
+                if gi not in done:
+                    done.add(gi)
+                    advance_group(opt.algorithm, tail[-1], counts[gi] + 1, opt._gscal[gi])
         for gi, c in enumerate(counts):
             steps[gi] = c + 1
 
@@ -312,11 +329,15 @@ class LowpState:
         n = sum(p.size for p in opt._params)
         return sum(a.nbytes for a in self.arrays()) / max(n, 1)
 
+    def _group_scalars(self, opt, gi):
+        return {n: float(opt._gscal[gi, j]) for j, (n, _) in enumerate(opt._alg.group_scalars)}
+
     def live_state(self, opt):
         out = {}
         for i, st in enumerate(self.states):
             d = {"step": int(opt._steps[opt._group_of[i]])}
             d.update(st)
+            d.update(self._group_scalars(opt, opt._group_of[i]))
             out[i] = d
         return out
 
@@ -326,6 +347,7 @@ class LowpState:
             d = {"step": int(opt._steps[opt._group_of[i]])}
             for k, a in st.items():
                 d[k] = _portable(a).copy()
+            d.update(self._group_scalars(opt, opt._group_of[i]))
             state[i] = d
         groups, k = [], 0
         for g in opt.param_groups:
@@ -348,11 +370,20 @@ class LowpState:
         state = sd["state"]
         new_groups = loaded_groups(opt, sd, self.check_group)
         new_steps = [None] * len(opt.param_groups)
+        gnames = [n for n, _ in opt._alg.group_scalars]
+        new_gscal, seen = opt._gscal.copy(), set()
         new_state = []
         for i, live in enumerate(self.states):
             gi = opt._group_of[i]
             st, where, step = param_entry(state, i, gi, new_steps)
-            unknown = set(st) - set(live) - {"step"}
+            if gi not in seen:
+                seen.add(gi)
+                for j, name in enumerate(gnames):
+                    if name in st:
+                        new_gscal[gi, j] = _group_scalar(st[name], f"{where}[{name!r}]")
+                    elif step > 0:
+                        raise ValueError(f"{where} has step {step} but lacks {name!r}")
+            unknown = set(st) - set(live) - {"step"} - set(gnames)
             if unknown:
                 raise ValueError(f"{where} has unknown entries {sorted(unknown)} for "
                                  f"state_dtype={self.state_dtype!r}")
@@ -382,9 +413,33 @@ class LowpState:
         for live, arrays in zip(self.states, new_state):
             for key, a in arrays.items():
                 _portable(live[key])[...] = a
+        for gi, s in enumerate(new_steps):       # a group whose params all start over
+            if s == 0:
+                for j, (_, init) in enumerate(opt._alg.group_scalars):
+                    new_gscal[gi, j] = init
         opt._steps[:] = [s or 0 for s in new_steps]
+        opt._gscal[:] = new_gscal
         opt.skipped_steps = int(skipped)
         self.kw = self.layouts = None
+
+
+def _nr_prepare(name):
+    """prepare_nr_lowp in the (kernels, n, head, tail, sr_seed, layout) form of
+    prepare_adam_lowp (the step passes the group scalars after the step count)."""
+    def prep(param, grad, state, **kw):
+        kernels, n, tail, layout = prepare_nr_lowp(name, param, grad, state, **kw)
+        return kernels, n, (param,), tail, None, layout
+    return prep
+
+
+def _group_scalar(v, where):
+    import math
+    if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating)) \
+            or not math.isfinite(v):
+        raise ValueError(f"{where} must be a finite number, got {v!r}")
+    return float(v)
 
 
 def _portable(a):

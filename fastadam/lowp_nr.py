@@ -1,0 +1,93 @@
+"""Functional API for NAdam and RAdam with bfloat16 state (float32 parameters).
+
+``init_lowp_state(param, state_dtype="bfloat16", algorithm="nadam" | "radam")`` builds
+the state (``exp_avg``, ``exp_avg_sq``); :func:`nadam_step_lowp` /
+:func:`radam_step_lowp` step it in one fused pass (kernels/nr_lowp.py). Bytes per
+parameter and step: 28 with float32 state, 20 with bfloat16 state. bfloat16 parameters
+and 8-bit state are not provided for these two (docs/low_precision.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks as C
+from .kernels import adam_lowp as A
+from .kernels import nr_lowp as K
+from .kernels.spec import N_GROUP_SCALARS, WD_DECOUPLED, WD_L2, WD_NONE
+from .lowp import _check_hyper, _checked_layout, launch
+
+
+def nadam_step_lowp(param, grad, state, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
+                    eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                    decoupled_weight_decay=False, maximize=False):
+    r"""One fused NAdam step on a flat float32 ``param`` with the state of
+    ``init_lowp_state(param, state_dtype=..., algorithm="nadam")``, in place; returns the
+    new ``mu_product`` (pass 1.0 at the first step), as :func:`fastadam.nadam_step`.
+
+    The formulas and hyperparameters are :func:`fastadam.nadam_step`'s. Every element is
+    computed in float32 from the decoded state with the float32 NAdam kernel's
+    arithmetic; bfloat16 ``exp_avg`` / ``exp_avg_sq`` are rounded to nearest even once
+    when stored. With float32 state the step is float32 NAdam's bit for bit.
+
+    Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
+    """
+    mp = C._number("mu_product", mu_product)
+    if not 0.0 <= mp <= 1.0:
+        raise ValueError(f"mu_product must be in [0, 1] (1.0 before the first step), got "
+                         f"{mu_product!r}")
+    gs = np.zeros(N_GROUP_SCALARS)
+    gs[0] = mp
+    kernels, n, args = prepare_nr_lowp(
+        "nadam", param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
+        weight_decay=weight_decay, maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay, momentum_decay=momentum_decay)[:3]
+    step = int(step)
+    launch(kernels, n, param, grad, *args, step, gs)
+    K.advance_group("nadam", args[2], step, gs)
+    return float(gs[0])
+
+
+def radam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                    weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    r"""One fused RAdam step on a flat float32 ``param`` with the state of
+    ``init_lowp_state(param, state_dtype=..., algorithm="radam")``, in place. The
+    formulas and hyperparameters are :func:`fastadam.radam_step`'s; the arithmetic and
+    rounding as :func:`nadam_step_lowp` says."""
+    kernels, n, args = prepare_nr_lowp(
+        "radam", param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
+        weight_decay=weight_decay, maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay)[:3]
+    launch(kernels, n, param, grad, *args, int(step), np.zeros(N_GROUP_SCALARS))
+
+
+def prepare_nr_lowp(name, param, grad, state, *, step, lr, betas, eps, weight_decay,
+                    maximize, decoupled_weight_decay=False, momentum_decay=4e-3,
+                    layout=None, **ignored):
+    """Every check of the step and its launch without the per-step values:
+    (kernels, n, (exp_avg bits, exp_avg_sq bits, h), layout); ``layout``: a previous
+    call's, to skip the arrays' checks (the hyperparameters are checked again)."""
+    step, lr, betas, eps, weight_decay = _check_hyper(step, lr, betas, eps, weight_decay)
+    maximize = C.check_bool("maximize", maximize)
+    decoupled = C.check_bool("decoupled_weight_decay", decoupled_weight_decay)
+    if layout is None:
+        if (isinstance(param, np.ndarray) and param.dtype != np.float32
+                and (param.dtype.name == "bfloat16" or param.dtype == np.float16)):
+            raise ValueError(f"param must be float32 for {name} with low-precision state "
+                             f"(got {param.dtype}; bfloat16 and float16 parameters are "
+                             "served for Adam, AdamW and AdaMax)")
+        layout = _checked_layout(param, grad, state, "nearest", 0, "exp_avg_sq")
+        if layout[1] == A.STATE_Q8:
+            raise ValueError(f"state is int8 state; 8-bit state is not provided for {name} "
+                             "(docs/low_precision.md): use 'bfloat16' or 'float32'")
+    _, state_kind, arrays, _ = layout
+    from . import functional as F  # the algorithm's validated hyperparameter row
+    if name == "nadam":
+        h = F._NADAM.setup(lr, tuple(betas), eps, weight_decay, momentum_decay, decoupled,
+                           maximize).h
+    else:
+        h = F._RADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled, maximize).h
+    wd_mode = WD_NONE if weight_decay == 0.0 else (WD_DECOUPLED if decoupled else WD_L2)
+    kernels = K.build(name, state_kind, wd_mode, maximize)
+    u16 = (lambda a: a.view(np.uint16)) if state_kind == A.STATE_BF16 else (lambda a: a)
+    return (kernels, param.shape[0],
+            (u16(arrays["exp_avg"]), u16(arrays["exp_avg_sq"]), h), layout)
