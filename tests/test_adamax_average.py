@@ -7,7 +7,7 @@ import pytest
 
 import fastadam as fa
 from conftest import DTYPES
-from reference import adam_reference, adamax_reference, average_reference
+from reference import adamax_reference, average_reference
 
 ADAMAX_FLAGS = [dict(weight_decay=wd, maximize=mx) for wd, mx in
                 itertools.product([0.0, 0.1], [False, True])]

@@ -6,14 +6,13 @@ and state unchanged.
 Budget: profile "ci" (default) runs a few thousand cases in well under a minute; select
 ``HYPOTHESIS_PROFILE=thorough`` for ten times more. The number of cases run is printed
 at the end of the module ("fuzz cases run: ...")."""
-import math
 import os
 import shutil
 import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import fastadam as fa
 from fastadam.kernels import registry
 
-from variants import BAD_VALUES, OTHER_VALUES
+from variants import BAD_VALUES
 
 CLASSES = [fa.Adam, fa.AdamW, fa.Adamax, fa.NAdam, fa.RAdam]
 ALL_OPTIONS = sorted(registry.KNOWN_OPTIONS | {"lr", "weight_decay", "maximize",

@@ -2,7 +2,6 @@
 gets under given conditions, the override, that numba's count is restored, that torch's
 pool is released only when the policy says so, and that results are bit-identical
 whatever the count. Nothing here is timed."""
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
