@@ -51,8 +51,8 @@ def check_dtype(t, name, lowp=False):
     if t.dtype in _LOW_PRECISION:
         what = ("bfloat16 parameters are supported by fastadam.torch.Adam and AdamW only"
                 if t.dtype == torch.bfloat16 else
-                "float16 parameters are not supported by fastadam.torch (fastadam's "
-                "kernels have no float16 arithmetic)")
+                "float16 parameters are not supported by fastadam.torch yet (fastadam's "
+                "NumPy API, fa.Adam on float16 arrays, serves them)")
         raise TypeError(f"{name} has dtype {t.dtype}: {what}; keep float32 parameters "
                         "(e.g. model.float(), with torch.autocast for low-precision "
                         "compute) or use torch.optim")
