@@ -9,6 +9,7 @@ import pytest
 
 import fastadam as fa
 from fastadam import config
+from lowp_helpers import assert_round_trips, grads_like, params, snap
 
 BF = np.dtype(ml_dtypes.bfloat16)
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
@@ -202,25 +203,6 @@ def test_errors_name_the_argument_and_change_nothing():
 
 
 # ---------------------------------------------------------------- the optimizer object
-def params(seed=0, shapes=((7, 300), (5,), (3, 4))):
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
-def grads_like(ps, rng):
-    return [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
-
-
-def snap(opt, ps):
-    """Parameters and the state_dict's arrays as bytes, steps and groups."""
-    sd = opt.state_dict()
-    out = [p.tobytes() for p in ps] + [sd["skipped_steps"]]
-    for i in sorted(sd["state"]):
-        out += [(k, a.dtype.str, a.tobytes()) if isinstance(a, np.ndarray) else (k, a)
-                for k, a in sorted(sd["state"][i].items())]
-    return out + [sorted((k, str(v)) for k, v in g.items()) for g in sd["param_groups"]]
-
-
 def test_optimizer_matches_functional_bit_for_bit_with_group_edits():
     rng = np.random.default_rng(6)
     ps = params()
@@ -291,7 +273,6 @@ def test_bf16_params_optimizer_matches_functional():
 
 
 def test_state_dict_checkpoint_round_trip_exact(tmp_path):
-    import copy
     rng = np.random.default_rng(8)
     ps = params()
     opt = fa.Adamax(ps, lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")
@@ -301,27 +282,9 @@ def test_state_dict_checkpoint_round_trip_exact(tmp_path):
     assert sd["algorithm"] == "adamax" and sd["state_dtype"] == "bfloat16"
     st = sd["state"][0]
     assert set(st) == {"step", "exp_avg", "exp_inf"} and st["exp_inf"].dtype == np.uint16
-    opt.save(tmp_path / "ck.npz")
-    copies = []
-    for how in ("state_dict", "checkpoint", "deepcopy"):
-        qs = [p.copy() for p in ps]
-        o2 = fa.Adamax(qs, lr=1e-2, weight_decay=0.01, state_dtype="bfloat16")
-        if how == "state_dict":
-            o2.load_state_dict(sd)
-        elif how == "checkpoint":
-            o2.load(tmp_path / "ck.npz")
-        else:
-            o2 = copy.deepcopy(opt)
-            qs = o2.param_groups[0]["params"]
-        assert snap(o2, qs) == snap(opt, ps)
-        copies.append((o2, qs))
-    for _ in range(2):
-        g = grads_like(ps, rng)
-        opt.step(g)
-        for o2, _ in copies:
-            o2.step([x.copy() for x in g])
-    for o2, qs in copies:
-        assert snap(o2, qs) == snap(opt, ps)
+    assert_round_trips(opt, ps, lambda qs: fa.Adamax(qs, lr=1e-2, weight_decay=0.01,
+                                                     state_dtype="bfloat16"),
+                       tmp_path / "ck.npz", rng)
 
 
 def test_cross_layout_refused_then_converted():

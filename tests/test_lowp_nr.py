@@ -12,6 +12,7 @@ import pytest
 import fastadam as fa
 from fastadam import config, lowp
 from fastadam.kernels import registry
+from lowp_helpers import assert_round_trips, grads_like, params, snap
 
 BF = np.dtype(ml_dtypes.bfloat16)
 LR = 1e-2
@@ -154,24 +155,6 @@ def test_functional_errors_name_the_argument_and_change_nothing():
 
 
 # ---------------------------------------------------------------- the optimizer objects
-def params(seed=0, shapes=((7, 300), (5,), (3, 4))):
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
-def grads_like(ps, rng):
-    return [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
-
-
-def snap(opt, ps):
-    sd = opt.state_dict()
-    out = [p.tobytes() for p in ps] + [sd["skipped_steps"]]
-    for i in sorted(sd["state"]):
-        out += [(k, a.dtype.str, a.tobytes()) if isinstance(a, np.ndarray) else (k, a)
-                for k, a in sorted(sd["state"][i].items())]
-    return out + [sorted((k, str(v)) for k, v in g.items()) for g in sd["param_groups"]]
-
-
 @pytest.mark.parametrize("alg", ALGS)
 def test_optimizer_matches_functional_bit_for_bit_with_groups(alg):
     rng = np.random.default_rng(6)
@@ -242,7 +225,6 @@ def test_optimizer_follows_float32_optimizer_within_bf16_tolerance(alg):
 
 @pytest.mark.parametrize("alg", ALGS)
 def test_state_dict_checkpoint_round_trip_exact(alg, tmp_path):
-    import copy
     rng = np.random.default_rng(8)
     ps = params()
     cls = CLASSES[alg]
@@ -254,27 +236,9 @@ def test_state_dict_checkpoint_round_trip_exact(alg, tmp_path):
     st = sd["state"][0]
     want = {"step", "exp_avg", "exp_avg_sq"} | ({"mu_product"} if alg == "nadam" else set())
     assert set(st) == want and st["exp_avg_sq"].dtype == np.uint16
-    opt.save(tmp_path / "ck.npz")
-    copies = []
-    for how in ("state_dict", "checkpoint", "deepcopy"):
-        qs = [p.copy() for p in ps]
-        o2 = cls(qs, lr=LR, weight_decay=0.01, state_dtype="bfloat16")
-        if how == "state_dict":
-            o2.load_state_dict(sd)
-        elif how == "checkpoint":
-            o2.load(tmp_path / "ck.npz")
-        else:
-            o2 = copy.deepcopy(opt)
-            qs = o2.param_groups[0]["params"]
-        assert snap(o2, qs) == snap(opt, ps)
-        copies.append((o2, qs))
-    for _ in range(2):
-        g = grads_like(ps, rng)
-        opt.step(g)
-        for o2, _ in copies:
-            o2.step([x.copy() for x in g])
-    for o2, qs in copies:
-        assert snap(o2, qs) == snap(opt, ps)
+    assert_round_trips(opt, ps, lambda qs: cls(qs, lr=LR, weight_decay=0.01,
+                                                state_dtype="bfloat16"),
+                       tmp_path / "ck.npz", rng)
 
 
 def test_cross_layout_nonfinite_and_bad_input_change_nothing():

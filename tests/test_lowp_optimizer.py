@@ -9,40 +9,10 @@ import pytest
 
 import fastadam as fa
 from fastadam import lowp
+from lowp_helpers import assert_round_trips, grads_like, params, snap
 
 BF = np.dtype(ml_dtypes.bfloat16)
 LOWP = ("bfloat16", "int8")
-
-
-def params(seed=0, shapes=((7, 300), (5,), (3, 4))):
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
-def grads_like(ps, rng):
-    return [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
-
-
-def snapshot(opt, ps):
-    sd = opt.state_dict()
-    return [p.copy() for p in ps], sd
-
-
-def same_snapshot(a, b):
-    (pa, sa), (pb, sb) = a, b
-    if not all(np.array_equal(x, y) for x, y in zip(pa, pb)):
-        return False
-    if sa["skipped_steps"] != sb["skipped_steps"]:
-        return False
-    for i in sa["state"]:
-        for k, v in sa["state"][i].items():
-            w = sb["state"][i][k]
-            if isinstance(v, np.ndarray):
-                if v.dtype != w.dtype or not np.array_equal(v.view(np.uint8), w.view(np.uint8)):
-                    return False
-            elif v != w:
-                return False
-    return [dict(g) for g in sa["param_groups"]] == [dict(g) for g in sb["param_groups"]]
 
 
 @pytest.mark.parametrize("state_dtype", LOWP)
@@ -129,20 +99,20 @@ def test_nonfinite_skip_and_raise(state_dtype):
     for policy in ("skip", "raise"):
         opt = fa.Adam(ps, lr=1e-2, nonfinite=policy, state_dtype=state_dtype)
         opt.step(grads_like(ps, rng))
-        before = snapshot(opt, ps)
+        before = snap(opt, ps)
         gs = grads_like(ps, rng)
         gs[1][2] = np.nan
         if policy == "skip":
             opt.step(gs)
             assert opt.skipped_steps == 1
-            after = snapshot(opt, ps)
-            assert after[1]["skipped_steps"] == 1
-            after[1]["skipped_steps"] = 0
-            assert same_snapshot(before, after)
+            after = snap(opt, ps)
+            assert after[len(ps)] == 1                  # skipped_steps
+            after[len(ps)] = 0
+            assert after == before
         else:
             with pytest.raises(ValueError, match=r"grads\[1\]"):
                 opt.step(gs)
-            assert same_snapshot(before, snapshot(opt, ps))
+            assert snap(opt, ps) == before
 
 
 @pytest.mark.parametrize("state_dtype", LOWP)
@@ -163,28 +133,8 @@ def test_state_dict_round_trip_exact(state_dtype, tmp_path):
         assert st["exp_avg"].dtype == np.int8 and st["exp_avg_sq"].dtype == np.uint8
         assert st["exp_avg_absmax"].dtype == np.float32
         assert st["exp_avg_absmax"].shape == (lowp.q8_blocks(ps[0].size),)
-    opt.save(tmp_path / "ck.npz")
-    # continue the original; a copy restored from the state_dict, one from the checkpoint
-    gs = [grads_like(ps, rng) for _ in range(2)]
-    copies = []
-    for how in ("state_dict", "checkpoint", "deepcopy"):
-        qs = [p.copy() for p in ps]
-        o2 = fa.AdamW(qs, lr=1e-2, state_dtype=state_dtype)
-        if how == "state_dict":
-            o2.load_state_dict(sd)
-        elif how == "checkpoint":
-            o2.load(tmp_path / "ck.npz")
-        else:
-            o2 = copy.deepcopy(opt)
-            qs = o2.param_groups[0]["params"]
-        assert same_snapshot(snapshot(opt, ps), snapshot(o2, qs))
-        copies.append((o2, qs))
-    for g in gs:
-        opt.step(g)
-        for o2, _ in copies:
-            o2.step([x.copy() for x in g])
-    for o2, qs in copies:
-        assert same_snapshot(snapshot(opt, ps), snapshot(o2, qs))
+    assert_round_trips(opt, ps, lambda qs: fa.AdamW(qs, lr=1e-2, state_dtype=state_dtype),
+                       tmp_path / "ck.npz", rng)
 
 
 def lowp_layout(state_dtype):
@@ -204,10 +154,10 @@ def test_cross_layout_refused_then_converted(state_dtype):
         lp.step(g)
     sd32, sdlp = f32.state_dict(), lp.state_dict()
     for dst, src in ((lp, sd32), (f32, sdlp)):
-        before = dst.state_dict()
+        before = snap(dst, [])
         with pytest.raises(ValueError, match="convert_state_dict"):
             dst.load_state_dict(src)
-        assert same_snapshot(([], before), ([], dst.state_dict()))
+        assert snap(dst, []) == before
     other = "int8" if state_dtype == "bfloat16" else "bfloat16"
     with pytest.raises(ValueError, match="state_dtype"):
         fa.Adam([p.copy() for p in ps], state_dtype=other).load_state_dict(sdlp)
@@ -240,7 +190,7 @@ def test_bad_state_dict_leaves_state(state_dtype):
     opt.step(grads_like(ps, rng))
     sd = opt.state_dict()
     opt.step(grads_like(ps, rng))
-    before = snapshot(opt, ps)
+    before = snap(opt, ps)
     bad = copy.deepcopy(sd)
     bad["state"][2]["exp_avg"] = bad["state"][2]["exp_avg"].astype(np.float32)
     with pytest.raises(TypeError, match=r"\[2\]\['exp_avg'\]"):
@@ -253,7 +203,7 @@ def test_bad_state_dict_leaves_state(state_dtype):
     bad["param_groups"][0]["amsgrad"] = True
     with pytest.raises(ValueError, match="amsgrad"):
         opt.load_state_dict(bad)
-    assert same_snapshot(before, snapshot(opt, ps))
+    assert snap(opt, ps) == before
 
 
 def test_refusals_name_the_argument():
@@ -317,7 +267,7 @@ def test_bad_step_input_changes_nothing(state_dtype):
     ps = params()
     opt = fa.Adam(ps, lr=1e-2, state_dtype=state_dtype)
     opt.step(grads_like(ps, rng))
-    before = snapshot(opt, ps)
+    before = snap(opt, ps)
     gs = grads_like(ps, rng)
     with pytest.raises(TypeError, match=r"grads\[2\]"):
         opt.step(gs[:2] + [gs[2].astype(np.float64)])
@@ -336,7 +286,7 @@ def test_bad_step_input_changes_nothing(state_dtype):
     with pytest.raises(ValueError, match="lr"):
         opt.step(gs)
     opt.param_groups[0]["lr"] = 1e-2
-    assert same_snapshot(before, snapshot(opt, ps))
+    assert snap(opt, ps) == before
     opt.step(gs)                                       # and it still steps
     assert not np.array_equal(before[0][0], ps[0])
 
@@ -446,8 +396,8 @@ def test_bfloat16_params_match_functional(state_dtype, mode, tmp_path):
     for o in (opt, o2, o3):
         o.step([x.copy() for x in g])
     q3 = o3.param_groups[0]["params"]
-    assert same_snapshot(snapshot(opt, ps), snapshot(o2, qs))
-    assert same_snapshot(snapshot(opt, ps), snapshot(o3, q3))
+    assert snap(opt, ps) == snap(o2, qs)
+    assert snap(opt, ps) == snap(o3, q3)
 
 
 def test_bfloat16_param_refusals():
@@ -494,7 +444,7 @@ def test_bad_gradients_after_a_kept_launch(cls, state_dtype):
     gs = grads_like(ps, rng)
     opt.step(gs)
     opt.step(gs)                                       # the same list, kept launches
-    before = snapshot(opt, ps)
+    before = snap(opt, ps)
     good = list(gs)
     alias_state = opt.state[0]["exp_avg"].view(np.uint8)[:ps[2].nbytes].view(np.float32)
     bad = [(1, ps[1], ValueError, r"grads\[1\]"),                    # the parameter
@@ -508,14 +458,14 @@ def test_bad_gradients_after_a_kept_launch(cls, state_dtype):
         with pytest.raises(exc, match=match):
             opt.step(gs)
         gs[i] = good[i]
-        assert same_snapshot(before, snapshot(opt, ps))
+        assert snap(opt, ps) == before
     own = list(opt.grads)
     for i, g, exc, match in bad:
         opt.grads[i] = g
         with pytest.raises(exc, match=match):
             opt.step()
         opt.grads[i] = own[i]
-        assert same_snapshot(before, snapshot(opt, ps))
+        assert snap(opt, ps) == before
     for g, o in zip(good, own):
         o[...] = g
     ref = cls(params(), lr=1e-2, state_dtype=state_dtype)     # both steps kept going
@@ -537,18 +487,18 @@ def test_read_only_arrays_after_a_kept_launch(cls, state_dtype):
     opt = cls(ps, lr=1e-2, state_dtype=state_dtype)
     gs = grads_like(ps, rng)
     opt.step(gs)
-    before = snapshot(opt, ps)
+    before = snap(opt, ps)
     ps[2].flags.writeable = False
     with pytest.raises(ValueError, match=r"parameter 2 .*read-only"):
         opt.step(gs)
     ps[2].flags.writeable = True
-    assert same_snapshot(before, snapshot(opt, ps))
+    assert snap(opt, ps) == before
     st = opt.state[1]["exp_avg"]
     st.flags.writeable = False
     with pytest.raises(ValueError, match=r"parameter 1 .*exp_avg.*read-only"):
         opt.step(gs)
     st.flags.writeable = True
-    assert same_snapshot(before, snapshot(opt, ps))
+    assert snap(opt, ps) == before
     opt.step(gs)
     assert not np.array_equal(before[0][0], ps[0])
 

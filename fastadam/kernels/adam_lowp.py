@@ -35,7 +35,7 @@ from ..config import BLOCK, JIT_OPTIONS
 from .approx import div_sqrt_eps
 from .adam import S_B1 as B1, S_B2 as B2, S_EPS as EPS_EFF, S_OMB1 as OMB1, S_OMB2 as OMB2
 from .adam import S_STEP as STEP_SIZE
-from .loop import step_scalars as _step_scalars
+from .loop import prelude, step_scalars as _step_scalars
 from .spec import H_LR, H_WEIGHT_DECAY, N_SCALARS, WD_DECOUPLED, WD_L2
 from .spec import S_GRAD_SCALE as GRAD_SCALE, S_WD as WD
 
@@ -71,12 +71,7 @@ def adam_elem(p, g, m, v, b1, omb1, b2, omb2, step_size, eps, wd, gs, wd_mode, s
     """One element of Adam in the working precision (float32): returns (p after decoupled
     decay, m, v, upd); the new parameter is ``p - upd``. Same operations, in the same
     order, as kernels/adam.py (no amsgrad, no averaging)."""
-    if scale_grad:
-        g = g * gs
-    if wd_mode == WD_L2:
-        g = g + wd * p
-    elif wd_mode == WD_DECOUPLED:
-        p = p * wd
+    p, g = prelude(p, g, gs, wd, wd_mode, scale_grad)
     m = b1 * m + omb1 * g
     v = b2 * v + omb2 * (g * g)
     upd = step_size * div_sqrt_eps(m, v, eps)     # the same denominator as kernels/adam.py

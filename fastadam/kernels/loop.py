@@ -41,6 +41,21 @@ def advance(alg, h, t, gs):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def prelude(pi, gi, gs, wd, wd_mode, scale_grad):
+    """(p, g) of one element before its algorithm's update: the gradient times the clip
+    scale ``gs`` if ``scale_grad``, then L2 weight decay folded into g or decoupled decay
+    applied to p (``wd`` is then the factor 1 - lr * weight_decay). Shared by every
+    fused loop, float32 and low-precision."""
+    if scale_grad:
+        gi = gi * gs
+    if wd_mode == WD_L2:
+        gi = gi + wd * pi
+    elif wd_mode == WD_DECOUPLED:
+        pi = pi * wd
+    return pi, gi
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def update(alg, variant, n_state, wd_mode, scale_grad, average, p, g, s0, s1, s2, pbar, sc):
     # Equal-length arrays looped from 0: LLVM proves the indices non-negative and
     # vectorises (a range(lo, hi) loop keeps wraparound checks and runs 8x slower).
@@ -50,14 +65,7 @@ def update(alg, variant, n_state, wd_mode, scale_grad, average, p, g, s0, s1, s2
     ab = sc[S_AVG_B]
     omab = sc[S_OMAVG_B]
     for i in range(p.shape[0]):
-        gi = g[i]
-        pi = p[i]
-        if scale_grad:
-            gi = gi * gs
-        if wd_mode == WD_L2:
-            gi = gi + wd * pi
-        elif wd_mode == WD_DECOUPLED:
-            pi = pi * wd
+        pi, gi = prelude(p[i], g[i], gs, wd, wd_mode, scale_grad)
         a = s0[i]
         b = s1[i] if n_state > 1 else gi      # unused rows: any value of the dtype
         c = s2[i] if n_state > 2 else gi

@@ -70,6 +70,17 @@ def _to_i32(builder, v):
     return v
 
 
+def _to_i16(builder, v):
+    """An integer LLVM value of any width as i16 (truncate or zero-extend): the bits of
+    a 16-bit float passed as any integer type."""
+    w = v.type.width
+    if w > 16:
+        return builder.trunc(v, _I16)
+    if w < 16:
+        return builder.zext(v, _I16)
+    return v
+
+
 def _c32(x):
     return ir.Constant(_I32, x)
 
@@ -100,10 +111,7 @@ def _bf16_to_f32(typingctx, h):
 
     def codegen(context, builder, signature, args):
         _prefer_wide(builder)
-        x = args[0]
-        if x.type.width > 16:
-            x = builder.trunc(x, _I16)
-        x = builder.zext(x, _I32) if x.type.width < 32 else x
+        x = builder.zext(_to_i16(builder, args[0]), _I32)
         return builder.bitcast(builder.shl(x, _c32(16)), _F32)
 
     return sig, codegen
@@ -162,12 +170,7 @@ def _f16_to_f32(typingctx, h):
 
     def codegen(context, builder, signature, args):
         _prefer_wide(builder)
-        x = args[0]
-        if x.type.width > 16:
-            x = builder.trunc(x, _I16)
-        elif x.type.width < 16:
-            x = builder.zext(x, _I16)
-        return builder.fpext(builder.bitcast(x, _F16), _F32)
+        return builder.fpext(builder.bitcast(_to_i16(builder, args[0]), _F16), _F32)
 
     return sig, codegen
 

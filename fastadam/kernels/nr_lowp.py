@@ -24,9 +24,9 @@ from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
 from .adam_lowp import STATE_Q8, load_state, store_state
-from .loop import advance, step_scalars
+from .loop import advance, prelude, step_scalars
 from .registry import ALGORITHMS, alg_consts, alg_element
-from .spec import N_SCALARS, S_GRAD_SCALE, S_WD, WD_DECOUPLED, WD_L2
+from .spec import N_SCALARS, S_GRAD_SCALE, S_WD, WD_DECOUPLED
 
 #: The algorithms these kernels serve.
 NAMES = ("nadam", "radam")
@@ -40,14 +40,7 @@ def plain_loop(alg, p, g, m, v, sc, state_kind, wd_mode, scale_grad):
     gs = sc[S_GRAD_SCALE]
     wd = sc[S_WD]
     for i in range(p.shape[0]):
-        gi = g[i]
-        pi = p[i]
-        if scale_grad:
-            gi = gi * gs
-        if wd_mode == WD_L2:
-            gi = gi + wd * pi
-        elif wd_mode == WD_DECOUPLED:
-            pi = pi * wd
+        pi, gi = prelude(p[i], g[i], gs, wd, wd_mode, scale_grad)
         pi, a, b, _ = alg_element(alg, 0, pi, gi, load_state(m, i, state_kind),
                                   load_state(v, i, state_kind), gi, k)
         p[i] = pi
