@@ -141,6 +141,7 @@ class Optimizer(StateDictMixin):
         lowp = self._lowp.arrays() if self._lowp is not None else []
         self._forbid = forbidden_ranges(self._params + [b.state for b in self._buckets] + lowp)
         self._groups_seen = None                        # re-read groups at next step
+        self._fast = None                               # and choose step's path again
         self._launch_keys = None                        # and rebuild the launches
         for _, L in getattr(self, "_launches", ()):     # whose frames address old arrays
             L.frames.clear()
@@ -213,6 +214,7 @@ class Optimizer(StateDictMixin):
         self._groups_seen = groups
         keys = [self._kernel_key(g) for g in groups]
         if keys == self._launch_keys:
+            self._set_fast()
             return        # only scalars changed (a schedule editing lr): launches stay
         self._launch_keys = keys
         for b in self._buckets:
@@ -227,6 +229,13 @@ class Optimizer(StateDictMixin):
                         self._hyper, self._steps, self._gscal)
             L.set_frame(G_OBJECTS, L.plan, self._seq, self._forbid, self._expect,
                         self._expect_dims, self._hyper, self._steps, self._gscal)
+        self._set_fast()
+
+    def _set_fast(self):
+        """The (bucket, launch) that ``step`` may run directly (no norm pass, one launch,
+        float32/float64 state), or None. Cleared with the frames (_refresh_layout)."""
+        ok = self._lowp is None and not self._checked_pass and len(self._launches) == 1
+        self._fast = self._launches[0] if ok else None
 
     def _kernel_key(self, g):
         alg = self._alg
@@ -299,6 +308,27 @@ class Optimizer(StateDictMixin):
         ``max_grad_norm`` scale their gradients by min(1, max_grad_norm / (norm + 1e-6))
         (torch.nn.utils.clip_grad_norm_ over the group) inside the update."""
         with self._lock:
+            fast = self._fast
+            if (fast is not None and fast[1].size < config.PARALLEL_THRESHOLD
+                    and not self._groups_changed()):
+                # The plain optimizer's small step: _step's own choice for one serial
+                # launch through its frame, without _step's general path. Any result but
+                # -1 wrote nothing: _step then runs the step again and reports it.
+                b, L = fast
+                fn = L.framed.fn
+                if grads is None:
+                    frame = L.frames.get(G_DATA)
+                    mode = G_DATA
+                elif ((type(grads) is list or type(grads) is tuple) and HAVE_OBJECT_GRADS
+                      and len(grads) == len(self._params)):
+                    self._seq[0] = id(grads)
+                    frame = L.frames.get(G_OBJECTS)
+                    mode = G_OBJECTS
+                else:
+                    frame = None
+                if (frame is not None and fn is not None
+                        and fn(frame[0], b.state, b.sc, mode, True) == -1):
+                    return
             self._step(grads)
 
     def _step(self, grads):
