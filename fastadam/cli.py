@@ -91,7 +91,7 @@ def _parser():
 def _bench(args):
     if args.sparse:
         return _bench_sparse(args)
-    from . import bench
+    from . import bench, bench_report
 
     states = None
     if args.state is not None:
@@ -126,7 +126,7 @@ def _bench(args):
     if states is not None:
         sizes = args.sizes or ([10**3, 10**4] if args.quick else None)
         res = bench.state_rows(states, sizes=sizes, quick=args.quick, threads=args.threads)
-        print(json.dumps(res, indent=1) if args.json == "-" else bench.format_state_rows(res))
+        print(json.dumps(res, indent=1) if args.json == "-" else bench_report.format_state_rows(res))
         return 0
 
     if args.torch:
@@ -169,12 +169,12 @@ def _bench(args):
     if args.json == "-":
         print(json.dumps(res, indent=1))
     else:
-        print(bench.format_report(res))
+        print(bench_report.format_report(res))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
     if args.plot:
-        bench.plot(res, args.plot)
+        bench_report.plot(res, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastadam as fa
-from fastadam import bench, cli
+from fastadam import bench, bench_report, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fa.__file__)))
 HAVE_TORCH = bench._have("torch")
@@ -98,7 +98,7 @@ def test_bench_shows_progress_on_stderr(quick_run):
 
 def test_report_table_lists_sizes_ratios_and_targets(quick_run):
     res, _ = quick_run
-    text = bench.format_report(res)
+    text = bench_report.format_report(res)
     assert "threading layer " + res["machine"]["threading_layer"] in text
     assert "% floor" in text and "x numpy" in text and "GB/s" in text
     assert "1e+03" in text and "2e+04" in text
@@ -109,7 +109,7 @@ def test_plot_writes_png(quick_run, tmp_path):
     pytest.importorskip("matplotlib")
     res, _ = quick_run
     out = tmp_path / "bench.png"
-    bench.plot(res, str(out))
+    bench_report.plot(res, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -132,7 +132,7 @@ def test_targets_compare_the_right_ratios():
                                "cases": {"object_1e3_2arrays": _fake(60e-6),
                                          "many_100x1e4": _fake(1300e-6)}}},
            "cold_start": {"warm": {"beyond_numba": 0.6}}}
-    got = {t["what"]: (t["measured"], t["met"]) for t in bench.targets(res)}
+    got = {t["what"]: (t["measured"], t["met"]) for t in bench_report.targets(res)}
     assert got["float32 step 1e+07 vs floor"] == (0.94, False)
     assert got["float32 step 1e+08 vs floor"] == (None, None)
     assert got["float32 step 1e5 vs torch fused"] == (1.9, False)

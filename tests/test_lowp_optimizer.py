@@ -336,12 +336,12 @@ def test_float32_state_dtype_is_the_ordinary_path():
 
 
 def test_bench_state_rows_structure():
-    from fastadam import bench
+    from fastadam import bench, bench_report
     res = bench.state_rows(["int8", "bfloat16"], sizes=[1000], quick=True)
     rows = res["rows"]
     assert [r["state_dtype"] for r in rows] == ["float32", "int8", "bfloat16"]
     assert [r["state_bytes_per_param"] for r in rows] == [8.0, 2.0 + 2 * 4 * 4 / 1000, 4.0]   # 4 blocks, 2 scales
-    assert "x fp32" in bench.format_state_rows(res)
+    assert "x fp32" in bench_report.format_state_rows(res)
 
 
 def test_cli_state_flag_refuses_unknown():
