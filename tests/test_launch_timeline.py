@@ -22,6 +22,7 @@ def lt():
     spec = importlib.util.spec_from_file_location("launch_timeline", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    fa.config.ensure_threading()     # settle the layer before the script's own prange
     return mod
 
 
