@@ -231,6 +231,32 @@ def test_div_python_and_float64_are_exact():
     assert approx.div(1.0, 4.0, 1.0) == 0.25
 
 
+def test_float32_division_edges_are_ieee():
+    """approx.div on float32 where the refinement breaks down (b = +-0, inf, NaN) and
+    out of the estimate's range gives exactly IEEE's a / b (the fix-up that replaces the
+    NaN correction term; kernels/approx.py)."""
+    from numba import njit
+
+    @njit(error_model="numpy")
+    def f(a, b, lo):
+        out = np.empty(a.size, F32)
+        for i in range(a.size):
+            out[i] = approx.div(a[i], b[i], lo)
+        return out
+
+    a_vals = np.array([0.0, -0.0, 1.0, -3.0, 1e-45, 3e38, np.inf, -np.inf, np.nan], F32)
+    b_vals = np.array([0.0, -0.0, np.inf, np.nan, 1.0, 2.0 ** -64, 2.0 ** 64], F32)
+    aa, bb = (x.ravel() for x in np.meshgrid(a_vals, b_vals))
+    with np.errstate(all="ignore"):
+        expect = aa / bb
+    for lo in (F32(0.0), F32(1e-8)):
+        keep = ~((bb > 0) & (bb < lo))         # b >= lo, or b = 0 / inf / NaN
+        got = f(aa[keep], bb[keep], lo)
+        assert np.array_equal(got, expect[keep], equal_nan=True), (lo, got, expect[keep])
+        z = expect[keep] == 0
+        assert np.array_equal(np.signbit(got[z]), np.signbit(expect[keep][z]))
+
+
 EXACT_PROBE = r"""
 import json, sys
 import numpy as np
@@ -281,6 +307,7 @@ for name in ("adam", "adamax"):
             "rcp": sorted(set(re.findall(r"\b(v?rcp(?:14)?p[sd])\s+[^\n]*?%([xyz])mm", asm))),
             "div": len(re.findall(r"\bv?divps\b", asm)),
             "sqrt": len(re.findall(r"\bv?sqrtps\b", asm)),
+            "min": len(re.findall(r"\bv?minps\b", asm)),
         }
 print(json.dumps(out))
 """
@@ -307,5 +334,6 @@ def test_hot_loop_instructions(tmp_path, exact):
             # a packed (ymm or zmm) reciprocal estimate and no packed divide
             assert any(w in "yz" for _, w in r["rcp"]), (key, r)
             assert r["div"] == 0, (key, r)
+            assert r["min"] > 0, (key, r)     # the NaN fix-up is one vminps
         else:   # AdaMax keeps the exact divide (the estimate measured slower there)
             assert r["rcp"] == [] and r["div"] > 0, (key, r)

@@ -20,9 +20,11 @@ measured slower than ``vsqrtps`` here.
 
 Edges, handled without per-element branches (the loop stays vectorised):
 
-* ``b`` = ±0 or ±inf: the refinement produces NaN (0 * inf); ``r`` is then the raw
-  estimate (±inf for ±0, ±0 for ±inf), so ``a * r`` is exactly IEEE's ``a / b``
-  (±inf, ±0, or NaN for 0/0, inf/inf). NaN in either operand propagates.
+* ``b`` = ±0 or ±inf: the refinement produces NaN (0 * inf); its correction term is
+  then replaced by 1 (one ``vminps``: ``min(t, 1)`` is 1 for NaN ``t``), so ``r`` is
+  twice the raw estimate, i.e. the estimate itself (±inf for ±0, ±0 for ±inf), and
+  ``a * r`` is exactly IEEE's ``a / b`` (±inf, ±0, or NaN for 0/0, inf/inf). NaN in
+  either operand propagates.
 * ``b`` denormal: the estimate flushes it to zero. Only possible when ``lo`` < 2**-126
   (eps = 0 or a denormal eps); then both operands below 2**-64 are first multiplied by
   2**64 (exact, a / b unchanged). ``lo`` is loop-invariant, so LLVM hoists that test
@@ -138,10 +140,12 @@ def fma(typingctx, a, b, c):
 def _refined_quotient(a, b):
     r0 = rcp_estimate(b)
     e = fma(-b, r0, _ONE)               # relative error of r0, exactly
-    r = fma(r0, fma(e, e, e), r0)       # r0 * (1 + e + e**2): error ~ e**3
-    if r != r:                          # b = 0 or inf (0 * inf above), or NaN
-        r = r0
-    return a * r
+    t = fma(e, e, e)                    # e + e**2, |t| < 2**-11
+    # b = 0 or inf: e and t are NaN (0 * inf). Then t = 1, and r = 2 * r0 is r0 itself
+    # (r0 = +-inf or +-0); NaN r0 (NaN b) stays NaN. One vminps (x86's min returns its
+    # second operand for NaN), where a NaN test and a select would be two instructions.
+    t = t if t < _ONE else _ONE
+    return a * fma(r0, t, r0)           # r0 * (1 + e + e**2): error ~ e**3
 
 
 def _div_estimate(a, b, lo):
