@@ -2,7 +2,7 @@
 ``fastadam/sklearn/_lazy_mlp.py`` (``batch_forward`` reading the rows in place and
 finding the touched features once, ``batch_step`` with prefetching) gives exactly the
 model of the previous path (``take_rows`` + ``csr_forward`` + ``lazy_adam_step``, still
-used when ``_batched_lazy_mlp`` is False). The lazy path itself is tested against a
+used when ``_batched_lazy`` is False). The lazy path itself is tested against a
 float64 NumPy reference in test_sklearn_sparse.py."""
 import pickle
 
@@ -41,7 +41,7 @@ def _state(est):
 def _both(monkeypatch, Est, fit):
     """fit(Est) with the batched path, then with the previous path."""
     a = fit(Est)
-    monkeypatch.setattr(Est, "_batched_lazy_mlp", lambda self: False)
+    monkeypatch.setattr(Est, "_batched_lazy", lambda self: False)
     b = fit(Est)
     monkeypatch.undo()
     return a, b

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from .. import config
-from ..kernels.prefetch import prefetch_row
+from ..kernels.prefetch import PREFETCH_BYTES, prefetch_item, prefetch_row
 from ._lazy import slot_of, update_row
 
 
@@ -48,11 +48,29 @@ def take_batch(X, rows, _unused=None):
     return RowsBatch(X, rows)
 
 
+@numba.njit(inline="always", **config.JIT_OPTIONS)
+def prefetch_weights(Wf, j, write):
+    """Hint the weights of feature j (row j of Wf, (n_features, k)) into L1: the first
+    PREFETCH_BYTES of the row when its elements are adjacent (an MLP's first layer),
+    else the line of each of its first 8 elements (the transposed ``coef_`` view of a
+    linear model: one line per output)."""
+    k = Wf.shape[1]
+    item = Wf.itemsize
+    if Wf.strides[1] == item:
+        step = 64 // item
+        top = min(k, PREFETCH_BYTES // item)
+    else:
+        step = 1
+        top = min(k, 8)
+    for o in range(0, top, step):
+        prefetch_item(Wf, j, o, write)
+
+
 @numba.njit(**config.JIT_OPTIONS)
 def batch_forward(indptr, indices, data, rows, Wf, Z, keys, slots, touched, hpos, G,
                   q_slot, q_x, q_row):
     """Z = X[rows] @ Wf for the CSR matrix X (indptr, indices, data), reading only the
-    rows of Wf (n_features, k, C-contiguous) that those rows reference, as
+    rows of Wf (n_features, k; any layout) that those rows reference, as
     ``csr_forward`` on ``take_rows(X, rows)``; Z (len(rows), k) is overwritten. Each
     nonzero's feature gets its slot (``slot_of``; ``keys`` all -1 on entry) and
     (slot, value, row) is recorded in ``q_slot``, ``q_x``, ``q_row`` (zero values are
@@ -67,7 +85,7 @@ def batch_forward(indptr, indices, data, rows, Wf, Z, keys, slots, touched, hpos
         if i + 1 < n:
             r1 = rows[i + 1]
             for p in range(indptr[r1], indptr[r1 + 1]):
-                prefetch_row(Wf, indices[p], False)
+                prefetch_weights(Wf, indices[p], False)
         for o in range(k):
             Z[i, o] = 0.0
         for p in range(indptr[r], indptr[r + 1]):
@@ -111,13 +129,13 @@ def batch_step(D, Wf, MV, MV2, reg, lr_t, beta1, beta2, eps, keys, touched, hpos
         for o in range(k):
             G[s, o] += x * D[i, o]
     for s in range(min(STEP_PREFETCH, nt)):
-        prefetch_row(Wf, touched[s], True)
+        prefetch_weights(Wf, touched[s], True)
         prefetch_row(MV2, touched[s], True)
     dsq = 0.0
     for s in range(nt):
         if s + STEP_PREFETCH < nt:
             ja = touched[s + STEP_PREFETCH]
-            prefetch_row(Wf, ja, True)
+            prefetch_weights(Wf, ja, True)
             prefetch_row(MV2, ja, True)
         j = touched[s]
         keys[hpos[s]] = -1
