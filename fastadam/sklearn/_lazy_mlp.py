@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .. import config
-from ..kernels.prefetch import PREFETCH_BYTES, prefetch_item, prefetch_row
+from ..kernels.prefetch import PREFETCH_BYTES, prefetch_item, prefetch_row  # noqa: F401
 from ._lazy import slot_of, update_row
 from ._lazy_linear import ROW_PREFETCH, _prefetch_entries
 
@@ -49,22 +51,32 @@ def take_batch(X, rows, _unused=None):
     return RowsBatch(X, rows)
 
 
-@numba.njit(inline="always", **config.JIT_OPTIONS)
 def prefetch_weights(Wf, j, write):
-    """Hint the weights of feature j (row j of Wf, (n_features, k)) into L1: the first
-    PREFETCH_BYTES of the row when its elements are adjacent (an MLP's first layer),
-    else the line of each of its first 8 elements (the transposed ``coef_`` view of a
-    linear model: one line per output)."""
-    k = Wf.shape[1]
-    item = Wf.itemsize
-    if Wf.strides[1] == item:
-        step = 64 // item
-        top = min(k, PREFETCH_BYTES // item)
+    """Hint the weights of feature j (row j of Wf, (n_features, k)) into L1, for
+    writing when the literal ``write`` is True: for a C-contiguous Wf (an MLP's first
+    layer) the first PREFETCH_BYTES of the row (``prefetch_row``), else the line of each
+    of its first 8 elements (the transposed ``coef_`` view of a linear model: one line
+    per output). Chosen when compiling, by Wf's layout. No effect on results."""
+
+
+@overload(prefetch_weights, jit_options=config.JIT_OPTIONS)
+def _prefetch_weights(Wf, j, write):
+    if not isinstance(write, types.BooleanLiteral):
+        return None
+    if Wf.layout == "C":
+        if write.literal_value:
+            return lambda Wf, j, write: prefetch_row(Wf, j, True)
+        return lambda Wf, j, write: prefetch_row(Wf, j, False)
+
+    if write.literal_value:
+        def impl(Wf, j, write):
+            for o in range(min(Wf.shape[1], 8)):
+                prefetch_item(Wf, j, o, True)
     else:
-        step = 1
-        top = min(k, 8)
-    for o in range(0, top, step):
-        prefetch_item(Wf, j, o, write)
+        def impl(Wf, j, write):
+            for o in range(min(Wf.shape[1], 8)):
+                prefetch_item(Wf, j, o, False)
+    return impl
 
 
 @numba.njit(**config.JIT_OPTIONS)
