@@ -23,7 +23,7 @@ from numba import types
 from numba.extending import overload
 
 from .. import config
-from ..kernels.prefetch import PREFETCH_BYTES, prefetch_item, prefetch_row  # noqa: F401
+from ..kernels.prefetch import prefetch_item, prefetch_row
 from ._lazy import slot_of, update_row
 from ._lazy_linear import ROW_PREFETCH, _prefetch_entries
 
@@ -54,7 +54,7 @@ def take_batch(X, rows, _unused=None):
 def prefetch_weights(Wf, j, write):
     """Hint the weights of feature j (row j of Wf, (n_features, k)) into L1, for
     writing when the literal ``write`` is True: for a C-contiguous Wf (an MLP's first
-    layer) the first PREFETCH_BYTES of the row (``prefetch_row``), else the line of each
+    layer) the first bytes of the row (``prefetch_row``), else the line of each
     of its first 8 elements (the transposed ``coef_`` view of a linear model: one line
     per output). Chosen when compiling, by Wf's layout. No effect on results."""
 
