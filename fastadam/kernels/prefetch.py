@@ -90,7 +90,6 @@ def prefetch_item(typingctx, arr, i, j, write):
 
     def codegen(context, builder, sig, args):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
-        intp = context.get_value_type(types.intp)
         ii = context.cast(builder, args[1], sig.args[1], types.intp)
         jj = context.cast(builder, args[2], sig.args[2], types.intp)
         s0, s1 = cgutils.unpack_tuple(builder, ary.strides)
