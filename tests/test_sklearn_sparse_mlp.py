@@ -193,3 +193,29 @@ def test_batched_lazy_mlp_leaves_untouched_rows_alone(alpha):
     other.partial_fit(X, y)
     assert np.all(np.abs(other.coefs_[0][touched] - init.coefs_[0][touched]).max(1) > 0)
     np.testing.assert_array_equal(other.coefs_[0][~touched], W0[~touched])
+
+
+def test_prefetch_weights_any_layout():
+    """prefetch_weights compiles for an MLP's C-contiguous rows and for a linear model's
+    transposed coef_ view (and a Fortran-ordered array), emits prefetch hints in both
+    cases, and changes nothing."""
+    import numba
+
+    from fastadam.sklearn._lazy_mlp import prefetch_weights
+
+    @numba.njit
+    def touch(W, rows):
+        for j in rows:
+            prefetch_weights(W, j, False)
+            prefetch_weights(W, j, True)
+        return W.sum()
+
+    rows = np.array([0, 3, 7])
+    coef = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
+    for W in (np.arange(8 * 20, dtype=np.float32).reshape(8, 20), coef.T,
+              np.asfortranarray(coef.T), coef.T[:, :1]):
+        before = W.copy()
+        assert touch(W, rows) == before.sum()
+        np.testing.assert_array_equal(W, before)
+    for sig in touch.signatures:
+        assert "llvm.prefetch" in touch.inspect_llvm(sig)
