@@ -1,7 +1,7 @@
 """The lazy first layer of ``AdamMLPClassifier`` on hashed sparse data: the two-call
 minibatch path (``fastadam/sklearn/_lazy_mlp.py``) against the previous path
 (``take_rows`` + ``csr_forward`` + ``lazy_adam_step``, still in the code and selected by
-``_batched_lazy_mlp`` returning False), in one process, interleaved round by round.
+``_batched_lazy`` returning False), in one process, interleaved round by round.
 
 Data: ``make_data`` of scripts/bench_sparse_estimators.py (~30 nonzeros per row,
 hashed into n_features columns). Both paths give the same model bit for bit (tested in
@@ -32,7 +32,7 @@ def fit(X, y, batched, a):
                             n_iter_no_change=10 ** 6, batch_size=a.batch_size,
                             random_state=0, sparse_updates="lazy")
     if not batched:
-        est._batched_lazy_mlp = lambda: False      # the previous path, this instance only
+        est._batched_lazy = lambda: False      # the previous path, this instance only
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,8 +1,9 @@
-"""The lazy first layer of the MLP estimators: the two-call minibatch path of
+"""The lazy first layer of the MLP estimators, and of the linear models in calls too
+small for their compiled epoch: the two-call minibatch path of
 ``fastadam/sklearn/_lazy_mlp.py`` (``batch_forward`` reading the rows in place and
 finding the touched features once, ``batch_step`` with prefetching) gives exactly the
 model of the previous path (``take_rows`` + ``csr_forward`` + ``lazy_adam_step``, still
-used when ``_batched_lazy_mlp`` is False). The lazy path itself is tested against a
+used when ``_batched_lazy`` is False). The lazy path itself is tested against a
 float64 NumPy reference in test_sklearn_sparse.py."""
 import pickle
 
@@ -12,7 +13,8 @@ import scipy.sparse as sp
 
 pytest.importorskip("sklearn")
 
-from fastadam.sklearn import AdamMLPClassifier, AdamMLPRegressor  # noqa: E402
+from fastadam.sklearn import (AdamClassifier, AdamMLPClassifier, AdamMLPRegressor,  # noqa: E402
+                               AdamRegressor)
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -41,7 +43,7 @@ def _state(est):
 def _both(monkeypatch, Est, fit):
     """fit(Est) with the batched path, then with the previous path."""
     a = fit(Est)
-    monkeypatch.setattr(Est, "_batched_lazy_mlp", lambda self: False)
+    monkeypatch.setattr(Est, "_batched_lazy", lambda self: False)
     b = fit(Est)
     monkeypatch.undo()
     return a, b
@@ -96,6 +98,51 @@ def test_batched_lazy_mlp_equals_the_previous_path(monkeypatch, case):
         assert a.coefs_[0].dtype == np.float32 and a._lazy_mv.dtype == np.float32
 
 
+LINEAR_CASES = ["binary", "multinomial-weights", "regressor-huber-zero-batch", "float32",
+                "no-intercept"]
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES)
+def test_batched_lazy_linear_minibatch_path_equals_the_previous_path(monkeypatch, case):
+    """The linear models' minibatch loop (a model so wide that fit and partial_fit skip
+    the fit-time table; coef_ is a transposed view, prefetched element by element):
+    fit then two partial_fit calls give the model of the previous path bit for bit."""
+    X, y, yr = _data(d=20000, classes=4 if "multinomial" in case else 2)
+    assert 4 * X.nnz * 3 < X.shape[1]               # the compiled epoch is skipped
+    sw = None
+    if "weights" in case or "zero-batch" in case:
+        sw = np.random.default_rng(1).random(X.shape[0])
+    if "zero-batch" in case:
+        sw[:20] = 0.0                      # with shuffle=False: a minibatch of weight 0
+    if case == "float32":
+        X = X.astype(np.float32)
+    kw = dict(alpha=0.05, learning_rate_init=0.01, batch_size=20, max_iter=3, tol=0,
+              n_iter_no_change=100, random_state=3, sparse_updates="lazy",
+              shuffle="zero-batch" not in case, fit_intercept=case != "no-intercept")
+    if case.startswith("regressor"):
+        Est, target, kw = AdamRegressor, yr, {**kw, "loss": "huber"}
+    else:
+        Est, target = AdamClassifier, y
+
+    def fit(Est):
+        est = Est(**kw).fit(X, target, sample_weight=sw)
+        for _ in range(2):
+            est.partial_fit(X, target, sample_weight=sw)
+        return est
+
+    def no_table(self, X):
+        raise AssertionError("the compiled epoch ran")
+
+    monkeypatch.setattr(Est, "_lazy_pack", no_table)
+    a = fit(Est)
+    monkeypatch.setattr(Est, "_batched_lazy", lambda self: False)
+    b = fit(Est)
+    monkeypatch.undo()
+    _assert_same(a, b)
+    if case == "float32":
+        assert a.coef_.dtype == np.float32 and a._lazy_mv.dtype == np.float32
+
+
 def test_batched_lazy_mlp_early_stopping(monkeypatch):
     X, y, _ = _data(n=300)
     kw = dict(hidden_layer_sizes=(8,), sparse_updates="lazy", max_iter=15,
@@ -146,3 +193,29 @@ def test_batched_lazy_mlp_leaves_untouched_rows_alone(alpha):
     other.partial_fit(X, y)
     assert np.all(np.abs(other.coefs_[0][touched] - init.coefs_[0][touched]).max(1) > 0)
     np.testing.assert_array_equal(other.coefs_[0][~touched], W0[~touched])
+
+
+def test_prefetch_weights_any_layout():
+    """prefetch_weights compiles for an MLP's C-contiguous rows and for a linear model's
+    transposed coef_ view (and a Fortran-ordered array), emits prefetch hints in both
+    cases, and changes nothing."""
+    import numba
+
+    from fastadam.sklearn._lazy_mlp import prefetch_weights
+
+    @numba.njit
+    def touch(W, rows):
+        for j in rows:
+            prefetch_weights(W, j, False)
+            prefetch_weights(W, j, True)
+        return W.sum()
+
+    rows = np.array([0, 3, 7])
+    coef = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
+    for W in (np.arange(8 * 20, dtype=np.float32).reshape(8, 20), coef.T,
+              np.asfortranarray(coef.T), coef.T[:, :1]):
+        before = W.copy()
+        assert touch(W, rows) == before.sum()
+        np.testing.assert_array_equal(W, before)
+    for sig in touch.signatures:
+        assert "llvm.prefetch" in touch.inspect_llvm(sig)

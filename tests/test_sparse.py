@@ -141,15 +141,36 @@ def test_result_independent_of_bucket_and_chunk_count(dtype, kind):
             assert np.array_equal(a, b), (bbits, n_chunks)
 
 
-def test_bucket_positions_is_a_stable_sort_by_hash_bucket():
+def _buckets(idx, bbits):
+    return (idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bbits)
+
+
+def test_bucket_counts_and_chunk_positions():
+    """bucket_counts gives the cumulative occurrence counts per hash bucket (and the
+    first out-of-range position); chunk_of_buckets lists the positions of a run of
+    buckets in increasing order, and the chunks of work_cuts partition 0..k-1."""
     rng = np.random.default_rng(11)
     idx = random_indices(rng, 1000, 700, "zipf")
     for bbits in (1, 4, 9):
-        order, start = K.bucket_positions(idx, bbits)
-        bucket = (idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bbits)
-        assert np.array_equal(order, np.argsort(bucket, kind="stable"))
+        bad, start = K.bucket_counts(idx, 1000, bbits)
+        bucket = _buckets(idx, bbits).astype(np.int64)
+        assert bad == -1
         assert np.array_equal(start, np.concatenate([[0], np.cumsum(
-            np.bincount(bucket.astype(np.int64), minlength=1 << bbits))]))
+            np.bincount(bucket, minlength=1 << bbits))]))
+        for n_chunks in (1, 2, 3):
+            cut = K.work_cuts(start, n_chunks)
+            got = []
+            for c in range(n_chunks):
+                n = start[cut[c + 1]] - start[cut[c]]
+                pos = K.chunk_of_buckets(idx, cut[c], cut[c + 1], bbits, n)
+                want = np.flatnonzero((bucket >= cut[c]) & (bucket < cut[c + 1]))
+                assert np.array_equal(pos, want), (bbits, n_chunks, c)
+                got.append(pos)
+            assert np.array_equal(np.sort(np.concatenate(got)), np.arange(idx.size))
+    for j, r in ((0, -1), (350, 1000), (699, 5000)):
+        bad_idx = idx.copy()
+        bad_idx[j] = r
+        assert K.bucket_counts(bad_idx, 1000, 4)[0] == j
 
 
 def test_work_cuts_balance_occurrences_not_rows():
@@ -158,7 +179,7 @@ def test_work_cuts_balance_occurrences_not_rows():
     rng = np.random.default_rng(12)
     idx = (rng.zipf(1.2, 4096) - 1) % 10**6
     bbits = fs._partition_bits(idx.shape[0])
-    _, start = K.bucket_positions(idx, bbits)
+    _, start = K.bucket_counts(idx, 10**6, bbits)
     sizes = np.diff(start)
     for n_chunks in (2, 3, 4, 8):
         cut = K.work_cuts(start, n_chunks)

@@ -75,3 +75,27 @@ def prefetch_span(typingctx, arr, start, nbytes):
         return context.get_dummy_value()
 
     return types.void(arr, start, nbytes), codegen
+
+
+@intrinsic
+def prefetch_item(typingctx, arr, i, j, write):
+    """Hint the cache line holding ``arr[i, j]`` (a 2-D array of any layout: a
+    transposed view too) into L1, for writing when the literal ``write`` is True. No
+    effect on results; ``i``, ``j`` must be in range (the address is computed, never
+    dereferenced here)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer) and isinstance(write, types.BooleanLiteral)):
+        return None
+    rw = 1 if write.literal_value else 0
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ii = context.cast(builder, args[1], sig.args[1], types.intp)
+        jj = context.cast(builder, args[2], sig.args[2], types.intp)
+        s0, s1 = cgutils.unpack_tuple(builder, ary.strides)
+        off = builder.add(builder.mul(ii, s0), builder.mul(jj, s1))
+        i8p = ir.IntType(8).as_pointer()
+        _emit_prefetch(builder, builder.gep(builder.bitcast(ary.data, i8p), [off]), rw)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, j, write), codegen

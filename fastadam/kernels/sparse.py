@@ -21,11 +21,12 @@ Coalescing never copies the values and has no serial pass over them:
   their value row in one branch-free loop; rows seen several times get an accumulator
   row, filled by streaming their value rows forward (so each row is summed in
   occurrence order), then updated from it. Only duplicated rows' sums are stored.
-* parallel kernel: the positions are counting-sorted into ``2**bbits`` hash buckets
-  (integers only), the buckets are grouped into one chunk per thread holding about
-  equal numbers of occurrences (so a Zipf law's hot row, hundreds of occurrences in
-  one bucket, does not leave the other threads idle), and one parallel loop runs the
-  serial routine on each chunk's positions.
+* parallel kernel: the occurrences are counted per hash bucket (``2**bbits``
+  buckets; integers only), the buckets are grouped into one chunk per thread holding
+  about equal numbers of occurrences (so a Zipf law's hot row, hundreds of occurrences
+  in one bucket, does not leave the other threads idle), and one parallel loop lets
+  each thread pick its chunk's positions out of the indices (in occurrence order) and
+  run the serial routine on them.
 
 A row lives in exactly one bucket and its values are summed in occurrence order in
 both kernels, so results are identical for any thread, bucket and chunk count.
@@ -211,35 +212,8 @@ def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
 
 
 @njit(**JIT_OPTIONS)
-def bucket_positions(idx, bbits):
-    """Counting sort of the positions 0..k-1 by the top ``bbits`` (>= 1) hash bits of
-    their row: ``order`` (k,) lists bucket 0's positions, then bucket 1's, ...; each
-    bucket's in occurrence order. ``start`` (2**bbits + 1,): bucket b is
-    ``order[start[b]:start[b + 1]]``. A row's occurrences all fall in one bucket.
-    Integer work over the indices only (the values are never read or copied)."""
-    k = idx.shape[0]
-    nb = 1 << bbits
-    sh = np.uint64(64 - bbits)
-    bucket = np.empty(k, np.int32)
-    start = np.zeros(nb + 1, np.int64)
-    for j in range(k):
-        b = np.int32(_hash(idx[j]) >> sh)
-        bucket[j] = b
-        start[b + 1] += 1
-    for b in range(nb):
-        start[b + 1] += start[b]
-    fill = start[:nb].copy()
-    order = np.empty(k, np.int64)
-    for j in range(k):
-        b = bucket[j]
-        order[fill[b]] = j
-        fill[b] += 1
-    return order, start
-
-
-@njit(**JIT_OPTIONS)
 def work_cuts(start, n_chunks):
-    """Split the buckets (``start`` as from bucket_positions) into ``n_chunks``
+    """Split the buckets (``start`` as from bucket_counts) into ``n_chunks``
     contiguous runs holding about equal numbers of occurrences (value rows to read, the
     bulk of a duplicated row's work): chunk c is buckets ``cut[c]:cut[c + 1]``. A hot
     row's bucket weighs its occurrences, so it no longer drags the partition that holds
@@ -262,27 +236,63 @@ def work_cuts(start, n_chunks):
     return cut
 
 
+@njit(**JIT_OPTIONS)
+def bucket_counts(idx, n_rows, bbits):
+    """One pass over the indices, the bounds check included: (the position of the
+    first index outside [0, n_rows), or -1; ``start`` (2**bbits + 1,), where bucket b
+    holds ``start[b + 1] - start[b]`` occurrences). A row's bucket is the top ``bbits``
+    (>= 1) bits of its hash, so all its occurrences fall in one bucket."""
+    nb = 1 << bbits
+    sh = np.uint64(64 - bbits)
+    start = np.zeros(nb + 1, np.int64)
+    for j in range(idx.shape[0]):
+        r = idx[j]
+        if r < 0 or r >= n_rows:
+            return j, start
+        start[np.int64(_hash(r) >> sh) + 1] += 1
+    for b in range(nb):
+        start[b + 1] += start[b]
+    return -1, start
+
+
+@njit(**JIT_OPTIONS)
+def chunk_of_buckets(idx, b_lo, b_hi, bbits, n):
+    """The positions of the ``n`` occurrences whose hash bucket is in [b_lo, b_hi), in
+    increasing order: a branch-free scan of all the indices, which each thread of the
+    parallel kernel runs for its own chunk (k cheap integer steps per thread instead of
+    a serial scatter of every position before the threads start)."""
+    sh = np.uint64(64 - bbits)
+    pos = np.empty(n + 1, np.int64)
+    c = 0
+    for j in range(idx.shape[0]):
+        b = np.int64(_hash(idx[j]) >> sh)
+        pos[c] = j
+        c += (b >= b_lo) & (b < b_hi)
+    return pos[:n]
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
-    """Parallel step over ``n_chunks`` chunks of rows, balanced by work. The positions
-    are counting-sorted into ``2**bbits`` hash buckets (bucket_positions: the indices
-    only); consecutive buckets are grouped into chunks of about k / n_chunks occurrences
-    each (work_cuts); one parallel loop lets each chunk coalesce and update its own rows
-    (every occurrence of a row is in its bucket, so no two chunks touch a row). One
-    fork/join per step. The bucket and chunk counts change only who does the work:
-    each row is still summed in occurrence order, so the result is bit-identical for any
-    ``bbits``, ``n_chunks`` and thread count. Returns -1, or the position of the first
-    index outside [0, n_rows) with nothing written."""
-    bad = first_bad_index(idx, p2.shape[0])
+    """Parallel step over ``n_chunks`` chunks of rows, balanced by work. One serial pass
+    counts the occurrences per hash bucket (``2**bbits`` buckets; bucket_counts, which
+    also checks the bounds); consecutive buckets are grouped into chunks of about
+    k / n_chunks occurrences each (work_cuts); then one parallel loop lets each chunk
+    collect its positions (chunk_of_buckets, in occurrence order, so its value rows are
+    read forward) and coalesce and update its own rows (every occurrence of a row is in
+    its bucket, so no two chunks touch a row). One fork/join per step. The bucket and
+    chunk counts change only who does the work: each row is still summed in occurrence
+    order, so the result is bit-identical for any ``bbits``, ``n_chunks`` and thread
+    count. Returns -1, or the position of the first index outside [0, n_rows) with
+    nothing written."""
+    bad, start = bucket_counts(idx, p2.shape[0], bbits)
     if bad >= 0:
         return bad
-    order, start = bucket_positions(idx, bbits)
     cut = work_cuts(start, n_chunks)
     for c in prange(n_chunks):
-        lo = start[cut[c]]
-        hi = start[cut[c + 1]]
-        if hi > lo:
-            coalesce_update(p2, idx, vals2, m2, v2, order[lo:hi], sc, bbits)
+        n = start[cut[c + 1]] - start[cut[c]]
+        if n > 0:
+            pos = chunk_of_buckets(idx, cut[c], cut[c + 1], bbits, n)
+            coalesce_update(p2, idx, vals2, m2, v2, pos, sc, bbits)
     return -1
 
 

@@ -314,7 +314,7 @@ class _BaseAdam(_Network, BaseEstimator):
         step = self._train_step()
         lazy = getattr(self, "_lazy", False)
         take = _lazy.take_rows if lazy else _take_rows
-        if lazy and self._batched_lazy_mlp():
+        if lazy and self._batched_lazy():
             take = _lazy_mlp.take_batch          # rows read in place by batch_forward
         if compiled:
             # exact sum of squares of the lazy layer at the start of the call; the

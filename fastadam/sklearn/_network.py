@@ -137,11 +137,13 @@ class _Network:
             A.indptr, A.indices, A.data, D, Wf, self._lazy_mv, *hyper,
             *scratch.get(int(A.indptr[-1] - A.indptr[0])))
 
-    def _batched_lazy_mlp(self):
-        """Whether the lazy first layer of an MLP takes the two-call minibatch path of
-        ``_lazy_mlp`` (rows read in place, slots found once, prefetched update); else
-        ``take_rows`` + ``csr_forward`` + ``lazy_adam_step`` (the same results, tested)."""
-        return getattr(self, "_lazy", False) and not self._linear
+    def _batched_lazy(self):
+        """Whether the minibatch loop's lazy first layer (an MLP's, or a linear model's
+        in calls too small for the compiled epoch) takes the two-call path of
+        ``_lazy_mlp`` (rows read in place, slots found once, prefetched forward and
+        update); else ``take_rows`` + ``csr_forward`` + ``lazy_adam_step`` (the same
+        results, tested)."""
+        return getattr(self, "_lazy", False)
 
     def _lazy_first_forward(self, A, W, Z):
         """The lazy first layer's Z = A @ W (A: a CSRBatch or a RowsBatch)."""
