@@ -496,41 +496,54 @@ def test_flags_torch_users_pass():
 
 
 def test_low_precision_refused_where_not_supported():
-    with pytest.raises(TypeError, match="float16 parameters are not supported"):
-        ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
-    for name in ("Adamax", "NAdam", "RAdam"):
-        with pytest.raises(TypeError, match="bfloat16 parameters are supported by "
-                                            "fastadam.torch.Adam and AdamW only"):
-            getattr(ft, name)([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)])
-    p = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
-    opt = ft.Adam([p], amsgrad=True)
-    p.grad = torch.ones(3, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="amsgrad"):
-        opt.step()
-    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.bfloat16))
+    for dt in (torch.bfloat16, torch.float16):
+        for name in ("Adamax", "NAdam", "RAdam"):
+            with pytest.raises(TypeError, match=f"{dt} parameters are supported by "
+                                                "fastadam.torch.Adam and AdamW only"):
+                getattr(ft, name)([torch.zeros(3, dtype=dt, requires_grad=True)])
+        p = torch.zeros(3, dtype=dt, requires_grad=True)
+        opt = ft.Adam([p], amsgrad=True)
+        p.grad = torch.ones(3, dtype=dt)
+        with pytest.raises(ValueError, match="amsgrad"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.zeros(3, dtype=dt))
+        assert not opt.state.get(p)
 
 
-def _bf16_twins(name, h, seed=0):
-    """bfloat16 parameters (ours, plus one float32 parameter in the same optimizer) and
+def _bf16_twins(name, h, seed=0, dtype=torch.bfloat16):
+    """16-bit parameters (ours, plus one float32 parameter in the same optimizer) and
     torch.optim on float32 copies of the same values."""
     g = torch.Generator().manual_seed(seed)
     init = [torch.randn(s, generator=g) for s in [(7, 3), (50,), (4, 5, 2), (9,)]]
-    ours = [x.to(torch.bfloat16).requires_grad_() for x in init[:3]] + \
+    ours = [x.to(dtype).requires_grad_() for x in init[:3]] + \
         [init[3].clone().requires_grad_()]
     ref = [x.detach().float().clone().requires_grad_() for x in ours]
     return getattr(ft, name)(ours, **h), getattr(torch.optim, name)(ref, **h), ours, ref
 
 
-@pytest.mark.parametrize("name,h", [("Adam", dict(lr=1e-2, weight_decay=0.1)),
-                                   ("AdamW", dict(lr=1e-2, maximize=True)),
-                                   ("Adam", dict(lr=1e-3, betas=(0.8, 0.99),
-                                                 decoupled_weight_decay=True,
-                                                 weight_decay=0.2))], ids=str)
-def test_bfloat16_params_master_weights_track_float32_adam(name, h):
-    """bfloat16 parameters step float32 master weights (fastadam.lowp): the master copy
-    follows torch.optim on float32 parameters fed the same gradients (a few float32 ulp
-    per step, accumulated), and the bfloat16 parameter is the master rounded to nearest."""
-    opt, topt, ours, ref = _bf16_twins(name, h)
+LOWP_DTYPES = [torch.bfloat16, torch.float16]
+
+
+# float16 runs the decoupled-decay cases only: every other case would compile another
+# float16 kernel layout, and the options' code paths are the same for both 16-bit formats
+# (the kernels are generic in the format).
+_DECOUPLED = dict(lr=1e-3, betas=(0.8, 0.99), decoupled_weight_decay=True, weight_decay=0.2)
+
+
+@pytest.mark.parametrize("name,h,dtype", [
+    ("Adam", dict(lr=1e-2, weight_decay=0.1), torch.bfloat16),
+    ("AdamW", dict(lr=1e-2, maximize=True), torch.bfloat16),
+    ("Adam", _DECOUPLED, torch.bfloat16),
+    ("Adam", _DECOUPLED, torch.float16),
+    ("AdamW", dict(lr=1e-2), torch.float16)], ids=str)
+def test_low_precision_params_master_weights_track_float32_adam(name, h, dtype):
+    """bfloat16 / float16 parameters step float32 master weights (fastadam.lowp): the
+    master copy follows torch.optim on float32 parameters fed the same gradients (a few
+    float32 ulp per step, accumulated), and the 16-bit parameter is the master rounded to
+    nearest (what torch.optim would give on a float32 copy rounded to the parameter's
+    dtype after each step; torch.optim on the 16-bit parameters themselves keeps 16-bit
+    moments and rounds every operation, a different algorithm)."""
+    opt, topt, ours, ref = _bf16_twins(name, h, dtype=dtype)
     rng = np.random.default_rng(50)
     steps = 60
     for t in range(steps):
@@ -545,19 +558,52 @@ def test_bfloat16_params_master_weights_track_float32_adam(name, h):
         topt.step()
     for p, q in zip(ours, ref):
         st = opt.state[p]
-        master = st["master"] if p.dtype == torch.bfloat16 else p.detach()
+        master = st["master"] if p.dtype == dtype else p.detach()
         a, b = master.numpy(), q.detach().numpy()
         tol = 4 * steps * np.finfo(np.float32).eps * np.maximum(np.abs(b), h["lr"])
         np.testing.assert_array_less(np.abs(a - b), tol)
-        if p.dtype == torch.bfloat16:
-            assert torch.equal(p.detach(), st["master"].to(torch.bfloat16))
+        if p.dtype == dtype:
+            assert torch.equal(p.detach(), st["master"].to(dtype))
             assert st["exp_avg"].dtype == torch.float32
         assert float(st["step"]) == float(topt.state[q]["step"])
 
 
-def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
-    h = dict(lr=1e-2)
-    opt, _, ours, _ = _bf16_twins("Adam", h)
+@pytest.mark.parametrize("name,h", [("AdamW", dict(lr=3e-3, weight_decay=0.3))], ids=str)
+def test_float16_params_equal_numpy_object_api(name, h):
+    """fastadam.torch on float16 tensors = fa.Adam / fa.AdamW on float16 NumPy arrays with
+    state_dtype="float32", master_weights=True, bit for bit (parameters, master weights,
+    moments), two param groups with their own lr."""
+    import fastadam as fa
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=g).to(torch.float16) for s in [(7, 3), (50,), (4, 5, 2)]]
+    ours = [x.clone().requires_grad_() for x in init]
+    arrs = [x.numpy().copy() for x in init]
+    lr2 = h["lr"] / 3
+    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h)
+    kw = {k: v for k, v in h.items() if k != "lr"}
+    ref = getattr(fa, name)([{"params": arrs[:2], "lr": h["lr"]},
+                             {"params": arrs[2:], "lr": lr2}],
+                            state_dtype="float32", master_weights=True, **kw)
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        grads = [rng.standard_normal(a.shape).astype(np.float16) for a in arrs]
+        for p, gr in zip(ours, grads):
+            p.grad = torch.from_numpy(gr.copy())
+        opt.step()
+        ref.step(grads)
+    st = ref.state_dict()["state"]
+    for j, (p, a) in enumerate(zip(ours, arrs)):
+        assert p.dtype == torch.float16
+        np.testing.assert_array_equal(p.detach().numpy().view(np.uint16), a.view(np.uint16))
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(opt.state[p][key].numpy().reshape(-1),
+                                          np.asarray(st[j][key]).reshape(-1), err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=str)
+def test_low_precision_state_dict_round_trips_and_loads_from_torch(dtype):
+    h = dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)
+    opt, _, ours, _ = _bf16_twins("Adam", h, dtype=dtype)
     rng = np.random.default_rng(51)
 
     def train(o, ps, n):
@@ -573,7 +619,7 @@ def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
     sd = torch.load(buf, weights_only=True)
     assert list(sd["state"][0]) == ["step", "exp_avg", "exp_avg_sq", "master"]
     # fastadam -> fastadam: exact (master weights included)
-    opt2, _, ours2, _ = _bf16_twins("Adam", h)
+    opt2, _, ours2, _ = _bf16_twins("Adam", h, dtype=dtype)
     with torch.no_grad():
         for p, q in zip(ours2, ours):
             p.copy_(q)
@@ -585,17 +631,20 @@ def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
     for p, q in zip(ours, ours2):
         assert torch.equal(p, q)
         assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[q]["exp_avg_sq"])
-    # torch.optim.Adam on bfloat16 loads ours (moments cast to bfloat16, master ignored)
+    # torch.optim.Adam on 16-bit parameters loads ours (moments cast, master ignored)
     tps = [p.detach().clone().requires_grad_() for p in ours]
     topt = torch.optim.Adam(tps, **h)
     topt.load_state_dict(opt.state_dict())
+    assert topt.state[tps[0]]["exp_avg"].dtype == dtype
     train(topt, tps, 1)
-    # and ours loads torch's bfloat16 state: moments widened, master from the parameter
-    opt3, _, ours3, _ = _bf16_twins("Adam", h)
+    # and ours loads torch's 16-bit state: moments widened, master from the parameter
+    opt3, _, ours3, _ = _bf16_twins("Adam", h, dtype=dtype)
     with torch.no_grad():
         for p, q in zip(ours3, tps):
             p.copy_(q)
     opt3.load_state_dict(topt.state_dict())
+    assert torch.equal(opt3.state[ours3[0]]["exp_avg"],
+                       topt.state[tps[0]]["exp_avg"].float())
     train(opt3, ours3, 1)
     assert float(opt3.state[ours3[0]]["step"]) == 10
     assert opt3.state[ours3[0]]["exp_avg"].dtype == torch.float32

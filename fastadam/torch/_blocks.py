@@ -14,7 +14,7 @@ import torch
 
 import fastadam as fa
 
-from ._common import _fa_value, _flatten, _scalar_dtype, numpy_view
+from ._common import LOW_PRECISION, _fa_value, _flatten, _scalar_dtype, numpy_view
 
 
 # ----------------------------------------------------------------------------- layout
@@ -165,7 +165,7 @@ def build_block(opt, S, idx):
         # scalars (NAdam's mu_product depends on the betas of the steps they took)
         scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
         cls_name = spec.fa_class_name(groups[gidx[i]])
-        if p.dtype == torch.bfloat16:
+        if p.dtype in LOW_PRECISION:
             cls_name = "lowp:" + cls_name
         key = (cls_name, gidx[i], step, scal)
         cells.setdefault(key, []).append(i)
@@ -221,7 +221,7 @@ def build_block(opt, S, idx):
             g = groups[gidx[i]]
             new = {"step": B.step_buf[lo + j]}
             arrays = opt._inner_state(inner, ist, j)
-            extra = ("master",) if p.dtype == torch.bfloat16 else ()
+            extra = ("master",) if p.dtype in LOW_PRECISION else ()
             for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
                                                if g.get(flag)) + extra:
                 if key in spec.scalar_keys:

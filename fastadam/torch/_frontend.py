@@ -44,9 +44,9 @@ from torch.optim import optimizer as _opt_mod
 
 from . import _blocks, _threads
 from ._blocks import _copy_group_scalars
-from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, Spec, _bf16_view, _fa_value, _share_threads,
-                      _threads_seen, _twin_defaults, check_dtype, increment_version,
-                      numpy_view)
+from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_view, _fa_value,
+                      _share_threads, _threads_seen, _twin_defaults, check_dtype,
+                      increment_version, numpy_view)
 
 
 class FastadamTorchOptimizer:
@@ -147,15 +147,16 @@ class FastadamTorchOptimizer:
         return st
 
     def load_state_dict(self, state_dict):
-        """torch's load_state_dict; for bfloat16 parameters the float32 state (moments,
-        master weights) is kept in float32 (torch casts state to the parameter's dtype)."""
+        """torch's load_state_dict; for bfloat16 and float16 parameters the float32 state
+        (moments, master weights) is kept in float32 (torch casts state to the parameter's
+        dtype)."""
         keep = {}
         try:
             saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
             mine = [p for g in self.param_groups for p in g["params"]]
             for i, p in zip(saved_ids, mine):
                 st = state_dict["state"].get(i)
-                if p.dtype == torch.bfloat16 and isinstance(st, dict):
+                if p.dtype in LOW_PRECISION and isinstance(st, dict):
                     keep[p] = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
                                for k, v in st.items() if k != "step"
                                and isinstance(v, torch.Tensor) and v.is_floating_point()}
@@ -331,8 +332,8 @@ class FastadamTorchOptimizer:
         arrays = {}
         optional = [k for k, flag in self._spec.optional_state.items() if group.get(flag)]
         keys = list(self._spec.state_keys) + optional
-        # bfloat16 parameters: float32 moments and master weights (fastadam.lowp)
-        lowp = p.dtype == torch.bfloat16
+        # bfloat16 / float16 parameters: float32 moments and master weights (fastadam.lowp)
+        lowp = p.dtype in LOW_PRECISION
         if lowp:
             keys.append("master")
         sdt = torch.float32 if lowp else p.dtype

@@ -1,9 +1,12 @@
-"""bfloat16 parameters for ``fastadam.torch.Adam`` / ``AdamW`` through :mod:`fastadam.lowp`.
+"""bfloat16 and float16 parameters for ``fastadam.torch.Adam`` / ``AdamW`` through
+:mod:`fastadam.lowp`.
 
-Each bfloat16 parameter gets float32 master weights and float32 moments
+Each 16-bit parameter gets float32 master weights and float32 moments
 (``init_lowp_state(state_dtype="float32", master_weights=True)``): the master copy is
-stepped exactly as float32 Adam would and the bfloat16 parameter receives its value rounded
-to nearest in the same pass, so small updates are not lost to bfloat16 rounding.
+stepped exactly as float32 Adam would and the 16-bit parameter receives its value rounded
+to nearest in the same pass, so small updates are not lost to the parameter's rounding.
+The steps equal ``fastadam.Adam`` / ``AdamW`` on the same NumPy arrays with
+``state_dtype="float32", master_weights=True`` bit for bit (tested).
 
 :class:`LowpInner` offers the part of the fastadam optimizer interface the front end uses
 (``param_groups``, ``state``, ``load_state_dict``, ``step``), so the front end's layout
@@ -21,7 +24,7 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "master")
 
 
 class LowpInner:
-    """Adam (``decoupled=False``) or AdamW over bfloat16 NumPy views, one state per
+    """Adam (``decoupled=False``) or AdamW over bfloat16 / float16 NumPy views, one state per
     parameter, one step count per group."""
 
     def __init__(self, groups, decoupled):
@@ -30,7 +33,8 @@ class LowpInner:
         for gi, g in enumerate(groups):
             if g.get("amsgrad"):
                 raise ValueError(f"param_groups[{gi}]: amsgrad=True is not supported for "
-                                 "bfloat16 parameters (fastadam.lowp has no AMSGrad)")
+                                 "bfloat16 or float16 parameters (fastadam.lowp has "
+                                 "no AMSGrad)")
             d = dict(g)
             d["params"] = list(g["params"])
             self.param_groups.append(d)
