@@ -568,22 +568,32 @@ def test_low_precision_params_master_weights_track_float32_adam(name, h, dtype):
         assert float(st["step"]) == float(topt.state[q]["step"])
 
 
-@pytest.mark.parametrize("name,h", [("AdamW", dict(lr=3e-3, weight_decay=0.3))], ids=str)
-def test_float16_params_equal_numpy_object_api(name, h):
-    """fastadam.torch on float16 tensors = fa.Adam / fa.AdamW on float16 NumPy arrays with
-    state_dtype="float32", master_weights=True, bit for bit (parameters, master weights,
-    moments), two param groups with their own lr."""
+# the ways to keep a 16-bit parameter's precision: fastadam.torch's options -> fa.AdamW's
+LOWP_MODES = [({}, dict(master_weights=True)),
+              (dict(compensation=True), dict(compensation=True)),
+              (dict(rounding="stochastic", seed=9), dict(rounding="stochastic", seed=9)),
+              (dict(master_weights=False), {})]
+
+
+@pytest.mark.parametrize("opts,fa_opts", LOWP_MODES, ids=str)
+def test_float16_params_equal_numpy_object_api(opts, fa_opts):
+    """fastadam.torch on float16 tensors = fa.AdamW on float16 NumPy arrays with
+    state_dtype="float32" and the same way to keep precision (master weights by default,
+    compensation, stochastic rounding, round to nearest), bit for bit (parameters, moments,
+    master weights or compensation buffer), two param groups with their own lr."""
     import fastadam as fa
+    name, h = "AdamW", dict(lr=3e-3, weight_decay=0.3)
     g = torch.Generator().manual_seed(3)
     init = [torch.randn(s, generator=g).to(torch.float16) for s in [(7, 3), (50,), (4, 5, 2)]]
     ours = [x.clone().requires_grad_() for x in init]
     arrs = [x.numpy().copy() for x in init]
     lr2 = h["lr"] / 3
-    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h)
+    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h,
+                            **opts)
     kw = {k: v for k, v in h.items() if k != "lr"}
     ref = getattr(fa, name)([{"params": arrs[:2], "lr": h["lr"]},
                              {"params": arrs[2:], "lr": lr2}],
-                            state_dtype="float32", master_weights=True, **kw)
+                            state_dtype="float32", **fa_opts, **kw)
     rng = np.random.default_rng(7)
     for _ in range(25):
         grads = [rng.standard_normal(a.shape).astype(np.float16) for a in arrs]
@@ -592,12 +602,71 @@ def test_float16_params_equal_numpy_object_api(name, h):
         opt.step()
         ref.step(grads)
     st = ref.state_dict()["state"]
+    extra = [k for k in ("master", "compensation") if fa_opts.get(k.replace(
+        "master", "master_weights"))]
     for j, (p, a) in enumerate(zip(ours, arrs)):
         assert p.dtype == torch.float16
         np.testing.assert_array_equal(p.detach().numpy().view(np.uint16), a.view(np.uint16))
-        for key in ("master", "exp_avg", "exp_avg_sq"):
-            np.testing.assert_array_equal(opt.state[p][key].numpy().reshape(-1),
-                                          np.asarray(st[j][key]).reshape(-1), err_msg=key)
+        assert list(opt.state[p]) == ["step", "exp_avg", "exp_avg_sq"] + extra
+        for key in ["exp_avg", "exp_avg_sq"] + extra:
+            mine = opt.state[p][key].numpy().reshape(-1)
+            want = np.asarray(st[j][key]).reshape(-1)
+            assert mine.dtype == (np.float16 if key == "compensation" else np.float32)
+            np.testing.assert_array_equal(mine.view(np.uint8), want.view(mine.dtype).view(
+                np.uint8), err_msg=key)
+    if opts.get("rounding") == "stochastic":     # the seed reaches the kernel
+        def run(seed):
+            ps = [x.clone().requires_grad_() for x in init]
+            o = ft.AdamW(ps, **h, **dict(opts, seed=seed))
+            for _ in range(3):
+                for p in ps:
+                    p.grad = torch.full_like(p, 0.5)
+                o.step()
+            return torch.cat([p.detach().reshape(-1) for p in ps])
+        assert torch.equal(run(9), run(9)) and not torch.equal(run(9), run(10))
+
+
+def test_low_precision_options_bad_values_and_mode_switch():
+    """The 16-bit options: bad values refused naming the argument (at construction, and
+    for a param_groups edit at the step, nothing changed); a group may switch modes
+    between steps (the new mode's buffer starts from the parameter / at zero); float32
+    parameters ignore the options."""
+    p = torch.linspace(-2, 2, 12, dtype=torch.float16).requires_grad_()
+    for kw, err, what in [(dict(rounding="up"), ValueError, "rounding"),
+                          (dict(seed=-1), ValueError, "seed"),
+                          (dict(seed=1.5), TypeError, "seed"),
+                          (dict(compensation=1), TypeError, "compensation"),
+                          (dict(master_weights=True, compensation=True), ValueError,
+                           "master_weights"),
+                          (dict(master_weights=True, rounding="stochastic"), ValueError,
+                           "master_weights"),
+                          (dict(compensation=True, rounding="stochastic"), ValueError,
+                           "compensation")]:
+        with pytest.raises(err, match=what):
+            ft.AdamW([p], **kw)
+    q = torch.ones(3, requires_grad=True)                     # float32: options ignored
+    opt = ft.AdamW([{"params": [p]}, {"params": [q], "rounding": "stochastic"}], lr=1e-2)
+    for _ in range(2):
+        p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+        opt.step()
+    assert "master" in opt.state[p] and set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq"}
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    opt.param_groups[0]["rounding"] = "sometimes"
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['rounding'\]"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    for k, v in before[1].items():
+        assert torch.equal(opt.state[p][k], v), k
+    opt.param_groups[0]["rounding"] = "nearest"
+    opt.param_groups[0]["compensation"] = True               # master -> compensation
+    opt.step()
+    assert list(opt.state[p]) == ["step", "exp_avg", "exp_avg_sq", "compensation"]
+    assert opt.state[p]["compensation"].dtype == torch.float16
+    assert float(opt.state[p]["step"]) == 3
+    opt.param_groups[0]["compensation"] = False              # -> master from the parameter
+    opt.step()
+    assert "compensation" not in opt.state[p] and "master" in opt.state[p]
+    assert torch.equal(p.detach(), opt.state[p]["master"].to(torch.float16))
 
 
 @pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=str)

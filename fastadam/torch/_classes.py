@@ -12,23 +12,47 @@ _ADAM_STATE = ("exp_avg", "exp_avg_sq")
 _AMSGRAD = {"max_exp_avg_sq": "amsgrad"}
 
 
+_LOWP_DOC = """
+bfloat16 and float16 parameters (keyword-only, also per param group; ignored by float32
+and float64 parameters): float32 moments and, by default, float32 master weights
+(``master_weights=None`` means True unless ``compensation=True`` or
+``rounding="stochastic"``); ``compensation=True``: Kahan compensation in a buffer of the
+parameter's dtype; ``rounding="stochastic"`` with ``seed`` (int): seeded stochastic
+rounding, the same for any thread count; ``master_weights=False`` alone: round to nearest
+(updates below half an ulp of the parameter are lost). See docs/torch.md.
+
+"""
+
+
 class Adam(FastadamTorchOptimizer, torch.optim.Adam):
     __doc__ = ("torch.optim.Adam with fastadam's fused CPU step (same arguments, results, "
-               "state_dict). ``decoupled_weight_decay=True`` gives AdamW.\n\n"
+               "state_dict). ``decoupled_weight_decay=True`` gives AdamW.\n" + _LOWP_DOC
                + (torch.optim.Adam.__doc__ or ""))
     _spec = Spec("Adam", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
                  fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay") else "Adam",
                  lowp=True)
 
+    def __init__(self, params, *args, master_weights=None, compensation=False,
+                 rounding="nearest", seed=0, **kwargs):
+        self._init_lowp(params, args, kwargs, dict(
+            master_weights=master_weights, compensation=compensation, rounding=rounding,
+            seed=seed))
+
 
 class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
     __doc__ = ("torch.optim.AdamW with fastadam's fused CPU step (same arguments, results, "
-               "state_dict).\n\n" + (torch.optim.AdamW.__doc__ or ""))
+               "state_dict).\n" + _LOWP_DOC + (torch.optim.AdamW.__doc__ or ""))
     _spec = Spec("AdamW", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
                  fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay", True) else "Adam",
                  lowp=True)
+
+    def __init__(self, params, *args, master_weights=None, compensation=False,
+                 rounding="nearest", seed=0, **kwargs):
+        self._init_lowp(params, args, kwargs, dict(
+            master_weights=master_weights, compensation=compensation, rounding=rounding,
+            seed=seed))
 
 
 class Adamax(FastadamTorchOptimizer, torch.optim.Adamax):

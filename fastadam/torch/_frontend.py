@@ -47,6 +47,8 @@ from ._blocks import _copy_group_scalars
 from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_view, _fa_value,
                       _share_threads, _threads_seen, _twin_defaults, check_dtype,
                       increment_version, numpy_view)
+from ._lowp import OPTIONS as LOWP_OPTIONS
+from ._lowp import precision_key, resolve_options
 
 
 class FastadamTorchOptimizer:
@@ -84,6 +86,8 @@ class FastadamTorchOptimizer:
         if spec is not None:
             later = [k for k in spec.structural + tuple(spec.optional_state.values())
                      if k in cls._twin_defaults]
+            if spec.lowp:                  # the 16-bit parameters' options (_lowp.OPTIONS)
+                later += list(LOWP_OPTIONS)
             cls._watched = spec.hparams + tuple(later) + cls._flag_keys
 
     # ------------------------------------------------------------------ checks
@@ -123,6 +127,8 @@ class FastadamTorchOptimizer:
 
     def _check_group(self, g, gi):
         self._check_flags(g, gi)
+        if self._spec.lowp:
+            resolve_options(g, f"param_groups[{gi}]")
         for k, p in enumerate(g["params"]):
             self._check_param(p, f"param_groups[{gi}]['params'][{k}]")
 
@@ -131,6 +137,7 @@ class FastadamTorchOptimizer:
         n_before = len(self.param_groups)
         super().add_param_group(param_group)
         try:
+            self._default_lowp_options(self.param_groups[-1])
             self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
         except Exception:
             del self.param_groups[n_before:]
@@ -139,7 +146,27 @@ class FastadamTorchOptimizer:
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        for g in self.param_groups:    # a torch.optim state_dict has no 16-bit options
+            self._default_lowp_options(g)
         self._layout = None            # load_state_dict / unpickling: re-read self.state
+
+    def _default_lowp_options(self, g):
+        """Fill in the 16-bit options of group ``g`` (Adam / AdamW): the constructor's,
+        kept in ``defaults``."""
+        if self._spec.lowp:
+            d = self.__dict__.get("_lowp_defaults") or self.defaults
+            for k, v in LOWP_OPTIONS.items():
+                g.setdefault(k, d.get(k, v))
+
+    def _init_lowp(self, params, args, kwargs, options):
+        """``__init__`` of a class with 16-bit options: torch's, with ``options`` (the
+        keyword arguments of _lowp.OPTIONS) as group defaults."""
+        self._lowp_defaults = options
+        try:
+            super().__init__(params, *args, **kwargs)
+        finally:
+            del self._lowp_defaults
+        self.defaults.update(options)
 
     def __getstate__(self):
         st = super().__getstate__()
@@ -149,7 +176,7 @@ class FastadamTorchOptimizer:
     def load_state_dict(self, state_dict):
         """torch's load_state_dict; for bfloat16 and float16 parameters the float32 state
         (moments, master weights) is kept in float32 (torch casts state to the parameter's
-        dtype)."""
+        dtype, which is right for a compensation buffer only)."""
         keep = {}
         try:
             saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -158,7 +185,7 @@ class FastadamTorchOptimizer:
                 st = state_dict["state"].get(i)
                 if p.dtype in LOW_PRECISION and isinstance(st, dict):
                     keep[p] = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
-                               for k, v in st.items() if k != "step"
+                               for k, v in st.items() if k not in ("step", "compensation")
                                and isinstance(v, torch.Tensor) and v.is_floating_point()}
         except (KeyError, TypeError, AttributeError):
             keep = {}                       # malformed: torch's own checks report it
@@ -332,10 +359,12 @@ class FastadamTorchOptimizer:
         arrays = {}
         optional = [k for k, flag in self._spec.optional_state.items() if group.get(flag)]
         keys = list(self._spec.state_keys) + optional
-        # bfloat16 / float16 parameters: float32 moments and master weights (fastadam.lowp)
+        # bfloat16 / float16 parameters: float32 moments, and float32 master weights or a
+        # compensation buffer of the parameter's dtype (fastadam.lowp)
         lowp = p.dtype in LOW_PRECISION
-        if lowp:
-            keys.append("master")
+        extra = precision_key(resolve_options(group, name)) if lowp else None
+        if extra:
+            keys.append(extra)
         sdt = torch.float32 if lowp else p.dtype
         for key in keys:
             if key not in st:
@@ -356,7 +385,8 @@ class FastadamTorchOptimizer:
             if tuple(v.shape) != tuple(p.shape):
                 raise ValueError(f"state of {name}: {key!r} has shape {tuple(v.shape)}, "
                                  f"the parameter {tuple(p.shape)}")
-            v = v.detach().to(device="cpu", dtype=sdt).contiguous()
+            v = v.detach().to(device="cpu", dtype=p.dtype if key == "compensation" else sdt)
+            v = v.contiguous()
             arrays[key] = numpy_view(v, name)
         missing = [k for k in self._spec.state_keys if k not in arrays]
         if step > 0 and missing:
