@@ -588,8 +588,9 @@ def test_float16_params_equal_numpy_object_api(opts, fa_opts):
     ours = [x.clone().requires_grad_() for x in init]
     arrs = [x.numpy().copy() for x in init]
     lr2 = h["lr"] / 3
-    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h,
-                            **opts)
+    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h)
+    if opts:
+        assert opt.set_low_precision(**opts) is opt
     kw = {k: v for k, v in h.items() if k != "lr"}
     ref = getattr(fa, name)([{"params": arrs[:2], "lr": h["lr"]},
                              {"params": arrs[2:], "lr": lr2}],
@@ -617,7 +618,7 @@ def test_float16_params_equal_numpy_object_api(opts, fa_opts):
     if opts.get("rounding") == "stochastic":     # the seed reaches the kernel
         def run(seed):
             ps = [x.clone().requires_grad_() for x in init]
-            o = ft.AdamW(ps, **h, **dict(opts, seed=seed))
+            o = ft.AdamW(ps, **h).set_low_precision(**dict(opts, seed=seed))
             for _ in range(3):
                 for p in ps:
                     p.grad = torch.full_like(p, 0.5)
@@ -627,11 +628,18 @@ def test_float16_params_equal_numpy_object_api(opts, fa_opts):
 
 
 def test_low_precision_options_bad_values_and_mode_switch():
-    """The 16-bit options: bad values refused naming the argument (at construction, and
-    for a param_groups edit at the step, nothing changed); a group may switch modes
-    between steps (the new mode's buffer starts from the parameter / at zero); float32
-    parameters ignore the options."""
+    """set_low_precision: bad values refused naming the argument, nothing changed; the
+    mode switches at the next step (the new buffer starts from the parameter / at zero,
+    the old one leaves state); deepcopy keeps it, state_dict stays torch's format;
+    float32 parameters and the other classes are not affected / refuse it."""
     p = torch.linspace(-2, 2, 12, dtype=torch.float16).requires_grad_()
+    q = torch.ones(3, requires_grad=True)                     # float32: options ignored
+    opt = ft.AdamW([{"params": [p]}, {"params": [q]}], lr=1e-2)
+    for _ in range(2):
+        p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+        opt.step()
+    assert "master" in opt.state[p] and set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq"}
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
     for kw, err, what in [(dict(rounding="up"), ValueError, "rounding"),
                           (dict(seed=-1), ValueError, "seed"),
                           (dict(seed=1.5), TypeError, "seed"),
@@ -643,27 +651,30 @@ def test_low_precision_options_bad_values_and_mode_switch():
                           (dict(compensation=True, rounding="stochastic"), ValueError,
                            "compensation")]:
         with pytest.raises(err, match=what):
-            ft.AdamW([p], **kw)
-    q = torch.ones(3, requires_grad=True)                     # float32: options ignored
-    opt = ft.AdamW([{"params": [p]}, {"params": [q], "rounding": "stochastic"}], lr=1e-2)
-    for _ in range(2):
-        p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
-        opt.step()
-    assert "master" in opt.state[p] and set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq"}
-    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
-    opt.param_groups[0]["rounding"] = "sometimes"
-    with pytest.raises(ValueError, match=r"param_groups\[0\]\['rounding'\]"):
-        opt.step()
+            opt.set_low_precision(**kw)
+    with pytest.raises(TypeError, match="Adam and AdamW only"):
+        ft.Adamax([q]).set_low_precision(compensation=True)
     assert torch.equal(p.detach(), before[0])
-    for k, v in before[1].items():
+    for k, v in before[1].items():                      # nothing changed
         assert torch.equal(opt.state[p][k], v), k
-    opt.param_groups[0]["rounding"] = "nearest"
-    opt.param_groups[0]["compensation"] = True               # master -> compensation
+    opt.step()                                          # still master weights
+    assert not torch.equal(before[1]["master"], opt.state[p]["master"])
+    assert torch.equal(p.detach(), opt.state[p]["master"].to(torch.float16))
+    opt.set_low_precision(compensation=True)               # master -> compensation
+    p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
     opt.step()
     assert list(opt.state[p]) == ["step", "exp_avg", "exp_avg_sq", "compensation"]
     assert opt.state[p]["compensation"].dtype == torch.float16
-    assert float(opt.state[p]["step"]) == 3
-    opt.param_groups[0]["compensation"] = False              # -> master from the parameter
+    assert float(opt.state[p]["step"]) == 4
+    sd = opt.state_dict()
+    assert set(sd["param_groups"][0]) == set(torch.optim.AdamW([p]).state_dict()[
+        "param_groups"][0])                               # torch's format
+    twin = copy.deepcopy(opt)
+    opt.step()
+    twin.step()                                # deepcopy kept the mode (and its grads)
+    assert torch.equal(twin.state[twin.param_groups[0]["params"][0]]["compensation"],
+                       opt.state[p]["compensation"])
+    opt.set_low_precision()                                # -> master from the parameter
     opt.step()
     assert "compensation" not in opt.state[p] and "master" in opt.state[p]
     assert torch.equal(p.detach(), opt.state[p]["master"].to(torch.float16))

@@ -15,7 +15,6 @@ import torch
 import fastadam as fa
 
 from ._common import LOW_PRECISION, _fa_value, _flatten, _scalar_dtype, numpy_view
-from ._lowp import resolve_options
 
 PRECISION_KEYS = ("master", "compensation")
 
@@ -192,7 +191,7 @@ def build_block(opt, S, idx):
             hp = {h: _fa_value(h, g[h])
                   for h in spec.hparams + tuple(spec.optional_state.values())}
             if cls_name.startswith("lowp:"):
-                hp.update(resolve_options(g, f"param_groups[{k[1]}]"))
+                hp.update(opt._lowp_resolved())
             fa_groups.append({"params": [numpy_view(params[i], names[i]) for i in cells[k]],
                               **hp})
             members.extend(cells[k])

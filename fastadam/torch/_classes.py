@@ -13,13 +13,12 @@ _AMSGRAD = {"max_exp_avg_sq": "amsgrad"}
 
 
 _LOWP_DOC = """
-bfloat16 and float16 parameters (keyword-only, also per param group; ignored by float32
-and float64 parameters): float32 moments and, by default, float32 master weights
-(``master_weights=None`` means True unless ``compensation=True`` or
-``rounding="stochastic"``); ``compensation=True``: Kahan compensation in a buffer of the
-parameter's dtype; ``rounding="stochastic"`` with ``seed`` (int): seeded stochastic
-rounding, the same for any thread count; ``master_weights=False`` alone: round to nearest
-(updates below half an ulp of the parameter are lost). See docs/torch.md.
+bfloat16 and float16 parameters: float32 moments and float32 master weights by default;
+``opt.set_low_precision(compensation=True)`` (Kahan compensation in a buffer of the
+parameter's dtype), ``set_low_precision(rounding="stochastic", seed=0)`` or
+``set_low_precision(master_weights=False)`` (round to nearest) choose another way to keep
+their precision. The constructor, defaults and state_dict format are torch's. See
+docs/torch.md.
 
 """
 
@@ -33,12 +32,6 @@ class Adam(FastadamTorchOptimizer, torch.optim.Adam):
                  fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay") else "Adam",
                  lowp=True)
 
-    def __init__(self, params, *args, master_weights=None, compensation=False,
-                 rounding="nearest", seed=0, **kwargs):
-        self._init_lowp(params, args, kwargs, dict(
-            master_weights=master_weights, compensation=compensation, rounding=rounding,
-            seed=seed))
-
 
 class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
     __doc__ = ("torch.optim.AdamW with fastadam's fused CPU step (same arguments, results, "
@@ -47,12 +40,6 @@ class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
                  _AMSGRAD, structural=("decoupled_weight_decay",),
                  fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay", True) else "Adam",
                  lowp=True)
-
-    def __init__(self, params, *args, master_weights=None, compensation=False,
-                 rounding="nearest", seed=0, **kwargs):
-        self._init_lowp(params, args, kwargs, dict(
-            master_weights=master_weights, compensation=compensation, rounding=rounding,
-            seed=seed))
 
 
 class Adamax(FastadamTorchOptimizer, torch.optim.Adamax):

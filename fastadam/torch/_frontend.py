@@ -47,7 +47,6 @@ from ._blocks import _copy_group_scalars
 from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_view, _fa_value,
                       _share_threads, _threads_seen, _twin_defaults, check_dtype,
                       increment_version, numpy_view)
-from ._lowp import OPTIONS as LOWP_OPTIONS
 from ._lowp import precision_key, resolve_options
 
 
@@ -86,8 +85,6 @@ class FastadamTorchOptimizer:
         if spec is not None:
             later = [k for k in spec.structural + tuple(spec.optional_state.values())
                      if k in cls._twin_defaults]
-            if spec.lowp:                  # the 16-bit parameters' options (_lowp.OPTIONS)
-                later += list(LOWP_OPTIONS)
             cls._watched = spec.hparams + tuple(later) + cls._flag_keys
 
     # ------------------------------------------------------------------ checks
@@ -127,8 +124,6 @@ class FastadamTorchOptimizer:
 
     def _check_group(self, g, gi):
         self._check_flags(g, gi)
-        if self._spec.lowp:
-            resolve_options(g, f"param_groups[{gi}]")
         for k, p in enumerate(g["params"]):
             self._check_param(p, f"param_groups[{gi}]['params'][{k}]")
 
@@ -137,7 +132,6 @@ class FastadamTorchOptimizer:
         n_before = len(self.param_groups)
         super().add_param_group(param_group)
         try:
-            self._default_lowp_options(self.param_groups[-1])
             self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
         except Exception:
             del self.param_groups[n_before:]
@@ -146,31 +140,42 @@ class FastadamTorchOptimizer:
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        for g in self.param_groups:    # a torch.optim state_dict has no 16-bit options
-            self._default_lowp_options(g)
         self._layout = None            # load_state_dict / unpickling: re-read self.state
 
-    def _default_lowp_options(self, g):
-        """Fill in the 16-bit options of group ``g`` (Adam / AdamW): the constructor's,
-        kept in ``defaults``."""
-        if self._spec.lowp:
-            d = self.__dict__.get("_lowp_defaults") or self.defaults
-            for k, v in LOWP_OPTIONS.items():
-                g.setdefault(k, d.get(k, v))
+    # ------------------------------------------------------------------ 16-bit options
+    _lowp_options = None        # set_low_precision's arguments; None: master weights
 
-    def _init_lowp(self, params, args, kwargs, options):
-        """``__init__`` of a class with 16-bit options: torch's, with ``options`` (the
-        keyword arguments of _lowp.OPTIONS) as group defaults."""
-        self._lowp_defaults = options
-        try:
-            super().__init__(params, *args, **kwargs)
-        finally:
-            del self._lowp_defaults
-        self.defaults.update(options)
+    def set_low_precision(self, *, master_weights=None, compensation=False,
+                          rounding="nearest", seed=0):
+        """How bfloat16 and float16 parameters keep their precision (Adam and AdamW;
+        float32 and float64 parameters are not affected): float32 master weights (the
+        default; ``master_weights=None`` means True unless one of the others is asked
+        for), ``compensation=True`` (Kahan, a buffer of the parameter's dtype),
+        ``rounding="stochastic"`` with ``seed`` (reproducible for any thread count), or
+        ``master_weights=False`` alone: round to nearest. Applies from the next step:
+        the new mode's buffer starts from the parameter (master) or at zero
+        (compensation), the old one leaves ``state``. Kept by ``copy.deepcopy`` and
+        pickling, not by ``state_dict()`` (torch's format: call it again after loading
+        into a new optimizer). Returns the optimizer. ValueError/TypeError naming the
+        argument on bad values, nothing changed."""
+        if not self._spec.lowp:
+            raise TypeError(f"{type(self).__name__} has no bfloat16/float16 parameters "
+                            "(Adam and AdamW only)")
+        opts = dict(master_weights=master_weights, compensation=compensation,
+                    rounding=rounding, seed=seed)
+        resolve_options(opts, "set_low_precision")          # raises before any change
+        self._lowp_options = opts
+        self._layout = None
+        return self
+
+    def _lowp_resolved(self):
+        return resolve_options(self._lowp_options or {}, "set_low_precision")
 
     def __getstate__(self):
         st = super().__getstate__()
         st.pop("_layout", None)
+        if self._lowp_options is not None:
+            st["_lowp_options"] = dict(self._lowp_options)
         return st
 
     def load_state_dict(self, state_dict):
@@ -362,7 +367,7 @@ class FastadamTorchOptimizer:
         # bfloat16 / float16 parameters: float32 moments, and float32 master weights or a
         # compensation buffer of the parameter's dtype (fastadam.lowp)
         lowp = p.dtype in LOW_PRECISION
-        extra = precision_key(resolve_options(group, name)) if lowp else None
+        extra = precision_key(self._lowp_resolved()) if lowp else None
         if extra:
             keys.append(extra)
         sdt = torch.float32 if lowp else p.dtype

@@ -5,7 +5,7 @@ Each 16-bit parameter gets float32 moments and, by default, float32 master weigh
 (``init_lowp_state(state_dtype="float32", master_weights=True)``): the master copy is
 stepped exactly as float32 Adam would and the 16-bit parameter receives its value rounded
 to nearest in the same pass, so small updates are not lost to the parameter's rounding.
-The group options :data:`OPTIONS` choose another way (``fastadam.lowp``'s): Kahan
+The options :data:`OPTIONS` (``opt.set_low_precision(...)``) choose another way (``fastadam.lowp``'s): Kahan
 ``compensation`` (a buffer of the parameter's dtype), ``rounding="stochastic"`` with a
 ``seed``, or plain round to nearest (``master_weights=False``). The steps equal
 ``fastadam.Adam`` / ``AdamW`` on the same NumPy arrays with ``state_dtype="float32"`` and
@@ -26,31 +26,33 @@ import numpy as np
 from .. import lowp
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-#: The param-group options of 16-bit parameters, with their defaults (master_weights=None:
-#: True unless compensation or stochastic rounding is asked for).
+#: The options of 16-bit parameters (``set_low_precision``; the inner groups carry them),
+#: with their defaults (master_weights=None: True unless compensation or stochastic
+#: rounding is asked for).
 OPTIONS = {"master_weights": None, "compensation": False, "rounding": "nearest", "seed": 0}
 
 
 def resolve_options(g, where):
-    """The 16-bit options of group ``g`` checked and resolved: {master_weights (bool),
-    compensation, rounding, seed}. ValueError/TypeError naming ``where[key]``."""
+    """The 16-bit options in ``g`` (a dict with any of :data:`OPTIONS`) checked and
+    resolved: {master_weights (bool), compensation, rounding, seed}. ValueError/TypeError
+    naming ``where`` and the argument."""
     out = {}
     for key in ("master_weights", "compensation"):
         v = g.get(key, OPTIONS[key])
         if not (v is None and key == "master_weights") and not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{where}[{key!r}] must be a bool"
+            raise TypeError(f"{where}: {key} must be a bool"
                             + (" or None" if key == "master_weights" else "")
                             + f", got {v!r}")
         out[key] = v if v is None else bool(v)
     rounding = g.get("rounding", OPTIONS["rounding"])
     if not isinstance(rounding, str) or rounding not in lowp.ROUNDINGS:
-        raise ValueError(f"{where}['rounding'] must be one of {lowp.ROUNDINGS}, got "
+        raise ValueError(f"{where}: rounding must be one of {lowp.ROUNDINGS}, got "
                          f"{rounding!r}")
     seed = g.get("seed", OPTIONS["seed"])
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}['seed'] must be an int, got {seed!r}")
+        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
     if not 0 <= seed < 2**64:
-        raise ValueError(f"{where}['seed'] must be in [0, 2**64), got {seed}")
+        raise ValueError(f"{where}: seed must be in [0, 2**64), got {seed}")
     out.update(rounding=rounding, seed=int(seed))
     other = out["compensation"] or rounding == "stochastic"
     if out["master_weights"] is None:
