@@ -670,10 +670,17 @@ def test_low_precision_options_bad_values_and_mode_switch():
     assert set(sd["param_groups"][0]) == set(torch.optim.AdamW([p]).state_dict()[
         "param_groups"][0])                               # torch's format
     twin = copy.deepcopy(opt)
+    p2, q2 = p.detach().clone().requires_grad_(), q.detach().clone().requires_grad_()
+    loaded = ft.AdamW([{"params": [p2]}, {"params": [q2]}]).set_low_precision(
+        compensation=True)
+    loaded.load_state_dict(sd)                 # the compensation buffer comes back
+    p2.grad, q2.grad = p.grad.clone(), q.grad.clone()
     opt.step()
     twin.step()                                # deepcopy kept the mode (and its grads)
-    assert torch.equal(twin.state[twin.param_groups[0]["params"][0]]["compensation"],
-                       opt.state[p]["compensation"])
+    loaded.step()
+    for o, x in ((twin, twin.param_groups[0]["params"][0]), (loaded, p2)):
+        assert torch.equal(o.state[x]["compensation"], opt.state[p]["compensation"])
+        assert torch.equal(x.detach(), p.detach())
     opt.set_low_precision()                                # -> master from the parameter
     opt.step()
     assert "compensation" not in opt.state[p] and "master" in opt.state[p]

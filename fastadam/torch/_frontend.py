@@ -181,7 +181,7 @@ class FastadamTorchOptimizer:
     def load_state_dict(self, state_dict):
         """torch's load_state_dict; for bfloat16 and float16 parameters the float32 state
         (moments, master weights) is kept in float32 (torch casts state to the parameter's
-        dtype, which is right for a compensation buffer only)."""
+        dtype), as copies (the compensation buffer too: not the saved tensors)."""
         keep = {}
         try:
             saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -189,8 +189,9 @@ class FastadamTorchOptimizer:
             for i, p in zip(saved_ids, mine):
                 st = state_dict["state"].get(i)
                 if p.dtype in LOW_PRECISION and isinstance(st, dict):
-                    keep[p] = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
-                               for k, v in st.items() if k not in ("step", "compensation")
+                    keep[p] = {k: v.detach().to(device="cpu", copy=True, dtype=(
+                        p.dtype if k == "compensation" else torch.float32))
+                               for k, v in st.items() if k != "step"
                                and isinstance(v, torch.Tensor) and v.is_floating_point()}
         except (KeyError, TypeError, AttributeError):
             keep = {}                       # malformed: torch's own checks report it
