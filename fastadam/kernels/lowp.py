@@ -549,37 +549,6 @@ def bf16_round_np(x):
     return r.astype(np.uint16)
 
 
-def f16_sr_np(x, bits):
-    """float32 array -> float16 (numpy) by stochastic rounding with uint32 random ``bits``,
-    in float64 arithmetic (the reference of f16_store_sr; for tests): the neighbours
-    toward and away from zero on the float16 grid of |x|, away when the random fraction
-    (the low d bits over 2**d, d = log2(ulp / float32 ulp); below 2**-24 the high 24 bits
-    over 2**24) is at least 1 - (distance to the lower neighbour) / ulp."""
-    x = np.asarray(x, np.float32)
-    with np.errstate(all="ignore"):
-        return _f16_sr_np(x, bits)
-
-
-def _f16_sr_np(x, bits):
-    r = np.asarray(bits, np.uint32).astype(np.uint64)
-    ax = np.abs(x.astype(np.float64))
-    with np.errstate(all="ignore"):
-        e = np.floor(np.log2(np.where(ax > 0, ax, 1.0)))
-        ulp = 2.0 ** np.maximum(e - 10, -24)
-        lo = np.floor(ax / ulp) * ulp
-        frac = (ax - lo) / ulp                                  # in [0, 1), exact
-        d = np.clip(np.log2(ulp) - (np.maximum(e, -126) - 23), 0, 63).astype(np.uint64)
-        u = (r & ((np.uint64(1) << d) - np.uint64(1))) / 2.0 ** d.astype(np.float64)
-        up = u + frac >= 1.0
-        tiny = ax < 2.0 ** -24
-        up = np.where(tiny, 2.0 ** 24 - (r >> np.uint64(8)) <= ax * 2.0 ** 48, up)
-        mag = np.where(tiny, 0.0, lo) + np.where(up, np.where(tiny, 2.0 ** -24, ulp), 0.0)
-        out = (np.copysign(mag, x)).astype(np.float16)
-    out = np.where(np.isnan(x), x.astype(np.float16), out)
-    out = np.where(np.isinf(x), x.astype(np.float16), out)
-    return out.astype(np.float16)
-
-
 def bf16_to_f32_np(h):
     """uint16 bfloat16 bits -> float32 (NumPy)."""
     return (np.asarray(h, np.uint16).astype(np.uint32) << 16).view(np.float32)

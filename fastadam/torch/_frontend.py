@@ -47,12 +47,13 @@ from ._blocks import _copy_group_scalars
 from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_view, _fa_value,
                       _share_threads, _threads_seen, _twin_defaults, check_dtype,
                       increment_version, numpy_view)
-from ._lowp import precision_key, resolve_options
+from ._lowp import LowpOptions, precision_key
 
 
-class FastadamTorchOptimizer:
+class FastadamTorchOptimizer(LowpOptions):
     """Mixin placed before a ``torch.optim`` class: ``class Adam(FastadamTorchOptimizer,
-    torch.optim.Adam)``. Replaces ``step``; everything else is torch's."""
+    torch.optim.Adam)``. Replaces ``step``; everything else is torch's (plus
+    ``set_low_precision`` for Adam / AdamW: _lowp.LowpOptions)."""
 
     _spec: Spec
     _twin_defaults: dict = {}
@@ -141,35 +142,6 @@ class FastadamTorchOptimizer:
     def __setstate__(self, state):
         super().__setstate__(state)
         self._layout = None            # load_state_dict / unpickling: re-read self.state
-
-    # ------------------------------------------------------------------ 16-bit options
-    _lowp_options = None        # set_low_precision's arguments; None: master weights
-
-    def set_low_precision(self, *, master_weights=None, compensation=False,
-                          rounding="nearest", seed=0):
-        """How bfloat16 and float16 parameters keep their precision (Adam and AdamW;
-        float32 and float64 parameters are not affected): float32 master weights (the
-        default; ``master_weights=None`` means True unless one of the others is asked
-        for), ``compensation=True`` (Kahan, a buffer of the parameter's dtype),
-        ``rounding="stochastic"`` with ``seed`` (reproducible for any thread count), or
-        ``master_weights=False`` alone: round to nearest. Applies from the next step:
-        the new mode's buffer starts from the parameter (master) or at zero
-        (compensation), the old one leaves ``state``. Kept by ``copy.deepcopy`` and
-        pickling, not by ``state_dict()`` (torch's format: call it again after loading
-        into a new optimizer). Returns the optimizer. ValueError/TypeError naming the
-        argument on bad values, nothing changed."""
-        if not self._spec.lowp:
-            raise TypeError(f"{type(self).__name__} has no bfloat16/float16 parameters "
-                            "(Adam and AdamW only)")
-        opts = dict(master_weights=master_weights, compensation=compensation,
-                    rounding=rounding, seed=seed)
-        resolve_options(opts, "set_low_precision")          # raises before any change
-        self._lowp_options = opts
-        self._layout = None
-        return self
-
-    def _lowp_resolved(self):
-        return resolve_options(self._lowp_options or {}, "set_low_precision")
 
     def __getstate__(self):
         st = super().__getstate__()

@@ -74,6 +74,39 @@ def precision_key(opts):
         "compensation" if opts["compensation"] else None)
 
 
+class LowpOptions:
+    """``set_low_precision`` of the torch front end's optimizers (a mixin: the state of
+    the choice is ``_lowp_options``, read at each rebuild)."""
+
+    _lowp_options = None        # set_low_precision's arguments; None: master weights
+
+    def set_low_precision(self, *, master_weights=None, compensation=False,
+                          rounding="nearest", seed=0):
+        """How bfloat16 and float16 parameters keep their precision (Adam and AdamW;
+        float32 and float64 parameters are not affected): float32 master weights (the
+        default; ``master_weights=None`` means True unless one of the others is asked
+        for), ``compensation=True`` (Kahan, a buffer of the parameter's dtype),
+        ``rounding="stochastic"`` with ``seed`` (reproducible for any thread count), or
+        ``master_weights=False`` alone: round to nearest. Applies from the next step:
+        the new mode's buffer starts from the parameter (master) or at zero
+        (compensation), the old one leaves ``state``. Kept by ``copy.deepcopy`` and
+        pickling, not by ``state_dict()`` (torch's format: call it again on a new
+        optimizer before loading). Returns the optimizer. ValueError/TypeError naming
+        the argument on bad values, nothing changed."""
+        if not self._spec.lowp:
+            raise TypeError(f"{type(self).__name__} has no bfloat16/float16 parameters "
+                            "(Adam and AdamW only)")
+        opts = dict(master_weights=master_weights, compensation=compensation,
+                    rounding=rounding, seed=seed)
+        resolve_options(opts, "set_low_precision")          # raises before any change
+        self._lowp_options = opts
+        self._layout = None
+        return self
+
+    def _lowp_resolved(self):
+        return resolve_options(self._lowp_options or {}, "set_low_precision")
+
+
 class LowpInner:
     """Adam (``decoupled=False``) or AdamW over bfloat16 / float16 NumPy views, one state
     per parameter, one step count per group; each group carries its :data:`OPTIONS`."""
