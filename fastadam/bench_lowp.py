@@ -1,7 +1,9 @@
-"""``fastadam bench --param-dtype bfloat16``: bfloat16 parameters and gradients stepped
-by ``fa.Adam`` (bfloat16 or int8 state; round to nearest, stochastic rounding, Kahan
-compensation or a float32 master copy), against the float32 step (float32 parameters and
-state) and against each layout's own byte floor, all timed interleaved in one process.
+"""``fastadam bench --param-dtype bfloat16,float16``: bfloat16 (``ml_dtypes``) and/or
+float16 (IEEE half) parameters and gradients stepped by ``fa.Adam`` (bfloat16 or int8
+state; round to nearest, stochastic rounding, Kahan compensation or a float32 master
+copy), against the float32 step (float32 parameters and state) and against each layout's
+own byte floor, all timed interleaved in one process. The two 16-bit formats move the
+same bytes; their rows side by side show what their conversions cost.
 
 The floor of a layout (``fastadam.lowp.floor_lowp``, its arguments checked once) reads
 and writes exactly the bytes its step does, with trivial math, over the optimizer's own
@@ -17,7 +19,7 @@ import numpy as np
 MODES = {"nearest": {}, "stochastic": {"rounding": "stochastic", "seed": 1},
          "compensation": {"compensation": True}, "master": {"master_weights": True}}
 STATE_DTYPES = ("bfloat16", "int8", "float32")
-PARAM_DTYPES = ("bfloat16",)
+PARAM_DTYPES = ("bfloat16", "float16")
 #: bytes of state read + written per element and step (int8: + the per-block scales)
 _STATE_RW = {"float32": 16.0, "bfloat16": 8.0, "int8": 4.0 + 2 * 2 * 4 / 256}
 
@@ -38,8 +40,9 @@ def _state_arrays(opt):
 
 def make_layout(n, state_dtype="bfloat16", mode="nearest", param_dtype="bfloat16", seed=0):
     """(step, floor, optimizer) of ``fa.Adam`` over one parameter of n elements
-    (``param_dtype`` "bfloat16", or "float32" with float32 state: the float32 step) with a
-    gradient in place; floor is ``floor_lowp`` over the optimizer's own arrays."""
+    (``param_dtype`` "bfloat16" or "float16", or "float32" with float32 state: the float32
+    step) with a gradient in place; floor is ``floor_lowp`` over the optimizer's own
+    arrays."""
     import fastadam as fa
     from .lowp import prepare_floor
     rng = np.random.default_rng(seed)
@@ -49,8 +52,11 @@ def make_layout(n, state_dtype="bfloat16", mode="nearest", param_dtype="bfloat16
         p = x
         opt = fa.Adam([p], lr=1e-3, state_dtype=state_dtype)
     else:
-        import ml_dtypes
-        p = x.astype(ml_dtypes.bfloat16)
+        if param_dtype == "float16":
+            p = x.astype(np.float16)
+        else:
+            import ml_dtypes
+            p = x.astype(ml_dtypes.bfloat16)
         opt = fa.Adam([p], lr=1e-3, state_dtype=state_dtype, **MODES[mode])
     opt.grads[0][...] = gx.astype(p.dtype)
     g, st = opt.grads[0].reshape(-1), _state_arrays(opt)
@@ -62,11 +68,14 @@ def make_layout(n, state_dtype="bfloat16", mode="nearest", param_dtype="bfloat16
 def param_dtype_rows(param_dtype="bfloat16", states=("bfloat16",), modes=tuple(MODES),
                      sizes=None, quick=False, threads=None):
     """Rows of ``fastadam bench --param-dtype``: per size, the float32 step and floor and,
-    for every (state_dtype, mode), the bfloat16 layout's step and floor, one process."""
+    for every 16-bit ``param_dtype`` (a name of PARAM_DTYPES or a sequence of them) and
+    (state_dtype, mode), that layout's step and floor, one process."""
     from . import config
     from .bench import _load, _progress, machine_info, measure
-    if param_dtype not in PARAM_DTYPES:
-        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES}, got {param_dtype!r}")
+    pdts = (param_dtype,) if isinstance(param_dtype, str) else tuple(param_dtype)
+    if not pdts or any(d not in PARAM_DTYPES for d in pdts) or len(set(pdts)) != len(pdts):
+        raise ValueError(f"param_dtype must be one of {PARAM_DTYPES} or a sequence of "
+                         f"them without repeats, got {param_dtype!r}")
     for s in states:
         if s not in STATE_DTYPES:
             raise ValueError(f"states must be among {STATE_DTYPES}, got {s!r}")
@@ -83,10 +92,11 @@ def param_dtype_rows(param_dtype="bfloat16", states=("bfloat16",), modes=tuple(M
         meta["float32"] = ("float32", "float32", "-", opt.state_bytes())
         for sd in states:
             for mode in modes:
-                key = f"{sd}/{mode}"
-                fns[key], fns[key + " floor"], opt = make_layout(n, sd, mode, param_dtype)
-                meta[key] = (param_dtype, sd, mode, opt.state_bytes())
-        _progress(f"param dtype {param_dtype}: {len(meta)} layouts at n={n}")
+                for pdt in pdts:
+                    key = f"{pdt}/{sd}/{mode}"
+                    fns[key], fns[key + " floor"], opt = make_layout(n, sd, mode, pdt)
+                    meta[key] = (pdt, sd, mode, opt.state_bytes())
+        _progress(f"param dtype {','.join(pdts)}: {len(meta)} layouts at n={n}")
         r = measure(fns, n, quick=quick)
         base = r["float32"]["sec"]
         for key, (pdt, sd, mode, sbytes) in meta.items():

@@ -74,8 +74,9 @@ def _parser():
                    "baseline) on one float32 buffer per --sizes (default 1e5,1e6,1e7): "
                    "ms/step, ratio to float32 state, state bytes per parameter")
     b.add_argument("--param-dtype", default=None, metavar="DTYPE",
-                   help="instead: time fa.Adam.step() on bfloat16 parameters and gradients "
-                   "(DTYPE: bfloat16) with bfloat16 state (or the --state dtypes), each "
+                   help="instead: time fa.Adam.step() on 16-bit parameters and gradients "
+                   "(DTYPE: bfloat16, float16 or bfloat16,float16: rows side by side) with "
+                   "bfloat16 state (or the --state dtypes), each "
                    "way to keep precision (nearest, stochastic, compensation, master), "
                    "against the float32 step and each layout's own byte floor, one "
                    "process, per --sizes (default 1e5,1e6,1e7)")
@@ -103,21 +104,24 @@ def _bench(args):
             return 2
     if args.param_dtype is not None:
         from . import bench_lowp
-        if args.param_dtype not in bench_lowp.PARAM_DTYPES:
-            print(f"fastadam bench: --param-dtype must be one of "
-                  f"{','.join(bench_lowp.PARAM_DTYPES)}, got {args.param_dtype!r}",
-                  file=sys.stderr)
+        pdts = [d.strip() for d in args.param_dtype.split(",") if d.strip()]
+        if not pdts or any(d not in bench_lowp.PARAM_DTYPES for d in pdts) \
+                or len(set(pdts)) != len(pdts):
+            print(f"fastadam bench: --param-dtype must be among "
+                  f"{','.join(bench_lowp.PARAM_DTYPES)} (comma-separated, no repeats), got "
+                  f"{args.param_dtype!r}", file=sys.stderr)
             return 2
         if args.threads is not None and args.threads < 1:
             print(f"fastadam bench: --threads must be >= 1, got {args.threads}",
                   file=sys.stderr)
             return 2
         if not bench._have("ml_dtypes"):
-            print("fastadam bench: --param-dtype bfloat16 needs ml_dtypes "
+            print("fastadam bench: --param-dtype needs ml_dtypes (bfloat16 parameters "
+                  "or state) "
                   "(pip install 'fastadam[lowp]')", file=sys.stderr)
             return 2
         sizes = args.sizes or ([10**3, 10**4] if args.quick else None)
-        res = bench_lowp.param_dtype_rows(args.param_dtype, states=states or ["bfloat16"],
+        res = bench_lowp.param_dtype_rows(pdts, states=states or ["bfloat16"],
                                           sizes=sizes, quick=args.quick,
                                           threads=args.threads)
         print(json.dumps(res, indent=1) if args.json == "-"

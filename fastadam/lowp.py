@@ -20,9 +20,8 @@ bfloat16              any                master_weights=True        + 6 (float32
 ====================  =================  =========================  =================
 
 bfloat16 arrays are ``ml_dtypes.bfloat16`` (the dtype of JAX and TensorFlow). float16
-parameters (``numpy.float16``, IEEE half) take the bfloat16 rows above except
-``rounding="stochastic"`` (refused): nearest, ``compensation=True`` (a float16 buffer) or
-``master_weights=True``. The kernels work on both as uint16 bits and compute in float32.
+parameters (``numpy.float16``, IEEE half) take the bfloat16 rows above (the compensation
+buffer is float16). The kernels work on both as uint16 bits and compute in float32.
 
 Design: a state *dict* instead of more positional arrays, because the arrays a layout
 needs differ (two absmax arrays for int8, a master copy or a compensation buffer for
@@ -276,18 +275,20 @@ def adam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps
     Every element is computed in float32 from the decoded parameter, gradient and
     moments; each value is rounded once when it is stored: bfloat16 moments to nearest
     even; int8 moments block by block (the block's new values, their absmax, then the
-    nearest code); the parameter as ``rounding`` says for bfloat16 parameters (float16
-    parameters: the same, except ``"stochastic"``, which raises ValueError):
+    nearest code); the parameter as ``rounding`` says for bfloat16 and float16
+    parameters:
 
     * ``"nearest"``: round to nearest even. Updates smaller than half a bfloat16 ulp of
-      the parameter (|p| * 2**-9) are lost, every step: training stalls once lr is small
-      relative to |p| / 256. Use one of the three below for long runs;
+      the parameter (|p| * 2**-9; float16: |p| * 2**-12) are lost, every step: training
+      stalls once lr is small relative to |p| / 256 (float16: |p| / 2048). Use one of
+      the three below for long runs;
     * ``"stochastic"``: rounds up with probability equal to the remainder, so the
       expected stored value is the exact one. The random bits are a hash of
       (``seed``, ``step``, element index): reproducible for a seed, identical for any
       thread count;
     * ``state["compensation"]`` (init with compensation=True): Kahan summation, the part
-      of each update the parameter could not absorb is kept in a bfloat16 buffer;
+      of each update the parameter could not absorb is kept in a buffer of the
+      parameter's dtype;
     * ``state["master"]`` (init with master_weights=True): a float32 copy is stepped
       exactly as float32 Adam would (bit for bit given the same gradients) and the
       parameter receives its rounded value in the same pass.
@@ -364,10 +365,6 @@ def _checked_layout(param, grad, state, rounding, seed, second):
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     param_kind, state_kind, arrays = _layout(param, grad, state, second)
     if param_kind != A.PARAM_F32:
-        if param_kind == A.PARAM_F16 and rounding == "stochastic":
-            raise ValueError("rounding='stochastic' is not available for float16 parameters "
-                             "(bfloat16 only): use compensation=True or master_weights=True "
-                             "in init_lowp_state, or rounding='nearest'")
         if "master" in arrays:
             pmode = A.PMODE_MASTER
         elif "compensation" in arrays:
@@ -381,8 +378,8 @@ def _checked_layout(param, grad, state, rounding, seed, second):
     else:
         pmode = A.PMODE_NEAREST
         if rounding != "nearest":
-            raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
-                             "parameters are not rounded)")
+            raise ValueError("rounding='stochastic' needs bfloat16 or float16 parameters "
+                             "(float32 parameters are not rounded)")
     C.check_no_overlap([("param", param), ("grad", grad)]
                        + [(f"state[{k!r}]", a) for k, a in arrays.items()])
     return param_kind, state_kind, arrays, pmode
@@ -400,7 +397,10 @@ def prepare_floor(param, grad, state, *, rounding="nearest"):
     param_kind, state_kind, arrays = _layout(param, grad, state)
     pmode = (A.PMODE_MASTER if "master" in arrays else A.PMODE_KAHAN if "compensation"
              in arrays else A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST)
-    kernels = A.build_floor(param_kind, state_kind, pmode)
+    # the floor moves uint16 bits without decoding them: float16 parameters share the
+    # bfloat16 floor kernels (one compile fewer per layout)
+    kernels = A.build_floor(A.PARAM_BF16 if param_kind == A.PARAM_F16 else param_kind,
+                            state_kind, pmode)
     c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
     args = (_u16(param), _u16(grad), _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"]),
             arrays.get("master", _EMPTY32), c, arrays.get("exp_avg_absmax", _EMPTY32),

@@ -201,7 +201,7 @@ def test_info_reports_threading_layer_and_threshold():
     assert fa.threading_layer() in proc.stdout
 
 
-# ------------------------------------------------------------ --param-dtype bfloat16
+# ------------------------------------------------------------ --param-dtype bfloat16,float16
 def test_bench_param_dtype_rows_from_one_run():
     pytest.importorskip("ml_dtypes")
     from fastadam import bench_lowp
@@ -230,19 +230,45 @@ def test_bench_param_dtype_rows_from_one_run():
     assert "of floor" in text and "x fp32" in text and "master" in text
 
 
-@pytest.mark.parametrize("state_dtype,mode", [("bfloat16", "nearest"), ("bfloat16", "master"),
-                                              ("int8", "compensation"),
-                                              ("bfloat16", "stochastic")])
-def test_bench_param_dtype_layout_steps_and_floor_preserves(state_dtype, mode):
+def test_bench_float16_rows_beside_bfloat16():
+    """float16 rows next to bfloat16 ones, one run: one layout of each (one float16 kernel
+    compiled: the float16 floor is the bfloat16 one); float16 moves the bytes of bfloat16
+    in every mode."""
+    pytest.importorskip("ml_dtypes")
+    from fastadam import bench_lowp
+    res = bench_lowp.param_dtype_rows(("bfloat16", "float16"), states=["bfloat16"],
+                                      modes=["nearest"], sizes=[1000], quick=True)
+    rows = res["rows"]
+    assert [(r["param_dtype"], r["state_dtype"], r["mode"]) for r in rows] == [
+        ("float32", "float32", "-"), ("bfloat16", "bfloat16", "nearest"),
+        ("float16", "bfloat16", "nearest")]
+    assert [r["bytes_per_param_step"] for r in rows] == [28, 14, 14]
+    assert [r["state_bytes_per_param"] for r in rows] == [8, 4, 4]
+    for r in rows:
+        assert r["ms"] > 0 and r["floor_ms"] > 0
+    for s in ("bfloat16", "int8"):
+        for m in bench_lowp.MODES:
+            assert bench_lowp.bytes_per_param("float16", s, m) == \
+                bench_lowp.bytes_per_param("bfloat16", s, m)
+    assert "float16" in bench_lowp.format_param_dtype_rows(res)
+    with pytest.raises(ValueError, match="param_dtype"):
+        bench_lowp.param_dtype_rows(("float16", "float16"), sizes=[1000])
+
+
+@pytest.mark.parametrize("param_dtype,state_dtype,mode", [
+    ("bfloat16", "bfloat16", "nearest"), ("bfloat16", "bfloat16", "master"),
+    ("bfloat16", "int8", "compensation"), ("bfloat16", "bfloat16", "stochastic"),
+    ("float16", "bfloat16", "nearest")])
+def test_bench_param_dtype_layout_steps_and_floor_preserves(param_dtype, state_dtype, mode):
     # what is timed: the step changes the bfloat16 parameters; the floor reads and writes
     # the same arrays without changing a value (with a master copy the parameter is
     # write-only, in the floor as in the step: the floor writes zeros, the step the
     # rounded master)
     pytest.importorskip("ml_dtypes")
     from fastadam import bench_lowp
-    step, floor, opt = bench_lowp.make_layout(3000, state_dtype, mode)
+    step, floor, opt = bench_lowp.make_layout(3000, state_dtype, mode, param_dtype)
     p = opt.param_groups[0]["params"][0]
-    assert p.dtype.name == "bfloat16" and opt.grads[0].dtype == p.dtype
+    assert p.dtype.name == param_dtype and opt.grads[0].dtype == p.dtype
     st = {k: v.copy() for k, v in bench_lowp._state_arrays(opt).items()}
     before = p.copy()
     floor()
@@ -272,7 +298,8 @@ def test_bench_param_dtype_cli_json():
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["bench", "--param-dtype", "float16"], "--param-dtype"),
+    (["bench", "--param-dtype", "float32"], "--param-dtype"),
+    (["bench", "--param-dtype", "bfloat16,bfloat16"], "--param-dtype"),
     (["bench", "--param-dtype", "bfloat16", "--state", "fp8"], "--state"),
     (["bench", "--param-dtype", "bfloat16", "--threads", "0"], "--threads"),
 ])

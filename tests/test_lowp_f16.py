@@ -5,7 +5,8 @@ the optimizer objects).
 The reference rounding is NumPy's float32 -> float16 ``astype`` (round to nearest even).
 Few layouts are compiled here (each costs seconds): nearest with bfloat16 state, Kahan
 compensation with bfloat16 state (serial and parallel), a float32 master copy with float32
-state, all with decoupled weight decay."""
+state, stochastic rounding with float32 state (serial and parallel), all with decoupled
+weight decay."""
 import copy
 
 import ml_dtypes
@@ -108,6 +109,136 @@ def test_f16_store_equals_numpy_astype_on_every_rounding_case():
     hn = np.isnan(want)
     assert np.array_equal(back.view(np.uint32)[~hn], want.view(np.uint32)[~hn])
     assert np.all(np.isnan(back[hn]))
+
+
+def f16_sr_np(x, bits):
+    """float32 array -> float16 (numpy) by stochastic rounding with uint32 random ``bits``,
+    in float64 arithmetic (the reference of kernels/lowp.py f16_store_sr): the neighbours
+    toward and away from zero on the float16 grid of |x|, away when the random fraction
+    (the low d bits over 2**d, d = log2(ulp / float32 ulp); below 2**-24 the high 24 bits
+    over 2**24) is at least 1 - (distance to the lower neighbour) / ulp."""
+    x = np.asarray(x, np.float32)
+    with np.errstate(all="ignore"):
+        return _f16_sr_np(x, bits)
+
+
+def _f16_sr_np(x, bits):
+    r = np.asarray(bits, np.uint32).astype(np.uint64)
+    ax = np.abs(x.astype(np.float64))
+    with np.errstate(all="ignore"):
+        e = np.floor(np.log2(np.where(ax > 0, ax, 1.0)))
+        ulp = 2.0 ** np.maximum(e - 10, -24)
+        lo = np.floor(ax / ulp) * ulp
+        frac = (ax - lo) / ulp                                  # in [0, 1), exact
+        d = np.clip(np.log2(ulp) - (np.maximum(e, -126) - 23), 0, 63).astype(np.uint64)
+        u = (r & ((np.uint64(1) << d) - np.uint64(1))) / 2.0 ** d.astype(np.float64)
+        up = u + frac >= 1.0
+        tiny = ax < 2.0 ** -24
+        up = np.where(tiny, 2.0 ** 24 - (r >> np.uint64(8)) <= ax * 2.0 ** 48, up)
+        mag = np.where(tiny, 0.0, lo) + np.where(up, np.where(tiny, 2.0 ** -24, ulp), 0.0)
+        out = (np.copysign(mag, x)).astype(np.float16)
+    out = np.where(np.isnan(x), x.astype(np.float16), out)
+    out = np.where(np.isinf(x), x.astype(np.float16), out)
+    return out.astype(np.float16)
+
+
+@njit
+def _enc_sr(x, bits, out):
+    for i in range(x.shape[0]):
+        out[i] = L.f16_store_sr(x[i], bits[i])
+
+
+def _sr_sample(rng):
+    """float32 values over the float16 range and beyond (normal, subnormal, below 2**-24,
+    overflow, float32 subnormals, specials) and random bits, plus the extreme bits."""
+    u = _bits_sample()
+    mag = 2.0 ** rng.uniform(-30, 17, 400_000) * (1 + rng.random(400_000))
+    x = np.concatenate([u.view(np.float32), (mag * rng.choice([-1, 1], mag.size)).astype(
+        np.float32), np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519, 65520,
+                               65535.9, 65536, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
+                               1e-45, -1e-40, 6.1e-5, 2.0 ** -14], np.float32)])
+    bits = rng.integers(0, 1 << 32, x.size, dtype=np.uint64).astype(np.uint32)
+    bits[:5000] = 0
+    bits[5000:10000] = 0xFFFFFFFF
+    return x, bits
+
+
+def test_f16_stochastic_store_equals_float64_reference():
+    """f16_store_sr (integer cut at the float16 grid in the kernel) = the float64
+    reference f16_sr_np (neighbours and remainder computed in float64), bit for bit on
+    every non-NaN; the result is always one of the two float16 neighbours of x, and bits
+    = 0 truncates toward zero."""
+    x, bits = _sr_sample(np.random.default_rng(20))
+    out = np.empty(x.size, np.uint16)
+    _enc_sr(x, bits, out)
+    ref = f16_sr_np(x, bits)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], ref.view(np.uint16)[~nan])
+    o = out[nan]
+    assert o.size and np.all((o & 0x7C00) == 0x7C00) and np.all((o & 0x03FF) != 0)
+    y = out[~nan].view(F16).astype(np.float64)
+    xs = x[~nan].astype(np.float64)
+    with np.errstate(all="ignore"):
+        near = x[~nan].astype(F16).astype(np.float64)      # one neighbour
+        ulp = f16_ulp(xs)
+        ok = (y == near) | (np.abs(y - xs) < ulp) | (np.isinf(y) & (np.abs(xs) > 65504))
+    assert np.all(ok)
+    z = ~nan & (bits == 0) & (np.abs(x) <= 65504)         # no random bits: toward zero
+    assert np.all(np.abs(out[z].view(F16).astype(np.float64)) <= np.abs(x[z]))
+
+
+def test_f16_stochastic_rounding_in_the_step_is_unbiased():
+    """Many elements with the same parameter, gradient and state: the step's exact
+    float32 value is the same for all (the master-weight test shows the kernel's float32
+    arithmetic is float32 Adam's), each element draws its own bits; the stored float16
+    values are the two neighbours of that value, with mean within 5 sigma of it, for
+    normal and subnormal float16 parameters."""
+    k, reps = 6, 40_000
+    p0 = np.array([1.2345, -3.3, 0.011, 700.0, 3e-6, -4e-7], np.float32).astype(F16)
+    # (zero gradients for the subnormal ones: only the decay moves them, they stay
+    # subnormal, between two points of the 2**-24 grid)
+    g0 = np.array([0.3, -1.0, 2.0, -0.5, 0.0, 0.0], np.float32).astype(F16)
+    p = np.repeat(p0, reps)
+    g = np.repeat(g0, reps)
+    st = fa.init_lowp_state(p, state_dtype="float32")
+    lr = 1e-3
+    fa.adam_step_lowp(p, g, st, step=1, lr=lr, rounding="stochastic", seed=5, **WD)
+    w, m, v = p0.astype(np.float32), np.zeros(k, np.float32), np.zeros(k, np.float32)
+    fa.adam_step(w, g0.astype(np.float32), m, v, step=1, lr=lr, **WD)   # exact float32
+    y = p.astype(np.float64).reshape(k, reps)
+    for j in range(k):
+        x = float(w[j])
+        lo, hi = np.sort(np.unique(y[j]))[[0, -1]]
+        assert lo <= x <= hi and set(np.unique(y[j])) <= {lo, hi}, j
+        assert hi - lo <= f16_ulp(x) * (1 + 1e-9), j
+        assert hi > lo, j                      # none of these x is on the float16 grid
+        if hi > lo:
+            f = (x - lo) / (hi - lo)
+            sd = (hi - lo) * np.sqrt(f * (1 - f) / reps)
+            assert abs(y[j].mean() - x) < 5 * sd + 1e-12 * abs(x), (j, y[j].mean(), x)
+
+
+def test_f16_stochastic_rounding_reproducible_for_seed_and_threads(monkeypatch):
+    n = 2 * config.BLOCK + 77
+    rng = np.random.default_rng(21)
+    p0 = rng.standard_normal(n).astype(np.float32).astype(F16)
+    gs = [rng.standard_normal(n).astype(np.float32).astype(F16) for _ in range(3)]
+
+    def run(seed, threads, parallel):
+        monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 0 if parallel else 1 << 62)
+        p = p0.copy()
+        st = fa.init_lowp_state(p, state_dtype="float32")
+        with fa.threads(threads):
+            for t, g in enumerate(gs, 1):
+                fa.adam_step_lowp(p, g, st, step=t, lr=LR, rounding="stochastic", seed=seed,
+                                  **WD)
+        return p.view(np.uint16).copy()
+
+    a = run(11, 1, False)
+    assert np.array_equal(a, run(11, 1, True))
+    if config.numba.config.NUMBA_NUM_THREADS >= 2:
+        assert np.array_equal(a, run(11, 2, True))
+    assert not np.array_equal(a, run(12, 1, False))
 
 
 # ---------------------------------------------------------------- one step
@@ -271,12 +402,13 @@ def test_f16_refusals_name_the_argument_and_change_nothing():
         for k, a in st.items():
             assert np.array_equal(a.view(np.uint16), before[1][k].view(np.uint16))
 
-    with pytest.raises(ValueError, match=r"rounding.*float16"):
-        fa.adam_step_lowp(p, g, st, step=1, rounding="stochastic")
+    with pytest.raises(ValueError, match="rounding"):
+        fa.adam_step_lowp(p, g, st, step=1, rounding="stochastic ")
     unchanged()
-    with pytest.raises(ValueError, match=r"rounding.*float16"):
-        fa.adamax_step_lowp(p, g, fa.init_lowp_state(p, algorithm="adamax"), step=1,
-                            rounding="stochastic")
+    with pytest.raises(ValueError, match=r"rounding='stochastic' cannot be combined"):
+        fa.adam_step_lowp(p, g, dict(st, master=p.astype(np.float32)), step=1,
+                          rounding="stochastic")
+    unchanged()
     with pytest.raises(TypeError, match="grad"):
         fa.adam_step_lowp(p, g.astype(BF), st, step=1)
     unchanged()
@@ -286,9 +418,11 @@ def test_f16_refusals_name_the_argument_and_change_nothing():
     unchanged()
     with pytest.raises(ValueError, match="master_weights"):
         fa.init_lowp_state(p.astype(np.float32), master_weights=True)
-    # the optimizer: stochastic rounding, mixed float16 / bfloat16 / float32
-    with pytest.raises(ValueError, match=r"rounding.*float16"):
-        fa.Adam([p.copy()], state_dtype="bfloat16", rounding="stochastic")
+    # the optimizer: stochastic rounding with a master copy, mixed float16 / bfloat16 /
+    # float32
+    with pytest.raises(ValueError, match=r"rounding='stochastic' cannot be combined"):
+        fa.Adam([p.copy()], state_dtype="bfloat16", rounding="stochastic",
+                master_weights=True)
     for other in (BF, np.float32):
         with pytest.raises(TypeError, match=r"parameter 1 .*float16"):
             fa.Adam([p.copy(), p.astype(other)], state_dtype="bfloat16")

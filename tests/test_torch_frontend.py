@@ -496,41 +496,54 @@ def test_flags_torch_users_pass():
 
 
 def test_low_precision_refused_where_not_supported():
-    with pytest.raises(TypeError, match="float16 parameters are not supported"):
-        ft.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
-    for name in ("Adamax", "NAdam", "RAdam"):
-        with pytest.raises(TypeError, match="bfloat16 parameters are supported by "
-                                            "fastadam.torch.Adam and AdamW only"):
-            getattr(ft, name)([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)])
-    p = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
-    opt = ft.Adam([p], amsgrad=True)
-    p.grad = torch.ones(3, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="amsgrad"):
-        opt.step()
-    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.bfloat16))
+    for dt in (torch.bfloat16, torch.float16):
+        for name in ("Adamax", "NAdam", "RAdam"):
+            with pytest.raises(TypeError, match=f"{dt} parameters are supported by "
+                                                "fastadam.torch.Adam and AdamW only"):
+                getattr(ft, name)([torch.zeros(3, dtype=dt, requires_grad=True)])
+        p = torch.zeros(3, dtype=dt, requires_grad=True)
+        opt = ft.Adam([p], amsgrad=True)
+        p.grad = torch.ones(3, dtype=dt)
+        with pytest.raises(ValueError, match="amsgrad"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.zeros(3, dtype=dt))
+        assert not opt.state.get(p)
 
 
-def _bf16_twins(name, h, seed=0):
-    """bfloat16 parameters (ours, plus one float32 parameter in the same optimizer) and
+def _bf16_twins(name, h, seed=0, dtype=torch.bfloat16):
+    """16-bit parameters (ours, plus one float32 parameter in the same optimizer) and
     torch.optim on float32 copies of the same values."""
     g = torch.Generator().manual_seed(seed)
     init = [torch.randn(s, generator=g) for s in [(7, 3), (50,), (4, 5, 2), (9,)]]
-    ours = [x.to(torch.bfloat16).requires_grad_() for x in init[:3]] + \
+    ours = [x.to(dtype).requires_grad_() for x in init[:3]] + \
         [init[3].clone().requires_grad_()]
     ref = [x.detach().float().clone().requires_grad_() for x in ours]
     return getattr(ft, name)(ours, **h), getattr(torch.optim, name)(ref, **h), ours, ref
 
 
-@pytest.mark.parametrize("name,h", [("Adam", dict(lr=1e-2, weight_decay=0.1)),
-                                   ("AdamW", dict(lr=1e-2, maximize=True)),
-                                   ("Adam", dict(lr=1e-3, betas=(0.8, 0.99),
-                                                 decoupled_weight_decay=True,
-                                                 weight_decay=0.2))], ids=str)
-def test_bfloat16_params_master_weights_track_float32_adam(name, h):
-    """bfloat16 parameters step float32 master weights (fastadam.lowp): the master copy
-    follows torch.optim on float32 parameters fed the same gradients (a few float32 ulp
-    per step, accumulated), and the bfloat16 parameter is the master rounded to nearest."""
-    opt, topt, ours, ref = _bf16_twins(name, h)
+LOWP_DTYPES = [torch.bfloat16, torch.float16]
+
+
+# float16 runs the decoupled-decay cases only: every other case would compile another
+# float16 kernel layout, and the options' code paths are the same for both 16-bit formats
+# (the kernels are generic in the format).
+_DECOUPLED = dict(lr=1e-3, betas=(0.8, 0.99), decoupled_weight_decay=True, weight_decay=0.2)
+
+
+@pytest.mark.parametrize("name,h,dtype", [
+    ("Adam", dict(lr=1e-2, weight_decay=0.1), torch.bfloat16),
+    ("AdamW", dict(lr=1e-2, maximize=True), torch.bfloat16),
+    ("Adam", _DECOUPLED, torch.bfloat16),
+    ("Adam", _DECOUPLED, torch.float16),
+    ("AdamW", dict(lr=1e-2), torch.float16)], ids=str)
+def test_low_precision_params_master_weights_track_float32_adam(name, h, dtype):
+    """bfloat16 / float16 parameters step float32 master weights (fastadam.lowp): the
+    master copy follows torch.optim on float32 parameters fed the same gradients (a few
+    float32 ulp per step, accumulated), and the 16-bit parameter is the master rounded to
+    nearest (what torch.optim would give on a float32 copy rounded to the parameter's
+    dtype after each step; torch.optim on the 16-bit parameters themselves keeps 16-bit
+    moments and rounds every operation, a different algorithm)."""
+    opt, topt, ours, ref = _bf16_twins(name, h, dtype=dtype)
     rng = np.random.default_rng(50)
     steps = 60
     for t in range(steps):
@@ -545,19 +558,139 @@ def test_bfloat16_params_master_weights_track_float32_adam(name, h):
         topt.step()
     for p, q in zip(ours, ref):
         st = opt.state[p]
-        master = st["master"] if p.dtype == torch.bfloat16 else p.detach()
+        master = st["master"] if p.dtype == dtype else p.detach()
         a, b = master.numpy(), q.detach().numpy()
         tol = 4 * steps * np.finfo(np.float32).eps * np.maximum(np.abs(b), h["lr"])
         np.testing.assert_array_less(np.abs(a - b), tol)
-        if p.dtype == torch.bfloat16:
-            assert torch.equal(p.detach(), st["master"].to(torch.bfloat16))
+        if p.dtype == dtype:
+            assert torch.equal(p.detach(), st["master"].to(dtype))
             assert st["exp_avg"].dtype == torch.float32
         assert float(st["step"]) == float(topt.state[q]["step"])
 
 
-def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
-    h = dict(lr=1e-2)
-    opt, _, ours, _ = _bf16_twins("Adam", h)
+# the ways to keep a 16-bit parameter's precision: fastadam.torch's options -> fa.AdamW's
+LOWP_MODES = [({}, dict(master_weights=True)),
+              (dict(compensation=True), dict(compensation=True)),
+              (dict(rounding="stochastic", seed=9), dict(rounding="stochastic", seed=9)),
+              (dict(master_weights=False), {})]
+
+
+@pytest.mark.parametrize("opts,fa_opts", LOWP_MODES, ids=str)
+def test_float16_params_equal_numpy_object_api(opts, fa_opts):
+    """fastadam.torch on float16 tensors = fa.AdamW on float16 NumPy arrays with
+    state_dtype="float32" and the same way to keep precision (master weights by default,
+    compensation, stochastic rounding, round to nearest), bit for bit (parameters, moments,
+    master weights or compensation buffer), two param groups with their own lr."""
+    import fastadam as fa
+    name, h = "AdamW", dict(lr=3e-3, weight_decay=0.3)
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=g).to(torch.float16) for s in [(7, 3), (50,), (4, 5, 2)]]
+    ours = [x.clone().requires_grad_() for x in init]
+    arrs = [x.numpy().copy() for x in init]
+    lr2 = h["lr"] / 3
+    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h)
+    if opts:
+        assert opt.set_low_precision(**opts) is opt
+    kw = {k: v for k, v in h.items() if k != "lr"}
+    ref = getattr(fa, name)([{"params": arrs[:2], "lr": h["lr"]},
+                             {"params": arrs[2:], "lr": lr2}],
+                            state_dtype="float32", **fa_opts, **kw)
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        grads = [rng.standard_normal(a.shape).astype(np.float16) for a in arrs]
+        for p, gr in zip(ours, grads):
+            p.grad = torch.from_numpy(gr.copy())
+        opt.step()
+        ref.step(grads)
+    st = ref.state_dict()["state"]
+    extra = [k for k in ("master", "compensation") if fa_opts.get(k.replace(
+        "master", "master_weights"))]
+    for j, (p, a) in enumerate(zip(ours, arrs)):
+        assert p.dtype == torch.float16
+        np.testing.assert_array_equal(p.detach().numpy().view(np.uint16), a.view(np.uint16))
+        assert list(opt.state[p]) == ["step", "exp_avg", "exp_avg_sq"] + extra
+        for key in ["exp_avg", "exp_avg_sq"] + extra:
+            mine = opt.state[p][key].numpy().reshape(-1)
+            want = np.asarray(st[j][key]).reshape(-1)
+            assert mine.dtype == (np.float16 if key == "compensation" else np.float32)
+            np.testing.assert_array_equal(mine.view(np.uint8), want.view(mine.dtype).view(
+                np.uint8), err_msg=key)
+    if opts.get("rounding") == "stochastic":     # the seed reaches the kernel
+        def run(seed):
+            ps = [x.clone().requires_grad_() for x in init]
+            o = ft.AdamW(ps, **h).set_low_precision(**dict(opts, seed=seed))
+            for _ in range(3):
+                for p in ps:
+                    p.grad = torch.full_like(p, 0.5)
+                o.step()
+            return torch.cat([p.detach().reshape(-1) for p in ps])
+        assert torch.equal(run(9), run(9)) and not torch.equal(run(9), run(10))
+
+
+def test_low_precision_options_bad_values_and_mode_switch():
+    """set_low_precision: bad values refused naming the argument, nothing changed; the
+    mode switches at the next step (the new buffer starts from the parameter / at zero,
+    the old one leaves state); deepcopy keeps it, state_dict stays torch's format;
+    float32 parameters and the other classes are not affected / refuse it."""
+    p = torch.linspace(-2, 2, 12, dtype=torch.float16).requires_grad_()
+    q = torch.ones(3, requires_grad=True)                     # float32: options ignored
+    opt = ft.AdamW([{"params": [p]}, {"params": [q]}], lr=1e-2)
+    for _ in range(2):
+        p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+        opt.step()
+    assert "master" in opt.state[p] and set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq"}
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    for kw, err, what in [(dict(rounding="up"), ValueError, "rounding"),
+                          (dict(seed=-1), ValueError, "seed"),
+                          (dict(seed=1.5), TypeError, "seed"),
+                          (dict(compensation=1), TypeError, "compensation"),
+                          (dict(master_weights=True, compensation=True), ValueError,
+                           "master_weights"),
+                          (dict(master_weights=True, rounding="stochastic"), ValueError,
+                           "master_weights"),
+                          (dict(compensation=True, rounding="stochastic"), ValueError,
+                           "compensation")]:
+        with pytest.raises(err, match=what):
+            opt.set_low_precision(**kw)
+    with pytest.raises(TypeError, match="Adam and AdamW only"):
+        ft.Adamax([q]).set_low_precision(compensation=True)
+    assert torch.equal(p.detach(), before[0])
+    for k, v in before[1].items():                      # nothing changed
+        assert torch.equal(opt.state[p][k], v), k
+    opt.step()                                          # still master weights
+    assert not torch.equal(before[1]["master"], opt.state[p]["master"])
+    assert torch.equal(p.detach(), opt.state[p]["master"].to(torch.float16))
+    opt.set_low_precision(compensation=True)               # master -> compensation
+    p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+    opt.step()
+    assert list(opt.state[p]) == ["step", "exp_avg", "exp_avg_sq", "compensation"]
+    assert opt.state[p]["compensation"].dtype == torch.float16
+    assert float(opt.state[p]["step"]) == 4
+    sd = opt.state_dict()
+    assert set(sd["param_groups"][0]) == set(torch.optim.AdamW([p]).state_dict()[
+        "param_groups"][0])                               # torch's format
+    twin = copy.deepcopy(opt)
+    p2, q2 = p.detach().clone().requires_grad_(), q.detach().clone().requires_grad_()
+    loaded = ft.AdamW([{"params": [p2]}, {"params": [q2]}]).set_low_precision(
+        compensation=True)
+    loaded.load_state_dict(sd)                 # the compensation buffer comes back
+    p2.grad, q2.grad = p.grad.clone(), q.grad.clone()
+    opt.step()
+    twin.step()                                # deepcopy kept the mode (and its grads)
+    loaded.step()
+    for o, x in ((twin, twin.param_groups[0]["params"][0]), (loaded, p2)):
+        assert torch.equal(o.state[x]["compensation"], opt.state[p]["compensation"])
+        assert torch.equal(x.detach(), p.detach())
+    opt.set_low_precision()                                # -> master from the parameter
+    opt.step()
+    assert "compensation" not in opt.state[p] and "master" in opt.state[p]
+    assert torch.equal(p.detach(), opt.state[p]["master"].to(torch.float16))
+
+
+@pytest.mark.parametrize("dtype", LOWP_DTYPES, ids=str)
+def test_low_precision_state_dict_round_trips_and_loads_from_torch(dtype):
+    h = dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)
+    opt, _, ours, _ = _bf16_twins("Adam", h, dtype=dtype)
     rng = np.random.default_rng(51)
 
     def train(o, ps, n):
@@ -573,7 +706,7 @@ def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
     sd = torch.load(buf, weights_only=True)
     assert list(sd["state"][0]) == ["step", "exp_avg", "exp_avg_sq", "master"]
     # fastadam -> fastadam: exact (master weights included)
-    opt2, _, ours2, _ = _bf16_twins("Adam", h)
+    opt2, _, ours2, _ = _bf16_twins("Adam", h, dtype=dtype)
     with torch.no_grad():
         for p, q in zip(ours2, ours):
             p.copy_(q)
@@ -585,17 +718,20 @@ def test_bfloat16_state_dict_round_trips_and_loads_from_torch():
     for p, q in zip(ours, ours2):
         assert torch.equal(p, q)
         assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[q]["exp_avg_sq"])
-    # torch.optim.Adam on bfloat16 loads ours (moments cast to bfloat16, master ignored)
+    # torch.optim.Adam on 16-bit parameters loads ours (moments cast, master ignored)
     tps = [p.detach().clone().requires_grad_() for p in ours]
     topt = torch.optim.Adam(tps, **h)
     topt.load_state_dict(opt.state_dict())
+    assert topt.state[tps[0]]["exp_avg"].dtype == dtype
     train(topt, tps, 1)
-    # and ours loads torch's bfloat16 state: moments widened, master from the parameter
-    opt3, _, ours3, _ = _bf16_twins("Adam", h)
+    # and ours loads torch's 16-bit state: moments widened, master from the parameter
+    opt3, _, ours3, _ = _bf16_twins("Adam", h, dtype=dtype)
     with torch.no_grad():
         for p, q in zip(ours3, tps):
             p.copy_(q)
     opt3.load_state_dict(topt.state_dict())
+    assert torch.equal(opt3.state[ours3[0]]["exp_avg"],
+                       topt.state[tps[0]]["exp_avg"].float())
     train(opt3, ours3, 1)
     assert float(opt3.state[ours3[0]]["step"]) == 10
     assert opt3.state[ours3[0]]["exp_avg"].dtype == torch.float32

@@ -115,7 +115,9 @@ class OptimizerState:
 
 
 PARAM_LAYOUTS = ["float32", "bfloat16/nearest", "bfloat16/stochastic",
-                 "bfloat16/compensation", "bfloat16/master", "int8/nearest"]
+                 "bfloat16/compensation", "bfloat16/master", "int8/nearest",
+                 "float16:bfloat16/nearest", "float16:bfloat16/stochastic",
+                 "float16:bfloat16/master"]
 
 
 def _param_layout(n, layout):
@@ -126,13 +128,16 @@ def _param_layout(n, layout):
         raise NotImplementedError("this fastadam has no bench_lowp (or no ml_dtypes)")
     if layout == "float32":
         return bench_lowp.make_layout(n, "float32", param_dtype="float32")
-    sdt, mode = layout.split("/")
-    return bench_lowp.make_layout(n, sdt, mode)
+    pdt, _, rest = layout.rpartition(":")      # "float16:..." float16 params, else bfloat16
+    sdt, mode = rest.split("/")
+    if pdt and pdt not in getattr(bench_lowp, "PARAM_DTYPES", ()):
+        raise NotImplementedError(f"this fastadam has no {pdt} parameters in its benchmarks")
+    return bench_lowp.make_layout(n, sdt, mode, pdt or "bfloat16")
 
 
 class OptimizerParamDtype:
     """fa.Adam(...).step() on bfloat16 parameters and gradients (state dtype / way to keep
-    precision; "float32" is the float32 step), its ratio to the float32 step and % of its
+    precision; "float16:..." float16 ones; "float32" is the float32 step), its ratio to the float32 step and % of its
     own byte floor, both from one interleaved run (fastadam bench --param-dtype)."""
     params = [[10**5, 10**6, 10**7], PARAM_LAYOUTS]
     param_names = ["size", "layout"]

@@ -9,7 +9,7 @@ Layouts (compile-time constants of a generated kernel):
   (``STATE_Q8``: int8 codes of m, uint8 codes of sqrt(v), a float32 absmax of each per
   ``lowp.Q8_BLOCK`` elements);
 * how a 16-bit parameter keeps its precision (``PMODE_*``): round to nearest, stochastic
-  rounding (bfloat16 only), Kahan compensation in a buffer ``c`` of the parameter's
+  rounding, Kahan compensation in a buffer ``c`` of the parameter's
   16-bit format, or a float32 master copy ``w``.
 
 Every element is computed in float32 from the decoded values, with exactly the arithmetic
@@ -50,7 +50,7 @@ def step_scalars(h, t, decoupled, adamax, out):
     """Adam's step scalars (kernels/adam.py, through the shared loop's step_scalars)."""
     _step_scalars(_ADAM_ID, h, t, h, decoupled, out)
 from .lowp import (Q8_BLOCK, _absbits, _bits_f32, bf16_load, bf16_store, bf16_store_sr,
-                   f16_load, f16_store, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode, sr_bits,
+                   f16_load, f16_store, f16_store_sr, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode, sr_bits,
                    sr_segment_key)
 
 PARAM_F32, PARAM_BF16, PARAM_F16 = 0, 1, 2
@@ -142,8 +142,11 @@ def store_param(p, w, c, i, p_old, p_dec, upd, wdm1, key, gi, param_kind, pmode,
         p[i] = p16_store(x, param_kind)
     elif pmode == PMODE_NEAREST:
         p[i] = p16_store(p_dec - upd, param_kind)
-    elif pmode == PMODE_STOCHASTIC:   # bfloat16 only (refused for float16 by the callers)
-        p[i] = bf16_store_sr(p_dec - upd, sr_bits(key, gi))
+    elif pmode == PMODE_STOCHASTIC:
+        if param_kind == PARAM_F16:
+            p[i] = f16_store_sr(p_dec - upd, sr_bits(key, gi))
+        else:
+            p[i] = bf16_store_sr(p_dec - upd, sr_bits(key, gi))
     else:  # PMODE_KAHAN: c holds what the 16-bit parameter has not absorbed yet
         delta = -upd
         if decoupled:

@@ -16,6 +16,9 @@ bfloat16 (the upper 16 bits of a float32, stored as uint16; the bit layout of
     bf16_store_sr(x, r)       -> uint16     stochastic rounding with random bits r
                                             (low 16 used): rounds up with probability
                                             (distance to the lower neighbour) / ulp
+    f16_store_sr(x, r)        -> uint16     the same to IEEE half (f16_load / f16_store:
+                                            LLVM's fpext / fptrunc), the cut moving with
+                                            the float16 exponent
     sr_segment_key(key, base) -> uint32     per-segment key: the step's key (sr_key) with
                                             the high half of the element index mixed in
     sr_bits(seg_key, i)       -> uint32     counter-based random bits for element i:
@@ -191,6 +194,51 @@ def _f32_to_f16_rne(typingctx, x):
 
 
 @intrinsic
+def _f32_to_f16_sr(typingctx, x, bits):
+    """float32 -> float16 bits (uint16), stochastic rounding with random ``bits``.
+
+    |x| is cut at the float16 grid of its binade: d = 13 dropped fraction bits for a
+    normal float16, 13 + (113 - E) in the float16 subnormal range (E the biased float32
+    exponent; the grid there is 2**-24). d random bits are added to the magnitude bits
+    and the d bits cleared: the result is the upper neighbour with probability (dropped
+    bits) / 2**d, the remainder exactly, and a carry moves into the next binade as it
+    should. The value is then on the float16 grid, and fptrunc converts it exactly
+    (>= 65536 becomes inf, as round to nearest does above 65520). Below 2**-24
+    (E <= 102, float32 subnormals included) the neighbours are 0 and 2**-24: up when 24
+    random bits k = bits >> 8 reach 2**24 (1 - |x| / 2**-24), an exact float32 compare:
+    probability floor(2**24 |x| / 2**-24) / 2**24, low by less than 2**-24 (an expected
+    error below 2**-48 in absolute terms). NaN -> fptrunc's NaN, +-inf kept."""
+    if x != types.float32 or not isinstance(bits, types.Integer):
+        return None
+    sig = types.uint16(x, bits)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        x = args[0]
+        r = _to_i32(builder, args[1])
+        b = builder.bitcast(x, _I32)
+        sign = builder.and_(b, _c32(0x80000000))
+        a = builder.and_(b, _c32(0x7FFFFFFF))
+        e = builder.lshr(a, _c32(23))
+        normal16 = builder.icmp_unsigned(">=", e, _c32(113))
+        d = builder.select(normal16, _c32(13), builder.sub(_c32(126), e))
+        d = builder.select(builder.icmp_unsigned(">", d, _c32(23)), _c32(23), d)
+        mask = builder.sub(builder.shl(_c32(1), d), _c32(1))
+        cut = builder.and_(builder.add(a, builder.and_(r, mask)), builder.not_(mask))
+        # below the smallest float16 subnormal: 0 or 2**-24, up when k + |x| * 2**48 >=
+        # 2**24 for k = bits >> 8 (both sides exact in float32)
+        t = builder.fmul(builder.bitcast(a, _F32), ir.Constant(_F32, 2.0 ** 48))
+        thr = builder.uitofp(builder.sub(_c32(1 << 24), builder.lshr(r, _c32(8))), _F32)
+        tiny = builder.select(builder.fcmp_ordered(">=", t, thr), _c32(0x33800000), _c32(0))
+        mag = builder.select(builder.icmp_unsigned("<=", e, _c32(102)), tiny, cut)
+        y = builder.bitcast(builder.or_(mag, sign), _F32)
+        y = builder.select(builder.fcmp_unordered("uno", x, x), x, y)
+        return builder.bitcast(builder.fptrunc(y, _F16), _I16)
+
+    return sig, codegen
+
+
+@intrinsic
 def _absbits(typingctx, x):
     """float32 -> its magnitude bits (int32, sign cleared). For non-negative floats the
     integer order is the value order, and every NaN is above inf: an integer max over
@@ -287,6 +335,13 @@ def f16_store(x):
     """float32 -> float16 bits, round to nearest even; overflow -> +-inf, subnormals
     kept, NaN -> a NaN of the same sign (= NumPy's astype(np.float16) on every non-NaN)."""
     return _f32_to_f16_rne(x)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def f16_store_sr(x, bits):
+    """float32 -> float16 bits, stochastic rounding with the random ``bits`` (uint32: the
+    low 13..23 bits, or the high 24 below 2**-24; see _f32_to_f16_sr)."""
+    return _f32_to_f16_sr(x, bits)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -92,7 +92,7 @@ _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": 
 
 
 def check_lowp_options(options):
-    """master_weights / compensation / rounding / seed (for bfloat16 parameters), checked
+    """master_weights / compensation / rounding / seed (for 16-bit parameters), checked
     and normalised."""
     import numbers
     out = dict(_DEFAULT_OPTIONS)
@@ -126,17 +126,14 @@ def make_lowp(state_dtype, options, params, algorithm, average):
                         f"{params[0].dtype}: an optimizer over bfloat16 or float16 "
                         "parameters needs all of them of one dtype (mixed float32/bfloat16/"
                         "float16 is not supported)")
-    if any(bf) and params[0].dtype == np.float16 and options["rounding"] != "nearest":
-        raise ValueError("rounding='stochastic' is not available for float16 parameters "
-                         "(bfloat16 only): use compensation=True or master_weights=True")
     if not any(bf):
         for name in ("master_weights", "compensation"):
             if options[name]:
                 raise ValueError(f"{name}=True needs bfloat16 or float16 parameters (float32 "
                                  "parameters are stepped exactly already)")
         if options["rounding"] != "nearest":
-            raise ValueError("rounding='stochastic' needs bfloat16 parameters (float32 "
-                             "parameters are not rounded)")
+            raise ValueError("rounding='stochastic' needs bfloat16 or float16 parameters "
+                             "(float32 parameters are not rounded)")
         if state_dtype in (None, "float32"):
             return None
         return LowpState(state_dtype, options)

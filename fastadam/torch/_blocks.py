@@ -14,7 +14,9 @@ import torch
 
 import fastadam as fa
 
-from ._common import _fa_value, _flatten, _scalar_dtype, numpy_view
+from ._common import LOW_PRECISION, _fa_value, _flatten, _scalar_dtype, numpy_view
+
+PRECISION_KEYS = ("master", "compensation")
 
 
 # ----------------------------------------------------------------------------- layout
@@ -36,6 +38,14 @@ class _Block:
 
 
 _MAX_BLOCKS = 16
+
+
+def _tensor(a):
+    """A torch tensor sharing the memory of NumPy array ``a`` (ml_dtypes.bfloat16 as
+    torch.bfloat16: a bfloat16 compensation buffer)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _copy_group_scalars(gs_rows):
@@ -165,7 +175,7 @@ def build_block(opt, S, idx):
         # scalars (NAdam's mu_product depends on the betas of the steps they took)
         scal = tuple(arrays.get(k) for k in spec.scalar_keys) if step else ()
         cls_name = spec.fa_class_name(groups[gidx[i]])
-        if p.dtype == torch.bfloat16:
+        if p.dtype in LOW_PRECISION:
             cls_name = "lowp:" + cls_name
         key = (cls_name, gidx[i], step, scal)
         cells.setdefault(key, []).append(i)
@@ -180,6 +190,8 @@ def build_block(opt, S, idx):
             g = groups[k[1]]
             hp = {h: _fa_value(h, g[h])
                   for h in spec.hparams + tuple(spec.optional_state.values())}
+            if cls_name.startswith("lowp:"):
+                hp.update(opt._lowp_resolved())
             fa_groups.append({"params": [numpy_view(params[i], names[i]) for i in cells[k]],
                               **hp})
             members.extend(cells[k])
@@ -221,14 +233,16 @@ def build_block(opt, S, idx):
             g = groups[gidx[i]]
             new = {"step": B.step_buf[lo + j]}
             arrays = opt._inner_state(inner, ist, j)
-            extra = ("master",) if p.dtype == torch.bfloat16 else ()
+            extra = tuple(k for k in PRECISION_KEYS if k in arrays) \
+                if p.dtype in LOW_PRECISION else ()
             for key in spec.state_keys + tuple(k for k, flag in spec.optional_state.items()
                                                if g.get(flag)) + extra:
                 if key in spec.scalar_keys:
                     new[key] = B.gs_buf[lo + j, spec.scalar_keys.index(key)]
                 else:
-                    new[key] = torch.from_numpy(arrays[key]).view(p.shape)
+                    new[key] = _tensor(arrays[key]).view(p.shape)
             old = dict.get(opt.state, p) or {}
-            new.update({k: v for k, v in old.items() if k not in new})
+            drop = PRECISION_KEYS if p.dtype in LOW_PRECISION else ()   # a mode left
+            new.update({k: v for k, v in old.items() if k not in new and k not in drop})
             opt.state[p] = new
     return B

@@ -12,9 +12,20 @@ _ADAM_STATE = ("exp_avg", "exp_avg_sq")
 _AMSGRAD = {"max_exp_avg_sq": "amsgrad"}
 
 
+_LOWP_DOC = """
+bfloat16 and float16 parameters: float32 moments and float32 master weights by default;
+``opt.set_low_precision(compensation=True)`` (Kahan compensation in a buffer of the
+parameter's dtype), ``set_low_precision(rounding="stochastic", seed=0)`` or
+``set_low_precision(master_weights=False)`` (round to nearest) choose another way to keep
+their precision. The constructor, defaults and state_dict format are torch's. See
+docs/torch.md.
+
+"""
+
+
 class Adam(FastadamTorchOptimizer, torch.optim.Adam):
     __doc__ = ("torch.optim.Adam with fastadam's fused CPU step (same arguments, results, "
-               "state_dict). ``decoupled_weight_decay=True`` gives AdamW.\n\n"
+               "state_dict). ``decoupled_weight_decay=True`` gives AdamW.\n" + _LOWP_DOC
                + (torch.optim.Adam.__doc__ or ""))
     _spec = Spec("Adam", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
@@ -24,7 +35,7 @@ class Adam(FastadamTorchOptimizer, torch.optim.Adam):
 
 class AdamW(FastadamTorchOptimizer, torch.optim.AdamW):
     __doc__ = ("torch.optim.AdamW with fastadam's fused CPU step (same arguments, results, "
-               "state_dict).\n\n" + (torch.optim.AdamW.__doc__ or ""))
+               "state_dict).\n" + _LOWP_DOC + (torch.optim.AdamW.__doc__ or ""))
     _spec = Spec("AdamW", ("lr", "betas", "eps", "weight_decay", "maximize"), _ADAM_STATE,
                  _AMSGRAD, structural=("decoupled_weight_decay",),
                  fa_class=lambda g: "AdamW" if g.get("decoupled_weight_decay", True) else "Adam",

@@ -25,8 +25,8 @@ import fastadam as fa
 
 # ----------------------------------------------------------------------------- dtypes
 # The one place that maps a parameter dtype to a zero-copy NumPy view of its memory.
-# Low-precision parameters (bfloat16 has no NumPy dtype: ``t.view(torch.int16).numpy()
-# .view(ml_dtypes.bfloat16)``) plug in here once fastadam's kernels take them.
+# bfloat16 has no NumPy dtype: ``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)``;
+# float16 is NumPy's own. Both are stepped by Adam / AdamW through fastadam.lowp.
 
 
 def _plain_view(t):
@@ -39,30 +39,29 @@ def _bf16_view(t):
 
 
 _NUMPY_VIEWS = {torch.float32: _plain_view, torch.float64: _plain_view,
-                torch.bfloat16: _bf16_view}
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
+                torch.bfloat16: _bf16_view, torch.float16: _plain_view}
+#: 16-bit parameter dtypes: float32 master weights and moments (fastadam.lowp).
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def check_dtype(t, name, lowp=False):
-    """TypeError unless ``t``'s dtype is one fastadam.torch steps (bfloat16 only where
-    ``lowp``: Adam and AdamW, through fastadam.lowp)."""
-    if t.dtype in (torch.float32, torch.float64) or (lowp and t.dtype == torch.bfloat16):
+    """TypeError unless ``t``'s dtype is one fastadam.torch steps (bfloat16 and float16
+    only where ``lowp``: Adam and AdamW, through fastadam.lowp)."""
+    if t.dtype in (torch.float32, torch.float64) or (lowp and t.dtype in LOW_PRECISION):
         return
-    if t.dtype in _LOW_PRECISION:
-        what = ("bfloat16 parameters are supported by fastadam.torch.Adam and AdamW only"
-                if t.dtype == torch.bfloat16 else
-                "float16 parameters are not supported by fastadam.torch yet (fastadam's "
-                "NumPy API, fa.Adam on float16 arrays, serves them)")
-        raise TypeError(f"{name} has dtype {t.dtype}: {what}; keep float32 parameters "
+    if t.dtype in LOW_PRECISION:
+        raise TypeError(f"{name} has dtype {t.dtype}: {t.dtype} parameters are supported by "
+                        "fastadam.torch.Adam and AdamW only; keep float32 parameters "
                         "(e.g. model.float(), with torch.autocast for low-precision "
                         "compute) or use torch.optim")
     raise TypeError(f"{name} has dtype {t.dtype}; fastadam.torch steps real floating-point "
-                    "parameters of dtype float32 or float64")
+                    "parameters of dtype float32 or float64 (bfloat16 and float16: Adam "
+                    "and AdamW)")
 
 
 def numpy_view(t, name="tensor"):
     """A NumPy array sharing ``t``'s memory (``t`` a contiguous CPU tensor; bfloat16 as
-    ml_dtypes.bfloat16)."""
+    ml_dtypes.bfloat16, float16 as numpy.float16)."""
     check_dtype(t, name, lowp=True)
     return _NUMPY_VIEWS[t.dtype](t)
 

@@ -44,14 +44,16 @@ from torch.optim import optimizer as _opt_mod
 
 from . import _blocks, _threads
 from ._blocks import _copy_group_scalars
-from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, Spec, _bf16_view, _fa_value, _share_threads,
-                      _threads_seen, _twin_defaults, check_dtype, increment_version,
-                      numpy_view)
+from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_view, _fa_value,
+                      _share_threads, _threads_seen, _twin_defaults, check_dtype,
+                      increment_version, numpy_view)
+from ._lowp import LowpOptions, precision_key
 
 
-class FastadamTorchOptimizer:
+class FastadamTorchOptimizer(LowpOptions):
     """Mixin placed before a ``torch.optim`` class: ``class Adam(FastadamTorchOptimizer,
-    torch.optim.Adam)``. Replaces ``step``; everything else is torch's."""
+    torch.optim.Adam)``. Replaces ``step``; everything else is torch's (plus
+    ``set_low_precision`` for Adam / AdamW: _lowp.LowpOptions)."""
 
     _spec: Spec
     _twin_defaults: dict = {}
@@ -144,19 +146,23 @@ class FastadamTorchOptimizer:
     def __getstate__(self):
         st = super().__getstate__()
         st.pop("_layout", None)
+        if self._lowp_options is not None:
+            st["_lowp_options"] = dict(self._lowp_options)
         return st
 
     def load_state_dict(self, state_dict):
-        """torch's load_state_dict; for bfloat16 parameters the float32 state (moments,
-        master weights) is kept in float32 (torch casts state to the parameter's dtype)."""
+        """torch's load_state_dict; for bfloat16 and float16 parameters the float32 state
+        (moments, master weights) is kept in float32 (torch casts state to the parameter's
+        dtype), as copies (the compensation buffer too: not the saved tensors)."""
         keep = {}
         try:
             saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
             mine = [p for g in self.param_groups for p in g["params"]]
             for i, p in zip(saved_ids, mine):
                 st = state_dict["state"].get(i)
-                if p.dtype == torch.bfloat16 and isinstance(st, dict):
-                    keep[p] = {k: v.detach().to(device="cpu", dtype=torch.float32, copy=True)
+                if p.dtype in LOW_PRECISION and isinstance(st, dict):
+                    keep[p] = {k: v.detach().to(device="cpu", copy=True, dtype=(
+                        p.dtype if k == "compensation" else torch.float32))
                                for k, v in st.items() if k != "step"
                                and isinstance(v, torch.Tensor) and v.is_floating_point()}
         except (KeyError, TypeError, AttributeError):
@@ -331,10 +337,12 @@ class FastadamTorchOptimizer:
         arrays = {}
         optional = [k for k, flag in self._spec.optional_state.items() if group.get(flag)]
         keys = list(self._spec.state_keys) + optional
-        # bfloat16 parameters: float32 moments and master weights (fastadam.lowp)
-        lowp = p.dtype == torch.bfloat16
-        if lowp:
-            keys.append("master")
+        # bfloat16 / float16 parameters: float32 moments, and float32 master weights or a
+        # compensation buffer of the parameter's dtype (fastadam.lowp)
+        lowp = p.dtype in LOW_PRECISION
+        extra = precision_key(self._lowp_resolved()) if lowp else None
+        if extra:
+            keys.append(extra)
         sdt = torch.float32 if lowp else p.dtype
         for key in keys:
             if key not in st:
@@ -355,7 +363,8 @@ class FastadamTorchOptimizer:
             if tuple(v.shape) != tuple(p.shape):
                 raise ValueError(f"state of {name}: {key!r} has shape {tuple(v.shape)}, "
                                  f"the parameter {tuple(p.shape)}")
-            v = v.detach().to(device="cpu", dtype=sdt).contiguous()
+            v = v.detach().to(device="cpu", dtype=p.dtype if key == "compensation" else sdt)
+            v = v.contiguous()
             arrays[key] = numpy_view(v, name)
         missing = [k for k in self._spec.state_keys if k not in arrays]
         if step > 0 and missing:
