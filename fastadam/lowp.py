@@ -40,7 +40,8 @@ from . import _checks as C
 from . import config
 from .kernels import adam_lowp as A
 from .kernels.spec import N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE
-from .kernels.lowp import Q8_BLOCK, sr_key
+from .kernels.lowp import sr_key
+from .kernels.q8 import Q8_BLOCK
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 ROUNDINGS = ("nearest", "stochastic")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels.lowp import Q8_BLOCK
+from .kernels.q8 import Q8_BLOCK
 
 
 def decode_state(state):
     """(exp_avg, exp_avg_sq) of a state as float32 arrays (new arrays); of an AdaMax
     state (exp_avg, exp_inf)."""
-    from .kernels.lowp import Q8S_TABLE, Q8U_TABLE
+    from .kernels.q8 import Q8S_TABLE, Q8U_TABLE
     m, v = state["exp_avg"], state["exp_inf" if "exp_inf" in state else "exp_avg_sq"]
     if m.dtype == np.int8:
         n = m.shape[0]
@@ -39,7 +39,8 @@ def encode_moments(m, v, state_dtype):
     """Low-precision state arrays (as in an optimizer's state_dict: bfloat16 as uint16
     bits) of float32 moments ``m``, ``v`` (1-D). bfloat16: round to nearest even; int8:
     per block of ``Q8_BLOCK`` the absmax of m and of sqrt(v), then the nearest code."""
-    from .kernels.lowp import Q8S_TABLE, Q8U_TABLE, bf16_round_np
+    from .kernels.lowp import bf16_round_np
+    from .kernels.q8 import Q8S_TABLE, Q8U_TABLE
     m = np.ascontiguousarray(m, np.float32).reshape(-1)
     v = np.ascontiguousarray(v, np.float32).reshape(-1)
     if state_dtype == "float32":

@@ -49,9 +49,9 @@ _ADAM_ID = ALGORITHMS["adam"].id
 def step_scalars(h, t, decoupled, adamax, out):
     """Adam's step scalars (kernels/adam.py, through the shared loop's step_scalars)."""
     _step_scalars(_ADAM_ID, h, t, h, decoupled, out)
-from .lowp import (Q8_BLOCK, _absbits, _bits_f32, bf16_load, bf16_store, bf16_store_sr,
-                   f16_load, f16_store, f16_store_sr, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode, sr_bits,
-                   sr_segment_key)
+from .lowp import (_absbits, _bits_f32, bf16_load, bf16_store, bf16_store_sr, f16_load,
+                   f16_store, f16_store_sr, sr_bits, sr_segment_key)
+from .q8 import Q8_BLOCK, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode
 
 PARAM_F32, PARAM_BF16, PARAM_F16 = 0, 1, 2
 STATE_F32, STATE_BF16, STATE_Q8 = 0, 1, 2

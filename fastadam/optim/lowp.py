@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks as C
-from ..kernels.lowp import Q8_BLOCK, sr_key
+from ..kernels.lowp import sr_key
+from ..kernels.q8 import Q8_BLOCK
 from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
