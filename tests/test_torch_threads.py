@@ -29,12 +29,17 @@ def _restore_policy():
 def test_two_cores_short_step_runs_serially():
     # torch 2 threads on 2 cores: its one worker spins on the other core
     assert choose(10**5, 2, 2, 2, True) == (1, False)
-    assert choose(10**6 - 1, 2, 2, 2, True, can_release=True) == (1, False)
+    assert choose(10**6, 2, 2, 2, True, can_release=True) == (1, False)
+    assert choose(2 * 10**6, 2, 2, 2, True, can_release=True) == (1, False)
+    assert choose(2_499_999, 2, 2, 2, True, can_release=True) == (1, False)
 
 
 def test_longer_steps_use_all_threads_and_release_from_release_step():
-    assert choose(10**6, 2, 2, 2, True, can_release=True) == (2, False)
+    assert _threads.SHORT_STEP == 2_500_000 and _threads.RELEASE_STEP == 4 * 10**6
+    assert choose(2_500_000, 2, 2, 2, True, can_release=True) == (2, False)
     assert choose(3 * 10**6, 2, 2, 2, True, can_release=True) == (2, False)
+    assert choose(4 * 10**6 - 1, 2, 2, 2, True, can_release=True) == (2, False)
+    assert choose(4 * 10**6, 2, 2, 2, True, can_release=True) == (2, True)
     assert choose(10**7, 2, 2, 2, True, can_release=True) == (2, True)
     assert choose(10**7, 2, 2, 2, True, can_release=False) == (2, False)
     kw = dict(short_step=1000, release_step=5000, can_release=True)
@@ -109,7 +114,8 @@ def test_plan_follows_the_setting(monkeypatch):
     _share_threads()                 # what a step does when torch's count changed
     fa.set_num_threads(2)
     assert _threads.plan(10**5) == (2, 1, False)
-    assert _threads.plan(2 * 10**6) == (2, 2, False)
+    assert _threads.plan(2 * 10**6) == (2, 1, False)
+    assert _threads.plan(3 * 10**6) == (2, 2, False)
     assert _threads.plan(10**7) == (2, 2, True)
     ft.set_step_threads(2)                     # explicit: as given, pool left alone
     assert _threads.plan(10**5) == (2, 2, False)
@@ -249,3 +255,89 @@ def test_release_torch_pool_keeps_torch_working():
         assert _threads.release_torch_pool()
         assert torch.get_num_threads() == 2
         assert torch.equal(torch.sigmoid(x) * 3 + x.sum(), before)
+
+
+# ----------------------------------------------------------------------------- SparseAdam
+def _sparse_train(setting, monkeypatch, seen, steps=4):
+    """An embedding table (4000, 48) and a 1-D parameter stepped by
+    fastadam.torch.SparseAdam with uncoalesced gradients (duplicate rows): ~125k values
+    a step, above PARALLEL_THRESHOLD. ``seen`` gets numba's thread count at every kernel
+    launch."""
+    import fastadam.sparse as fsp
+    orig = fsp.launch
+
+    def spy(*args):
+        seen.append(config._thread_count())
+        return orig(*args)
+    monkeypatch.setattr(fsp, "launch", spy)
+    ft.set_step_threads(setting)
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(4000, 48, generator=g).requires_grad_(),
+          torch.randn(30000, generator=g).requires_grad_()]
+    opt = ft.SparseAdam(ps, lr=1e-2)
+    for _ in range(steps):
+        for p, k in zip(ps, (2500, 5000)):
+            rows = torch.randint(0, p.shape[0], (k,), generator=g)
+            vals = torch.randn((k, *p.shape[1:]), generator=g)
+            p.grad = torch.sparse_coo_tensor(rows[None], vals, tuple(p.shape),
+                                             check_invariants=True)
+        opt.step()
+    monkeypatch.setattr(fsp, "launch", orig)
+    return [p.detach().clone() for p in ps], [
+        {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+        for p in ps]
+
+
+def test_sparse_adam_follows_the_step_thread_policy(monkeypatch):
+    """SparseAdam steps under the dense classes' policy, sized by the gradient values:
+    a fixed count as set; under "auto" beside a spinning worker on 2 cores one thread
+    below SHORT_STEP, two (after a release) from RELEASE_STEP; numba's count restored."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread")
+    calls = []
+    monkeypatch.setitem(_threads._facts, "spins", True)
+    monkeypatch.setitem(_threads._facts, "cpus", 2)
+    monkeypatch.setitem(_threads._facts, "pause", lambda kind: calls.append(kind) or 0)
+    torch.set_num_threads(2)
+    fa.set_num_threads(2)
+    seen = []
+    for setting in (1, 2):
+        seen.clear()
+        _sparse_train(setting, monkeypatch, seen, steps=2)
+        assert seen == [setting] * 4 and calls == []    # two launches a step
+        assert fa.get_num_threads() == 2
+    seen.clear()
+    _sparse_train("auto", monkeypatch, seen, steps=2)
+    assert seen == [1] * 4 and calls == []              # 2500*48 + 5000 < SHORT_STEP
+    monkeypatch.setattr(_threads, "SHORT_STEP", 100000)
+    monkeypatch.setattr(_threads, "RELEASE_STEP", 125000)
+    _threads._cache.clear()
+    seen.clear()
+    _sparse_train("auto", monkeypatch, seen, steps=2)
+    assert seen == [2] * 4 and calls == [1, 1]          # one release per step
+    assert fa.get_num_threads() == 2
+
+
+def test_sparse_adam_bit_identical_whatever_the_thread_count(monkeypatch):
+    """Parameters and state agree bit for bit under 1, 2 threads, "auto", and the serial
+    kernel (parallel threshold raised), duplicate rows included."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2 or config.PARALLEL_THRESHOLD > 100000:
+        pytest.skip("needs two numba threads and the parallel kernel at 120k values")
+    fa.set_num_threads(2)
+    runs = {}
+    for setting in (1, 2, "auto"):
+        runs[setting] = _sparse_train(setting, monkeypatch, [])
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 10**9)
+    runs["serial"] = _sparse_train(2, monkeypatch, [])
+    ref_p, ref_s = runs[1]
+    for setting in (2, "auto", "serial"):
+        got_p, got_s = runs[setting]
+        for a, b in zip(ref_p, got_p):
+            assert torch.equal(a, b), setting
+        for sa, sb in zip(ref_s, got_s):
+            assert sa.keys() == sb.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            assert sa["step"] == sb["step"] == 4
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"]), setting
+            assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"]), setting

@@ -7,6 +7,7 @@ import torch
 
 import fastadam as fa
 
+from . import _threads
 from ._blocks import _Layout
 from ._common import (Spec, _fa_value, _flatten, _share_threads, _threads_seen,
                       increment_version, numpy_view)
@@ -59,7 +60,8 @@ if hasattr(fa, "SparseAdam"):
             if not stepped:
                 return loss
             inner = L.inners[0][0]
-            inner.step(grads)
+            # the dense classes' thread policy (_threads.py), sized by the values stepped
+            _threads.run(sum(grads[j][1].size for j in stepped), inner.step, grads)
             if inner.skipped_steps != L.skipped:     # nonfinite policy: nothing changed
                 L.skipped = inner.skipped_steps
                 return loss
