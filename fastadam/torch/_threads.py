@@ -14,8 +14,8 @@ The ``"auto"`` policy (the default; :func:`set_step_threads` overrides it):
   ``OMP_WAIT_POLICY=passive`` / ``GOMP_SPINCOUNT=0`` / ``KMP_BLOCKTIME=0`` in the
   environment): the step uses numba's thread count, as set (capped at torch's count,
   see ``_common._share_threads``).
-* steps of fewer than :data:`SHORT_STEP` (2.5e6) elements: the threads that have a core
-  without a spinning worker, ``min(T, cpus - (torch_threads - 1))`` for numba's count ``T``,
+* steps of fewer than :data:`SHORT_STEP` elements: the threads that have a core without
+  a spinning worker, ``min(T, cpus - (torch_threads - 1))`` for numba's count ``T``,
   unless that is less than half of ``T`` (on many cores ``T`` threads at half speed
   still beat fewer at full speed). On 2 cores with 2 torch threads: one thread, the
   serial kernel.
@@ -43,16 +43,11 @@ from fastadam import config
 from ._common import _threads_seen
 
 #: Steps over fewer elements run on the cores without a spinning torch worker (on 2
-#: cores: serially). Up to ~2e6 float32 elements a step takes a few ms at most, inside
-#: or near the spin window, and waking numba's sleeping workers onto cores shared with
-#: spinners costs more than it saves. Measured on 2 cores beside a spinning worker
-#: (fastadam.torch.benchmark.step_times, 10 tensors, loaded machine; docs/torch.md):
-#: 1e5, one thread 1.2-1.6x faster; 1e6, one thread faster in 12 of 13 runs (median
-#: 1.64x); 2e6, faster in 11 of 13 and within 3 % in the other two (median 1.17x);
-#: 2.5e6, one thread faster in 2 of 3 runs, 3e6 in 1 of 3 (mixed; an earlier quiet
-#: machine run had two threads faster at 3e6): the threshold sits where it stops being
-#: consistent.
-SHORT_STEP = 2_500_000
+#: cores: serially). Below ~1e6 float32 elements a step takes under ~1 ms, well inside
+#: the spin window, and waking numba's sleeping workers onto cores shared with spinners
+#: costs more than it saves (measured 1e5: one thread 1.2-1.6x faster; 1e6: a tie; 3e6:
+#: two threads faster; docs/torch.md).
+SHORT_STEP = 1_000_000
 
 #: Steps over at least this many elements (several ms: as long as the spin window or
 #: longer) release torch's pool first, when its runtime allows: the spinning workers
