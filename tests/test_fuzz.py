@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule)
@@ -213,8 +213,24 @@ def is_bad(name, kind, n):
     return True
 
 
+_SWAPPED_KINDS = {"param": "dtype", "grad": "dtype", "exp_avg": "dtype", "exp_avg_sq": "dtype",
+                  "max_exp_avg_sq": "ok"}
+_LONGER_KINDS = dict.fromkeys(_SWAPPED_KINDS, "shape")
+_PLAIN_HYPER = {"lr": (1e-3, True), "betas": ((0.9, 0.999), True), "eps": (1e-8, True),
+                "weight_decay": (0.0, True), "step": (1, True),
+                "decoupled_weight_decay": (True, True), "amsgrad": (False, True),
+                "maximize": (True, True), "bias_correction": (True, True),
+                "eps_mode": ("paper", True)}
+
+
 @settings(max_examples=1500 * SCALE)
 @given(case=adam_step_case())
+# every used array made in the other float dtype, or one element longer: valid calls the
+# oracle once called invalid (found by this test); the last must raise (int64)
+@example(case=(0, np.int64, _SWAPPED_KINDS, _PLAIN_HYPER, [], 0, False))
+@example(case=(7, np.float32, _SWAPPED_KINDS, _PLAIN_HYPER, [], 1, False))
+@example(case=(0, np.float32, _LONGER_KINDS, _PLAIN_HYPER, [], 0, False))
+@example(case=(7, np.int64, _LONGER_KINDS, _PLAIN_HYPER, [], 2, False))
 def test_adam_step_succeeds_like_the_reference_or_raises_changing_nothing(case):
     n, dtype, kinds, hyper, specials, seed, pass_vmax = case
     rng = np.random.default_rng(seed)
@@ -242,9 +258,15 @@ def test_adam_step_succeeds_like_the_reference_or_raises_changing_nothing(case):
     amsgrad = bool(kw["amsgrad"])
     used = names[:4] + (["max_exp_avg_sq"] if amsgrad else [])
     assert all(ok for _, ok in hyper.values()), f"accepted invalid hyperparameters {hyper}"
-    assert np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64)), "accepted bad dtype"
+    # "dtype" and "shape" arrays differ from an "ok" param only in dtype (the other float
+    # dtype) or length (one more): when the param and every other array the call uses
+    # were made the same such way, they agree and the call is valid on them as made.
+    agree = kinds["param"] in ("dtype", "shape") and all(kinds[k] == kinds["param"]
+                                                         for k in used)
+    dtype = arrays["param"].dtype if agree else np.dtype(dtype)
+    assert dtype in (np.dtype(np.float32), np.dtype(np.float64)), "accepted bad dtype"
     for k in used:
-        if kinds[k] not in ("alias", "overlap"):
+        if kinds[k] not in ("alias", "overlap") and not agree:
             assert not is_bad(k, kinds[k], n), f"accepted {k} made as {kinds[k]!r}"
     for i, a in enumerate(used):
         for b in used[i + 1:]:
@@ -260,7 +282,7 @@ def test_adam_step_succeeds_like_the_reference_or_raises_changing_nothing(case):
         ref = adam_reference(p, g, m, v, vmax, step=int(kw["step"]), amsgrad=amsgrad,
                              decoupled=bool(kw["decoupled_weight_decay"]), **h)
     after = [arrays[k] for k in ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
-    check_step_result(np.dtype(dtype).type, (p, g, m, v, vmax), after, ref,
+    check_step_result(dtype.type, (p, g, m, v, vmax), after, ref,
                       dict(h, decoupled=bool(kw["decoupled_weight_decay"])), amsgrad)
 
 
