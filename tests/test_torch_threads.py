@@ -256,7 +256,7 @@ def _sparse_train(setting, monkeypatch, seen, steps=4):
     """An embedding table (4000, 48) and a 1-D parameter stepped by fastadam.torch.SparseAdam
     with uncoalesced gradients (duplicate rows): ~125k values a step, above
     PARALLEL_THRESHOLD. ``seen`` gets numba's thread count at every kernel launch."""
-    import fastadam.sparse as fsp
+    import fastadam.sparse_optim as fsp      # where SparseAdam looks up the launch
     orig = fsp.launch
 
     def spy(*args):
