@@ -12,7 +12,7 @@ from . import _checks as C
 from .kernels import registry
 from .kernels import sparse as _K
 from .optim.groups import Validator, normalize_params, validate_groups
-from .optim.state import check_header, loaded_groups
+from .optim.state import check_header, check_state_array, loaded_groups
 from .sparse import (_as_rows, _check_indices, _check_param, _check_values, count_nonfinite,
                      launch, step_scalars)
 
@@ -231,15 +231,7 @@ class SparseAdam:
                         raise ValueError(f"{where} has step {step} but lacks {key!r}")
                     arrays.append(None)
                     continue
-                a = st[key]
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got "
-                                    f"{type(a).__name__}")
-                if a.dtype != p.dtype:
-                    raise TypeError(f"{where}[{key!r}] must have dtype {p.dtype}, got {a.dtype}")
-                if a.shape != p.shape:
-                    raise ValueError(f"{where}[{key!r}] must have shape {p.shape}, got {a.shape}")
-                arrays.append(a)
+                arrays.append(check_state_array(where, key, st[key], p))
             new_state.append((int(step), arrays[0], arrays[1]))
         # ---- everything valid: write.
         for gi, g in enumerate(new_groups):

@@ -27,6 +27,28 @@ def snap(opt, ps):
     return out + [sorted((k, str(v)) for k, v in g.items()) for g in sd["param_groups"]]
 
 
+def step_both(a, b, ps, rng, steps=2):
+    """Step two optimizers over the same parameters' shapes with the same gradients."""
+    for _ in range(steps):
+        g = grads_like(ps, rng)
+        a.step(g)
+        b.step(g)
+
+
+def assert_cross_layout_refused(f32, lp):
+    """Each of two optimizers (float32 state and a low-precision one) refuses the other's
+    state_dict, naming convert_state_dict, and is left bit for bit as it was. Returns
+    the two state dicts (f32's, lp's)."""
+    import pytest
+    sd32, sdlp = f32.state_dict(), lp.state_dict()
+    for dst, src in ((lp, sd32), (f32, sdlp)):
+        before = snap(dst, dst.param_groups[0]["params"])
+        with pytest.raises(ValueError, match="convert_state_dict"):
+            dst.load_state_dict(src)
+        assert snap(dst, dst.param_groups[0]["params"]) == before
+    return sd32, sdlp
+
+
 def assert_round_trips(opt, ps, make, path, rng, steps=2):
     """Restore ``opt`` three ways (``load_state_dict`` of its state_dict into
     ``make(params)``, ``load`` of a checkpoint saved at ``path``, ``copy.deepcopy``),

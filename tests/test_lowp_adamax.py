@@ -9,7 +9,8 @@ import pytest
 
 import fastadam as fa
 from fastadam import config
-from lowp_helpers import assert_round_trips, grads_like, params, snap
+from lowp_helpers import (assert_cross_layout_refused, assert_round_trips, grads_like, params, snap,
+                          step_both)
 
 BF = np.dtype(ml_dtypes.bfloat16)
 LR, B1, B2, EPS = 1e-2, 0.9, 0.999, 1e-8
@@ -293,16 +294,8 @@ def test_cross_layout_refused_then_converted():
     ps = params()
     f32 = fa.Adamax([p.copy() for p in ps], lr=1e-2)
     bf = fa.Adamax([p.copy() for p in ps], lr=1e-2, state_dtype="bfloat16")
-    for _ in range(2):
-        g = grads_like(ps, rng)
-        f32.step(g)
-        bf.step(g)
-    sd32, sdbf = f32.state_dict(), bf.state_dict()
-    for dst, src in ((bf, sd32), (f32, sdbf)):
-        before = snap(dst, dst.param_groups[0]["params"])
-        with pytest.raises(ValueError, match="convert_state_dict"):
-            dst.load_state_dict(src)
-        assert snap(dst, dst.param_groups[0]["params"]) == before
+    step_both(f32, bf, ps, rng)
+    sd32, sdbf = assert_cross_layout_refused(f32, bf)
     adam_sd = fa.Adam([p.copy() for p in ps], state_dtype="bfloat16").state_dict()
     with pytest.raises(ValueError, match="'adam' optimizer, not 'adamax'"):
         bf.load_state_dict(adam_sd)

@@ -9,7 +9,8 @@ import pytest
 
 import fastadam as fa
 from fastadam import lowp
-from lowp_helpers import assert_round_trips, grads_like, params, snap
+from lowp_helpers import (assert_cross_layout_refused, assert_round_trips, grads_like, params, snap,
+                          step_both)
 
 BF = np.dtype(ml_dtypes.bfloat16)
 LOWP = ("bfloat16", "int8")
@@ -148,16 +149,8 @@ def test_cross_layout_refused_then_converted(state_dtype):
     ps = params()
     f32 = fa.Adam([p.copy() for p in ps], lr=1e-2)
     lp = fa.Adam([p.copy() for p in ps], lr=1e-2, state_dtype=state_dtype)
-    for _ in range(2):
-        g = grads_like(ps, rng)
-        f32.step(g)
-        lp.step(g)
-    sd32, sdlp = f32.state_dict(), lp.state_dict()
-    for dst, src in ((lp, sd32), (f32, sdlp)):
-        before = snap(dst, [])
-        with pytest.raises(ValueError, match="convert_state_dict"):
-            dst.load_state_dict(src)
-        assert snap(dst, []) == before
+    step_both(f32, lp, ps, rng)
+    sd32, sdlp = assert_cross_layout_refused(f32, lp)
     other = "int8" if state_dtype == "bfloat16" else "bfloat16"
     with pytest.raises(ValueError, match="state_dtype"):
         fa.Adam([p.copy() for p in ps], state_dtype=other).load_state_dict(sdlp)

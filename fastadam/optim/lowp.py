@@ -37,7 +37,7 @@ from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
-from .state import check_header, loaded_groups
+from .state import check_header, check_state_array, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
@@ -393,17 +393,8 @@ class LowpState:
                         raise ValueError(f"{where} has step {step} but lacks {key!r}")
                     arrays[key] = np.zeros_like(want)
                     continue
-                a = st[key]
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got "
-                                    f"{type(a).__name__}")
-                if a.dtype != want.dtype:
-                    raise TypeError(f"{where}[{key!r}] must have dtype {want.dtype} "
-                                    f"(state_dtype={self.state_dtype!r}), got {a.dtype}")
-                if a.shape != want.shape:
-                    raise ValueError(f"{where}[{key!r}] must have shape {want.shape}, got "
-                                     f"{a.shape}")
-                arrays[key] = a
+                arrays[key] = check_state_array(where, key, st[key], want,
+                                                f" (state_dtype={self.state_dtype!r})")
             new_state.append(arrays)
         # ---- everything valid: write.
         for gi, g in enumerate(new_groups):

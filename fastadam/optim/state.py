@@ -77,6 +77,18 @@ def loaded_groups(opt, state_dict, check=None, validate=None, keys=None):
     return new_groups
 
 
+def check_state_array(where, key, a, want, note=""):
+    """A loaded state entry ``state[key]`` must be an ndarray with ``want``'s dtype and
+    shape (``note`` is added to the dtype message); returns it."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != want.dtype:
+        raise TypeError(f"{where}[{key!r}] must have dtype {want.dtype}{note}, got {a.dtype}")
+    if a.shape != want.shape:
+        raise ValueError(f"{where}[{key!r}] must have shape {want.shape}, got {a.shape}")
+    return a
+
+
 def param_entry(state, i, gi, steps):
     """``state_dict["state"]`` entry of parameter i (keys i or "i"; missing: a fresh
     parameter) of group gi, checked: a dict whose "step" agrees with the other parameters
@@ -197,15 +209,7 @@ class StateDictMixin:
             for key in list(alg.state) + avg:
                 if key not in st:
                     continue
-                a = st[key]
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got "
-                                    f"{type(a).__name__}")
-                if a.dtype != p.dtype:
-                    raise TypeError(f"{where}[{key!r}] must have dtype {p.dtype}, got {a.dtype}")
-                if a.shape != p.shape:
-                    raise ValueError(f"{where}[{key!r}] must have shape {p.shape}, got {a.shape}")
-                arrays[key] = a
+                arrays[key] = check_state_array(where, key, st[key], p)
             required = list(alg.state[:alg.n_state(new_groups[gi])]) + avg
             missing = [key for key in required if key not in arrays]
             if step > 0 and missing:
