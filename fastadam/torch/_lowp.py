@@ -14,8 +14,9 @@ the same options bit for bit (tested).
 :class:`LowpInner` offers the part of the fastadam optimizer interface the front end uses
 (``param_groups``, ``state``, ``load_state_dict``, ``step``), so the front end's layout
 (cells of (group, step count), blocks, hyperparameter pushes) treats it like
-``fastadam.Adam``. It launches one fused kernel per tensor (the low-precision kernels are
-flat, not multi-array).
+``fastadam.Adam``. It steps all its tensors in one fused launch per kernel layout
+(:class:`fastadam.lowp_multi.MultiStep`; one launch when the groups share the parameter
+dtype, precision options, weight-decay kind and ``maximize``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numbers
 import numpy as np
 
 from .. import lowp
+from ..lowp_multi import MultiStep, pmode_of, wd_mode
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 #: The options of 16-bit parameters (``set_low_precision``; the inner groups carry them),
@@ -127,6 +129,7 @@ class LowpInner:
                 self._params.append(p)
                 self._group_of.append(gi)
         self._steps = [0] * len(self.param_groups)
+        self._multi, self._modes, self._rows = None, None, {}
         self._state = []
         for p, gi in zip(self._params, self._group_of):
             o = self._opts[gi]
@@ -158,17 +161,45 @@ class LowpInner:
                     a[...] = 0
 
     def step(self, grads):
+        """One step of every parameter (``grads[j]`` the gradient of parameter j, a NumPy
+        array of its dtype and shape): one fused launch per kernel layout
+        (:class:`fastadam.lowp_multi.MultiStep`). Raises ValueError, changing nothing, on
+        a gradient of the wrong shape, dtype or memory order, or bad hyperparameters."""
         for j, (p, g) in enumerate(zip(self._params, grads)):
-            if g.shape != p.shape or g.dtype != p.dtype:
-                raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}, "
+            if g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
+                raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}"
+                                 f"{'' if g.flags.c_contiguous else ' (not C-contiguous)'}, "
                                  f"its parameter {p.shape} and {p.dtype}")
-        for j, (p, g) in enumerate(zip(self._params, grads)):
-            gi = self._group_of[j]
-            h, o = self.param_groups[gi], self._opts[gi]
-            lowp.adam_step_lowp(p.reshape(-1), g.reshape(-1), self._state[j],
-                                step=self._steps[gi] + 1, lr=h["lr"], betas=tuple(h["betas"]),
-                                eps=h["eps"], weight_decay=h["weight_decay"],
-                                decoupled_weight_decay=self._decoupled,
-                                maximize=bool(h["maximize"]), rounding=o["rounding"],
-                                seed=o["seed"])
+        h, steps, keys, modes = self._group_rows()
+        if self._multi is None or modes != self._modes:
+            flat = [p.reshape(-1) for p in self._params]
+            pmodes = [pmode_of(lowp._param_kind(p.dtype), st, self._opts[gi]["rounding"])
+                      for p, st, gi in zip(flat, self._state, self._group_of)]
+            self._multi = MultiStep(flat, self._state, self._group_of, pmodes,
+                                    [m[0] for m in modes], [m[1] for m in modes])
+            self._modes = modes
+        self._multi.step(grads, h, steps, keys)
         self._steps = [s + 1 for s in self._steps]
+
+    def _group_rows(self):
+        """Each group's hyperparameters checked (as ``lowp.adam_step_lowp`` checks them)
+        and as kernel rows: (h, steps, keys, [(wd_mode, maximize) per group])."""
+        from ..functional import _ADAM
+        rows, keys, modes = [], [], []
+        for gi, (h, o) in enumerate(zip(self.param_groups, self._opts)):
+            t = self._steps[gi] + 1
+            vals = (h["lr"], tuple(h["betas"]), h["eps"], h["weight_decay"],
+                    bool(h["maximize"]))
+            got = self._rows.get(gi)
+            if got is None or got[0] != vals:
+                _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
+                row = _ADAM.setup(lr, betas, eps, wd, self._decoupled, False, vals[4], True,
+                                  "paper").h.copy()
+                got = self._rows[gi] = (vals, row, (wd_mode(wd, self._decoupled), vals[4]))
+            if t > lowp.C.MAX_STEP:
+                lowp.C.check_step(t)
+            rows.append(got[1])
+            modes.append(got[2])
+            keys.append(lowp.sr_key(o["seed"], t) if o["rounding"] == "stochastic" else 0)
+        return (np.array(rows, np.float64), np.array(self._steps, np.int64) + 1,
+                np.array(keys, np.int64), modes)
