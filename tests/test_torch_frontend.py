@@ -775,7 +775,10 @@ def test_benchmark_smoke():
     rows = benchmark.run(cases=((2000, 10),), steps=2)
     assert len(rows) == 1 and rows[0]["n_tensors"] == 10
     assert rows[0]["fastadam_s"] > 0 and rows[0]["torch_fused_s"] > 0
-    assert "torch fused" in benchmark.format_rows(rows)
+    assert rows[0]["floor_s"] > 0
+    assert rows[0]["ceiling"] == rows[0]["torch_fused_s"] / rows[0]["floor_s"]
+    text = benchmark.format_rows(rows)
+    assert "torch fused" in text and "ceiling" in text
 
 
 def test_all_six_algorithms_exported_with_torch_signatures():

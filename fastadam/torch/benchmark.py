@@ -39,7 +39,10 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
     take turns step by step (every order in turn), every one on its own copy of the
     model, and every step follows a parallel torch op (2**20 elements, untimed) and fresh
     gradients, as in training after backward(): torch's OpenMP workers are spinning
-    when each step starts, whichever optimizer stepped before."""
+    when each step starts, whichever optimizer stepped before. The last value is the
+    floor: the faster of the floor kernel on one thread and on all of numba's, over one
+    flat buffer of ``n_params`` (no optimizer moving these bytes can be faster, so torch
+    fused / floor is the largest speed-up physics allows here)."""
     import fastadam
     from . import _threads
     saved = _threads.get_step_threads()
@@ -49,8 +52,15 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
     settings = [fastadam.get_num_threads() if pol == "fixed" else pol for pol in policies]
     grads = [torch.randn_like(p) * 1e-3 for p in models[0]]
     work, work_out = torch.ones(1 << 20), torch.empty(1 << 20)
-    times = [[] for _ in opts]
-    k_all = len(opts)
+    # the floor kernel (kernels/floor.py) over one flat buffer of the model's size, one
+    # thread and all of numba's: the same bytes with trivial math, after the same torch
+    # op and a fresh gradient
+    from fastadam.kernels.floor import floor_parallel, floor_serial
+    flat = [np.zeros(n_params, np.float32) for _ in range(3)]
+    flat_g = torch.cat([g.reshape(-1) for g in grads])
+    floors = [floor_serial, floor_parallel]
+    times = [[] for _ in range(len(opts) + len(floors))]
+    k_all = len(opts) + len(floors)
     # every order in turn: each optimizer follows each other one equally often
     orders = list(itertools.permutations(range(k_all)))
     try:
@@ -58,9 +68,16 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
             for k in orders[t % len(orders)]:
                 if k < len(settings):
                     set_step_threads(settings[k])
-                ps = models[k]
                 torch.mul(work, 1.0, out=work_out)  # ends with a parallel region, as
-                for p, g in zip(ps, grads):         # backward does (torch's workers spin)
+                if k >= len(opts):                  # backward does (torch's workers spin)
+                    g = flat_g.clone().numpy()
+                    t0 = time.perf_counter()
+                    floors[k - len(opts)](flat[0], g, flat[1], flat[2])
+                    dt = time.perf_counter() - t0
+                    if t >= warmup:
+                        times[k].append(dt)
+                    continue
+                for p, g in zip(models[k], grads):
                     p.grad = g.clone()          # a fresh tensor, like a backward pass makes
                 t0 = time.perf_counter()
                 opts[k].step()
@@ -69,12 +86,14 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
                     times[k].append(dt)
     finally:
         set_step_threads(saved["threads"], release_torch_pool=saved["release_torch_pool"])
-    return [float(np.median(ts)) for ts in times]
+    med = [float(np.median(ts)) for ts in times]
+    return med[:len(opts)] + [min(med[len(opts):])]
 
 
 def run(cases=DEFAULT_CASES, steps=36, quick=False, threads=None, policies=("fixed", "auto")):
     """Rows {n_params, n_tensors, threads, numba_threads, fastadam_s, torch_fused_s,
-    ratio, policies}: ``fastadam_s`` and ``ratio`` (> 1: fastadam faster) under the last
+    ratio, floor_s, ceiling, policies}: ``ceiling`` = torch fused / floor, the largest
+    speed-up any optimizer could show in this measurement; ``fastadam_s`` and ``ratio`` (> 1: fastadam faster) under the last
     policy of ``policies`` (the default "auto"), ``policies`` {label: (seconds, ratio)}
     for each. ``threads``: for both torch and numba (default: as configured)."""
     import fastadam
@@ -87,10 +106,11 @@ def run(cases=DEFAULT_CASES, steps=36, quick=False, threads=None, policies=("fix
     try:
         rows = []
         for n, k in cases:
-            *ours, fused = step_times(n, k, steps=steps, policies=policies)
+            *ours, fused, floor = step_times(n, k, steps=steps, policies=policies)
             rows.append(dict(n_params=n, n_tensors=k, threads=torch.get_num_threads(),
                              numba_threads=fastadam.get_num_threads(),
                              fastadam_s=ours[-1], torch_fused_s=fused, ratio=fused / ours[-1],
+                             floor_s=floor, ceiling=fused / floor,
                              policies={_policy_label(p): (t, fused / t)
                                        for p, t in zip(policies, ours)}))
     finally:
@@ -111,12 +131,17 @@ def format_rows(rows):
     pols = list(rows[0]["policies"]) if rows else []
     lines = [head, f"{'params':>10} {'tensors':>8} {'threads':>8} "
              + " ".join(f"{'fastadam ' + p:>22}" for p in pols)
-             + f" {'torch fused':>12} " + " ".join(f"{'speed-up ' + p:>22}" for p in pols)]
+             + f" {'torch fused':>12} {'floor':>10} " + " ".join(f"{'speed-up ' + p:>22}" for p in pols)
+             + f" {'ceiling':>8}"]
     for r in rows:
         lines.append(f"{r['n_params']:>10.0e} {r['n_tensors']:>8d} {r['threads']:>8d} "
                      + " ".join(f"{t * 1e6:>20.0f}us" for t, _ in r["policies"].values())
-                     + f" {r['torch_fused_s'] * 1e6:>10.0f}us "
-                     + " ".join(f"{x:>21.2f}x" for _, x in r["policies"].values()))
+                     + f" {r['torch_fused_s'] * 1e6:>10.0f}us {r['floor_s'] * 1e6:>8.0f}us "
+                     + " ".join(f"{x:>21.2f}x" for _, x in r["policies"].values())
+                     + f" {r['ceiling']:>7.2f}x")
+    lines.append("(floor: the floor kernel moving the step's bytes over one flat buffer, the "
+                 "faster of 1 and all threads, timed in turn with the others; ceiling = "
+                 "torch fused / floor, the largest speed-up the memory system allows here)")
     return "\n".join(lines)
 
 
