@@ -111,8 +111,9 @@ def _encode_ir(builder, a, emax):
     Errors: three roundings of ~2**-24 relative (1/7, the fma, the sum y*P is exact),
     so only near-ties can pick the other neighbour."""
     f = _fconst
-    a = _fmax(builder, a, f(0.0))                      # NaN -> 0
-    a = _fmin(builder, a, f(1.0))
+    # a > 1 -> 1; NaN stays NaN (select(a > 1, 1, a): one minps) and comes out as
+    # the low bits of a NaN: 0 for the default NaN (see _mag_encode)
+    a = builder.select(builder.fcmp_ordered(">", a, f(1.0)), f(1.0), a)
     lo = f(2.0 ** (-2 - 3 * emax))
     b = builder.bitcast(_fmax(builder, a, lo), _I32)
     u = builder.sitofp(b, _F32)
@@ -146,6 +147,35 @@ def _mag_encode(typingctx, a, nbits):
     def codegen(context, builder, signature, args):
         _prefer_wide(builder)
         return _encode_ir(builder, args[0], emax)
+
+    return sig, codegen
+
+
+@intrinsic
+def _smag_decode(typingctx, c, emax):
+    """Value of signed code c (int8, -127 .. 127; -128 is read as -127) of the
+    magnitude map with top exponent ``emax``: _mag_decode's closed form on the signed
+    value, sign(c) (7|c| + 7 - 6k) k**2 C = (7c + 7 sign(c) - 6 s k) ..., with k = the
+    signed top bit of c (float(c) with its fraction bits masked) and 7 sign(c) by a
+    copysign; 0 for c = 0 (k = 0). Equals -(the magnitude's value) for c < 0 exactly."""
+    if c != types.int8 or not isinstance(emax, types.IntegerLiteral):
+        return None
+    sig = types.float32(c, emax)
+    C = 2.0 ** (-3 - 3 * emax.literal_value)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        ci = args[0]
+        lo = ir.Constant(ci.type, -127)
+        ci = builder.select(builder.icmp_signed("<", ci, lo), lo, ci)
+        cf = builder.sitofp(builder.sext(ci, _I32), _F32)
+        cb = builder.bitcast(cf, _I32)
+        k = builder.bitcast(builder.and_(cb, _c32(-(1 << 23))), _F32)     # keeps the sign
+        s7 = builder.or_(builder.and_(cb, _c32(-(1 << 31))),
+                         builder.bitcast(_fconst(7.0 * C), _I32))
+        n = _call(builder, "llvm.fma", k, _fconst(-6.0 * C),
+                  _call(builder, "llvm.fma", cf, _fconst(7.0 * C), builder.bitcast(s7, _F32)))
+        return builder.fmul(n, builder.fmul(k, k))
 
     return sig, codegen
 
@@ -204,9 +234,8 @@ def q8u_decode(c, absmax):
 @njit(inline="always", **JIT_OPTIONS)
 def q8s_decode(c, absmax):
     """Value of int8 code ``c`` in a block with scale ``absmax`` (float32):
-    Q8S_TABLE[c + 128] * absmax (c = -128 decodes as -0.0 * absmax here; never written)."""
-    x = _mag_decode(abs(np.int32(c)) & 127, 6) * absmax
-    return -x if c < 0 else x
+    Q8S_TABLE[c + 128] * absmax (c = -128, never written, decodes as -absmax)."""
+    return _smag_decode(c, 6) * absmax
 
 
 @njit(inline="always", **JIT_OPTIONS)
