@@ -81,11 +81,6 @@ def _fmax(builder, a, b):
     return builder.select(builder.fcmp_ordered(">", a, b), a, b)
 
 
-def _fmin(builder, a, b):
-    """a if a < b else b (a NaN gives b)."""
-    return builder.select(builder.fcmp_ordered("<", a, b), a, b)
-
-
 def _pow2_bits(builder, t):
     """float32 with exponent field the integer in t's low mantissa bits: t = 2**23 + n
     (n < 256) gives 2**(n - 127). A shift of t's bits (the 2**23 bit leaves the word)."""
@@ -93,7 +88,8 @@ def _pow2_bits(builder, t):
 
 
 def _encode_ir(builder, a, emax):
-    """Nearest magnitude code (i32) of a (NaN -> 0, > 1 -> top code), emax = nbits - 1.
+    """Nearest magnitude code (i32) of a (> 1 -> top code), emax = nbits - 1. A NaN
+    gives a value whose low byte (all the callers keep) is 0 for the default NaN.
 
     With C = 2**(-3 - 3 emax), decade f (0 .. emax, k = 2**f) holds the codes k - 1 ..
     2k - 1 (values k**3 C .. 8 k**3 C, step 7 k**2 C; code k - 1 is the top of decade
@@ -112,8 +108,8 @@ def _encode_ir(builder, a, emax):
     * t = (y - k) / 7 in one fma (one rounding), then t + (2**23 + k - 1) rounds it to
       an integer (ties to even) and adds k - 1: the code is in the low mantissa bits.
 
-    Errors: three roundings of ~2**-24 relative (1/7, the fma, the sum y*P is exact),
-    so only near-ties can pick the other neighbour."""
+    Errors: the roundings of 1/7 and of the fma, ~2**-24 relative each (y = a * P is
+    exact), so only near-ties can pick the other neighbour."""
     f = _fconst
     # a > 1 -> 1; NaN stays NaN (select(a > 1, 1, a): one minps) and comes out as
     # the low bits of a NaN: 0 for the default NaN (see _mag_encode)
@@ -140,9 +136,10 @@ def _encode_ir(builder, a, emax):
 
 @intrinsic
 def _mag_encode(typingctx, a, nbits):
-    """Nearest magnitude code (int32, 0 .. 2**nbits - 1) of a in [0, 1] (NaN -> 0, > 1 ->
-    the top code). ``nbits`` is a compile-time constant (7 or 8). Closed form, no search
-    and no branch, in 32-bit lanes (see _encode_ir)."""
+    """Nearest magnitude code (int32, 0 .. 2**nbits - 1) of a in [0, 1] (> 1 -> the top
+    code; the default NaN -> a value whose low byte is 0, i.e. code 0 once stored as a
+    byte). ``nbits`` is a compile-time constant (7 or 8). Closed form, no search and no
+    branch, in 32-bit lanes (see _encode_ir)."""
     if a != types.float32 or not isinstance(nbits, types.IntegerLiteral):
         return None
     emax = nbits.literal_value - 1
