@@ -16,8 +16,8 @@ BF = lowp._bfloat16()
 # (param dtype, state dtype, precision option, parallel too): every address column of
 # the table (master copy, compensation buffer, bfloat16 and int8 state with its scales),
 # both parameter widths and the stochastic-rounding keys; each layout compiles its own
-# kernels, so the list is kept short (the layouts' arithmetic is adam_lowp.segment's,
-# tested per array in test_lowp*.py).
+# kernels, so the list is kept short (the layouts' arithmetic is adam_lowp's
+# segment_plain / segment_q8, tested per array in test_lowp*.py).
 LAYOUTS = [
     ("bfloat16", "float32", "master", False),
     ("float16", "bfloat16", "compensation", False),

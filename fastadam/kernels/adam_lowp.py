@@ -222,16 +222,22 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def segment(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
-            wd_mode, scale_grad):
-    """Elements [lo, hi) of the flat buffers (lo a multiple of Q8_BLOCK)."""
+def segment_plain(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
+                  wd_mode, scale_grad):
+    """Elements [lo, hi) of the flat buffers, float32 or bfloat16 state."""
     master = pmode == PMODE_MASTER and param_kind != PARAM_F32
     kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
-    if state_kind != STATE_Q8:
-        plain_loop(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
-                   c[lo:hi] if kahan else c[:0], sc, key, lo, param_kind, state_kind, pmode,
-                   wd_mode, scale_grad)
-        return
+    plain_loop(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
+               c[lo:hi] if kahan else c[:0], sc, key, lo, param_kind, state_kind, pmode,
+               wd_mode, scale_grad)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def segment_q8(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
+               wd_mode, scale_grad):
+    """Elements [lo, hi) of the flat buffers (lo a multiple of Q8_BLOCK), 8-bit state."""
+    master = pmode == PMODE_MASTER and param_kind != PARAM_F32
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     tm = np.empty(Q8_BLOCK, np.float32)
     tv = np.empty(Q8_BLOCK, np.float32)
     for a in range(lo, hi, Q8_BLOCK):
@@ -239,6 +245,12 @@ def segment(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, p
         q8_block(p[a:b], g[a:b], m[a:b], v[a:b], w[a:b] if master else w[:0],
                  c[a:b] if kahan else c[:0], ms, vs, a // Q8_BLOCK, tm[:b - a], tv[:b - a],
                  sc, key, a, param_kind, pmode, wd_mode, scale_grad)
+
+
+# The kernels call segment_q8 or segment_plain under a branch on a closure constant
+# (``q8``), which numba prunes before it inlines: a kernel compiles only its own loop
+# (numba does not prune the branches of an inlined function on the caller's constants;
+# compiling both loops took about twice the time).
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -262,6 +274,7 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
                                               int(wd_mode))
     scale_grad = bool(scale_grad)
     l2 = wd_mode == WD_L2
+    q8 = state_kind == STATE_Q8
     source = SOURCE_HASH      # a closure cell: part of numba's cache key (see launch.py)
 
     @njit(**JIT_OPTIONS)
@@ -271,8 +284,12 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
         sc = lowp_scalars(h, t)
         if l2:
             sc[WD] = h[H_WEIGHT_DECAY]
-        segment(p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind, state_kind,
-                pmode, wd_mode, scale_grad)
+        if q8:
+            segment_q8(p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
+                       state_kind, pmode, wd_mode, scale_grad)
+        else:
+            segment_plain(p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
+                          state_kind, pmode, wd_mode, scale_grad)
 
     @njit(parallel=True, **JIT_OPTIONS)
     def parallel(p, g, m, v, w, c, ms, vs, h, t, key):
@@ -284,8 +301,13 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
         n = g.shape[0]
         for b in prange((n + BLOCK - 1) // BLOCK):
             lo = b * BLOCK
-            segment(p, g, m, v, w, c, ms, vs, sc, key, lo, min(lo + BLOCK, n), param_kind,
-                    state_kind, pmode, wd_mode, scale_grad)
+            hi = min(lo + BLOCK, n)
+            if q8:
+                segment_q8(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind,
+                           pmode, wd_mode, scale_grad)
+            else:
+                segment_plain(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind,
+                              state_kind, pmode, wd_mode, scale_grad)
 
     return serial, parallel
 

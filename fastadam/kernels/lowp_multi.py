@@ -12,7 +12,7 @@ the addresses of the array's parameter, gradient, moments, master copy, compensa
 buffer and int8 scales (0 where the layout has none), the array's length, the item's
 ``[lo, hi)``, and its group. Each group has its float64 hyperparameter row (Adam's
 layout, ``kernels/spec.py``), its step and its stochastic-rounding key. Every item runs
-``adam_lowp.segment`` on its array exactly as a launch on that array alone would (the
+``adam_lowp.segment_plain`` / ``segment_q8`` on its array exactly as a launch on that array alone would (the
 same scalars, element indices, quantization blocks and rounding bits), so the results
 equal one :func:`fastadam.lowp.adam_step_lowp` call per array bit for bit, for any
 thread count.
@@ -27,7 +27,8 @@ from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
 from .adam_lowp import (N_LOWP_SCALARS, PARAM_F32, PMODE_KAHAN, PMODE_MASTER, STATE_BF16,
-                        STATE_F32, STATE_Q8, WDM1, lowp_scalars, segment)
+                        STATE_F32, STATE_Q8, WDM1, lowp_scalars, segment_plain,
+                        segment_q8)
 from .memory import pointer_of
 from .q8 import Q8_BLOCK
 from .spec import H_WEIGHT_DECAY, N_SCALARS, S_WD, WD_L2
@@ -81,8 +82,13 @@ def build_multi(param_kind, state_kind, pmode, wd_mode, scale_grad):
         ms = numba.carray(pointer_of(table[k, T_MS], np.float32), nb)
         vs = numba.carray(pointer_of(table[k, T_VS], np.float32), nb)
         gi = table[k, T_GROUP]
-        segment(p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], table[k, T_LO], table[k, T_HI],
-                param_kind, state_kind, pmode, wd_mode, scale_grad)
+        lo, hi = table[k, T_LO], table[k, T_HI]
+        if q8:            # a closure constant: only one loop is compiled (see adam_lowp)
+            segment_q8(p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi, param_kind,
+                       state_kind, pmode, wd_mode, scale_grad)
+        else:
+            segment_plain(p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi, param_kind,
+                          state_kind, pmode, wd_mode, scale_grad)
 
     @njit(**JIT_OPTIONS)
     def serial(table, h, steps, keys):
