@@ -71,20 +71,32 @@ from numba.extending import intrinsic, overload
 
 def _host_has_estimates() -> bool:
     """Whether numba compiles for this x86 CPU and it has AVX2 and FMA."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
-        return False                    # compiling for another (or a generic) CPU
-    try:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features()
-    except Exception:                   # pragma: no cover - defensive
-        return False
+    features = host_cpu_features()
     return bool(features.get("avx2")) and bool(features.get("fma"))
 
 
+def exact_requested() -> bool:
+    """Whether ``FASTADAM_EXACT`` asks for the exact paths (division here, the bfloat16
+    rounding in kernels/lowp.py) for this process."""
+    return os.environ.get("FASTADAM_EXACT", "").strip() not in ("", "0")
+
+
+def host_cpu_features() -> dict:
+    """The features of the CPU numba compiles for, when that is this x86 CPU; else {}
+    (non-x86, or ``NUMBA_CPU_NAME`` naming another or a generic CPU)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
+        return {}                       # compiling for another (or a generic) CPU
+    try:
+        import llvmlite.binding as llvm
+        return dict(llvm.get_host_cpu_features())
+    except Exception:                   # pragma: no cover - defensive
+        return {}
+
+
 def _choose_mode() -> str:
-    if os.environ.get("FASTADAM_EXACT", "").strip() not in ("", "0"):
+    if exact_requested():
         return "exact"
     return "estimate" if _host_has_estimates() else "exact"
 
