@@ -49,7 +49,8 @@ where it would not hold never reach the result (see above).
 
 The exact path (plain ``a / b``) is used
 
-* when the environment variable ``FASTADAM_EXACT=1`` is set (for the whole process);
+* when the environment variable ``FASTADAM_EXACT=1`` is set (for the whole process; it
+  also selects the exact bfloat16 rounding, kernels/lowp.py ``BF16_MODE``);
 * when the CPU has no estimate-plus-FMA instruction set numba targets (non-x86, x86
   without AVX2 and FMA), or numba is told to compile for another CPU
   (``NUMBA_CPU_NAME``).
