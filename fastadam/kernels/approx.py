@@ -83,12 +83,15 @@ def exact_requested() -> bool:
 
 
 def host_cpu_features() -> dict:
-    """The features of the CPU numba compiles for, when that is this x86 CPU; else {}
-    (non-x86, or ``NUMBA_CPU_NAME`` naming another or a generic CPU)."""
+    """The features of the CPU numba compiles for, when that is this x86 CPU (those of
+    ``NUMBA_CPU_FEATURES`` when it is set); else {} (non-x86, or ``NUMBA_CPU_NAME``
+    naming another or a generic CPU)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
     if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
         return {}                       # compiling for another (or a generic) CPU
+    if _nb_config.CPU_FEATURES:         # NUMBA_CPU_FEATURES: what numba compiles with
+        return {f[1:]: f[0] == "+" for f in _nb_config.CPU_FEATURES.split(",") if f[:1] in "+-"}
     try:
         import llvmlite.binding as llvm
         return dict(llvm.get_host_cpu_features())
