@@ -4,8 +4,11 @@ Against a rounding-aware float64 reference: the same step in float64 from the de
 state, then the same rounding applied at each store. bfloat16 comparisons go through
 ml_dtypes (the reference rounding)."""
 import importlib.util
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -111,6 +114,18 @@ def _enc(x, out):
 
 
 @njit
+def _enc_exact(x, out):
+    for i in range(x.shape[0]):
+        out[i] = L._f32_to_bf16_rne_exact(x[i])
+
+
+@njit
+def _enc_native(x, out):
+    for i in range(x.shape[0]):
+        out[i] = L._f32_to_bf16_rne_native(x[i])
+
+
+@njit
 def _dec(h, out):
     for i in range(h.shape[0]):
         out[i] = L.bf16_load(h[i])
@@ -132,18 +147,112 @@ def _bits_sample():
     return (hi[:, None] | np.concatenate([lows, rnd])[None, :]).ravel()
 
 
+def _ml_dtypes_bits(x):
+    with np.errstate(all="ignore"):
+        return x.astype(BF).view(np.uint16)
+
+
+def _assert_rounding(out, x, native):
+    """``out`` is the bfloat16 rounding of float32 ``x``: ml_dtypes' bits on every
+    non-NaN (subnormals included); for NaN a quiet NaN of the same sign, with the bits
+    of the path (exact: 0x7FC0 | sign, ml_dtypes; native: the NaN's upper 16 bits with
+    the quiet bit set)."""
+    ref = _ml_dtypes_bits(x)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], ref[~nan])
+    o = out[nan].astype(np.uint32)
+    assert np.all((o & 0x7FC0) == 0x7FC0)                                  # quiet NaN
+    assert np.array_equal(o >> 15, x[nan].view(np.uint32) >> 31)           # its sign
+    want = L.bf16_round_native_np(x) if native else ref
+    assert np.array_equal(out, want)
+
+
 def test_bf16_store_equals_ml_dtypes_on_every_rounding_case():
     u = _bits_sample()
     x = u.view(np.float32)
+    assert (np.abs(x[np.isfinite(x)]) < 2.0 ** -126).sum() > 2000           # subnormals
     out = np.empty(x.size, np.uint16)
     _enc(x, out)
-    with np.errstate(all="ignore"):
-        ref = x.astype(BF).view(np.uint16)
-    assert np.array_equal(out, ref)
-    assert np.array_equal(L.bf16_round_np(x), ref)
+    _assert_rounding(out, x, L.BF16_NATIVE)
+    assert np.array_equal(out, L.bf16_store_np(x))
+    assert np.array_equal(L.bf16_round_np(x), _ml_dtypes_bits(x))
     back = np.empty(x.size, np.float32)
     _dec(out, back)
     assert np.array_equal(back.view(np.uint32), out.astype(np.uint32) << 16)
+    # the exact integer sequence, whatever this process's mode
+    _enc_exact(x, out)
+    assert np.array_equal(out, _ml_dtypes_bits(x))
+
+
+@pytest.mark.skipif(not L._host_has_native_bf16(), reason="no AVX512_BF16 compiled for")
+def test_bf16_native_rounding_subnormals_and_nan():
+    """The native path (vcvtneps2bf16 treats subnormal inputs as 0) lifts subnormals:
+    every one of their rounding cases, the round-up to 2**-126 and signed zeros."""
+    u = _bits_sample()
+    x = u.view(np.float32)
+    out = np.empty(x.size, np.uint16)
+    _enc_native(x, out)
+    _assert_rounding(out, x, True)
+    edge = np.array([0x00000001, 0x80000001, 0x007FFFFF, 0x807FFFFF, 0x007F8000,
+                     0x807F8000, 0x007F7FFF, 0x00008000, 0x00018000, 0x00000000,
+                     0x80000000, 0x7F810000, 0xFFBF0001, 0x7FC00001, 0x7F800000],
+                    np.uint32)
+    # the scalar remainder of the loop (fewer elements than a vector) rounds alike
+    for k in range(1, edge.size + 1):
+        o = np.empty(k, np.uint16)
+        _enc_native(edge[:k].view(np.float32), o)
+        _assert_rounding(o, edge[:k].view(np.float32), True)
+    _enc_native(edge.view(np.float32), out[:edge.size])
+    assert list(out[:3]) == [0x0000, 0x8000, 0x0080]          # 2**-149 -> +-0, max -> 2**-126
+    assert out[11] == 0x7FC1 and out[12] == 0xFFFF             # payload bits kept
+
+
+_MODE_PROBE = r"""
+import json, numpy as np
+from numba import njit
+from fastadam.kernels import launch, lowp as L
+@njit
+def enc(x, out):
+    for i in range(x.shape[0]):
+        out[i] = L.bf16_store(x[i])
+u = (np.arange(1 << 16, dtype=np.uint32) << 16) | np.uint32(0x7FFF)
+u = np.concatenate([u, u | 1, u & 0xFFFF0000, np.arange(1, 1 << 12, dtype=np.uint32),
+                    0x7F800000 | np.arange(1, 1 << 12, dtype=np.uint32) << 11])
+x = u.view(np.float32)
+out = np.empty(x.size, np.uint16)
+enc(x, out)
+with np.errstate(all="ignore"):
+    ref = x.astype(__import__("ml_dtypes").bfloat16).view(np.uint16)
+print(json.dumps({"mode": L.BF16_MODE, "hash": launch.SOURCE_HASH,
+                  "equal": bool(np.array_equal(out, ref)),
+                  "model": bool(np.array_equal(out, L.bf16_store_np(x))),
+                  "nan_equal": bool(np.array_equal(out[np.isnan(x)], ref[np.isnan(x)]))}))
+"""
+
+
+def test_bf16_mode_follows_fastadam_exact(tmp_path):
+    """FASTADAM_EXACT=1 gives ml_dtypes' bits on every input, NaN included; the default
+    is the native path where AVX512_BF16 exists. The mode is part of the launchers'
+    cache key (two modes never share a cached kernel)."""
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    out = {}
+    for exact in (False, True):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=root)
+        env.pop("FASTADAM_EXACT", None)
+        if exact:
+            env["FASTADAM_EXACT"] = "1"
+        res = subprocess.run([sys.executable, "-c", _MODE_PROBE], env=env,
+                             capture_output=True, text=True, timeout=600, cwd=root)
+        assert res.returncode == 0, res.stderr
+        out[exact] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out[True]["mode"] == "exact"
+    assert out[True]["equal"] and out[True]["model"]
+    native = L._host_has_native_bf16() and os.environ.get("NUMBA_CPU_NAME", "host") == "host"
+    assert out[False]["mode"] == ("native" if native else "exact")
+    assert out[False]["model"]
+    assert out[False]["nan_equal"] == (not native)    # the probe has NaN payloads
+    if native:
+        assert out[False]["hash"] != out[True]["hash"]
 
 
 @pytest.mark.skipif(not os.environ.get("FASTADAM_EXHAUSTIVE"),
@@ -154,8 +263,9 @@ def test_bf16_store_equals_ml_dtypes_exhaustive():
     for start in range(0, 1 << 32, chunk):
         x = np.arange(start, start + chunk, dtype=np.uint64).astype(np.uint32).view(np.float32)
         _enc(x, out)
-        with np.errstate(all="ignore"):
-            assert np.array_equal(out, x.astype(BF).view(np.uint16)), hex(start)
+        assert np.array_equal(out, L.bf16_store_np(x)), hex(start)
+        nan = np.isnan(x)
+        assert np.array_equal(out[~nan], _ml_dtypes_bits(x)[~nan]), hex(start)
 
 
 def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():

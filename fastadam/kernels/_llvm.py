@@ -5,6 +5,23 @@ from __future__ import annotations
 from llvmlite import ir
 
 I16 = ir.IntType(16)
+
+
+class _BFloatType(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite.ir has no class for it; the type only needs to print
+    its name for the IR text that llvmlite parses)."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+BF16 = _BFloatType()
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
 

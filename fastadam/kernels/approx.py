@@ -49,7 +49,8 @@ where it would not hold never reach the result (see above).
 
 The exact path (plain ``a / b``) is used
 
-* when the environment variable ``FASTADAM_EXACT=1`` is set (for the whole process);
+* when the environment variable ``FASTADAM_EXACT=1`` is set (for the whole process; it
+  also selects the exact bfloat16 rounding, kernels/lowp.py ``BF16_MODE``);
 * when the CPU has no estimate-plus-FMA instruction set numba targets (non-x86, x86
   without AVX2 and FMA), or numba is told to compile for another CPU
   (``NUMBA_CPU_NAME``).
@@ -71,20 +72,35 @@ from numba.extending import intrinsic, overload
 
 def _host_has_estimates() -> bool:
     """Whether numba compiles for this x86 CPU and it has AVX2 and FMA."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
-        return False                    # compiling for another (or a generic) CPU
-    try:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features()
-    except Exception:                   # pragma: no cover - defensive
-        return False
+    features = host_cpu_features()
     return bool(features.get("avx2")) and bool(features.get("fma"))
 
 
+def exact_requested() -> bool:
+    """Whether ``FASTADAM_EXACT`` asks for the exact paths (division here, the bfloat16
+    rounding in kernels/lowp.py) for this process."""
+    return os.environ.get("FASTADAM_EXACT", "").strip() not in ("", "0")
+
+
+def host_cpu_features() -> dict:
+    """The features of the CPU numba compiles for, when that is this x86 CPU (those of
+    ``NUMBA_CPU_FEATURES`` when it is set); else {} (non-x86, or ``NUMBA_CPU_NAME``
+    naming another or a generic CPU)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    if _nb_config.CPU_NAME and _nb_config.CPU_NAME != "host":
+        return {}                       # compiling for another (or a generic) CPU
+    if _nb_config.CPU_FEATURES:         # NUMBA_CPU_FEATURES: what numba compiles with
+        return {f[1:]: f[0] == "+" for f in _nb_config.CPU_FEATURES.split(",") if f[:1] in "+-"}
+    try:
+        import llvmlite.binding as llvm
+        return dict(llvm.get_host_cpu_features())
+    except Exception:                   # pragma: no cover - defensive
+        return {}
+
+
 def _choose_mode() -> str:
-    if os.environ.get("FASTADAM_EXACT", "").strip() not in ("", "0"):
+    if exact_requested():
         return "exact"
     return "estimate" if _host_has_estimates() else "exact"
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from . import approx
+from . import approx, lowp
 from .loop import advance, step_scalars, update
 from .memory import (G_OBJECTS, GROUP, LENGTH, OFFSET, P_ADDR, PLAN_COLUMNS,
                      address_as_pointer, first_alias, first_overlap, grad_address, pointer_of)
@@ -31,7 +31,8 @@ def _source_hash():
     launcher's closure, hence of numba's cache key: numba checks a cached kernel only
     against the file that defines it, so without this an edit to an algorithm module
     would leave stale launchers in the cache. It also covers ``approx.MODE`` (estimate or
-    exact division), chosen per process, so neither path ever loads the other's kernels."""
+    exact division) and ``lowp.BF16_MODE`` (native or exact bfloat16 rounding), chosen per
+    process, so neither path ever loads the other's kernels."""
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
     for path in sorted(os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py")):
@@ -40,6 +41,7 @@ def _source_hash():
     with open(os.path.join(here, os.pardir, "config.py"), "rb") as f:
         h.update(f.read())
     h.update(approx.MODE.encode())      # the division path compiled into the kernels
+    h.update(lowp.BF16_MODE.encode())   # the bfloat16 rounding compiled into them
     return int(h.hexdigest()[:15], 16)
 
 

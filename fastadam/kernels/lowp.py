@@ -10,9 +10,11 @@ bfloat16 (the upper 16 bits of a float32, stored as uint16; the bit layout of
 ``ml_dtypes.bfloat16``)::
 
     bf16_load(h)              -> float32    exact (a shift)
-    bf16_store(x)             -> uint16     round to nearest, ties to even; NaN -> quiet
-                                            NaN of the same sign (0x7FC0 | sign), +-inf
-                                            kept, overflow -> inf: equal to ml_dtypes
+    bf16_store(x)             -> uint16     round to nearest, ties to even, subnormals
+                                            included; +-inf kept, overflow -> inf; NaN ->
+                                            a quiet NaN of the same sign: equal to
+                                            ml_dtypes on every non-NaN input (see
+                                            BF16_MODE for the NaN's payload)
     bf16_store_sr(x, r)       -> uint16     stochastic rounding with random bits r
                                             (low 16 used): rounds up with probability
                                             (distance to the lower neighbour) / ulp
@@ -23,6 +25,19 @@ bfloat16 (the upper 16 bits of a float32, stored as uint16; the bit layout of
                                             the high half of the element index mixed in
     sr_bits(seg_key, i)       -> uint32     counter-based random bits for element i:
                                             lowbias32(low32(i) + seg_key)
+
+bf16_store has two implementations, chosen once per process (``BF16_MODE``): where numba
+compiles for a CPU with AVX512_BF16 (and unless ``FASTADAM_EXACT=1``) the CPU's
+conversion ``vcvtneps2bf16`` with subnormal inputs lifted into the normal range (the
+instruction alone would flush them to zero): 5 vector instructions per 16 stored values,
+the store included, where the integer sequence takes 9 (``vpmovdw`` being 2 micro-ops).
+The two differ only in a NaN's payload: 0x7FC0 | sign on the exact path, the NaN's sign,
+exponent, quiet bit and the upper 6 of its payload bits on the native path (a quiet NaN
+of the same sign either way). ``bf16_round_np`` is the exact rounding,
+``bf16_round_native_np`` the native one, ``bf16_store_np`` the one this process's
+kernels use. Without AVX512_BF16 LLVM compiles ``fptrunc float -> bfloat`` to a call of
+the runtime function ``__truncsfbf2`` (checked for skylake-avx512, znver3 and x86-64
+with LLVM 22), which numba does not provide: the exact path is then the only one.
 
 Stochastic rounding draws its bits from a hash of (seed, step, element index), never from
 a stream: the result is a function of the seed, the step and the data alone, identical
@@ -39,11 +54,28 @@ from numba.extending import intrinsic
 
 from ..config import JIT_OPTIONS
 
-from ._llvm import (F32 as _F32, I16 as _I16, I32 as _I32, c32 as _c32,  # noqa: E402
+from . import approx as _approx
+from ._llvm import (BF16 as _BF16, F32 as _F32, I16 as _I16, I32 as _I32, c32 as _c32,  # noqa: E402
                     prefer_wide as _prefer_wide, to_i16 as _to_i16, to_i32 as _to_i32)
 
 
 # ---------------------------------------------------------------- bfloat16
+def _host_has_native_bf16() -> bool:
+    """Whether numba compiles for this x86 CPU and it converts float32 to bfloat16 in one
+    instruction (AVX512_BF16: vcvtneps2bf16)."""
+    return bool(_approx.host_cpu_features().get("avx512bf16"))
+
+
+#: How bf16_store rounds in this process: "native" (the CPU's conversion, subnormals
+#: lifted: equal to ml_dtypes except that a NaN keeps the upper bits of its payload) or
+#: "exact" (an integer sequence equal to ml_dtypes on every input; FASTADAM_EXACT=1, or a
+#: CPU without AVX512_BF16). Part of the launchers' cache key (launch.SOURCE_HASH), like
+#: approx.MODE, so a process never loads kernels compiled in the other mode.
+BF16_MODE: str = ("native" if not _approx.exact_requested() and _host_has_native_bf16()
+                  else "exact")
+BF16_NATIVE: bool = BF16_MODE == "native"
+
+
 @intrinsic
 def _bf16_to_f32(typingctx, h):
     if not isinstance(h, types.Integer):
@@ -66,18 +98,77 @@ def _nan_select(builder, x, b, rounded):
     return builder.trunc(builder.select(is_nan, qnan, rounded), _I16)
 
 
+def _rne_exact(builder, x):
+    """float32 -> bfloat16 bits (i16) in 32-bit integer lanes: add 0x7FFF plus the
+    lowest kept bit, shift; NaN -> 0x7FC0 | sign. Equal to ml_dtypes on every input."""
+    b = builder.bitcast(x, _I32)
+    lsb = builder.and_(builder.lshr(b, _c32(16)), _c32(1))
+    r = builder.lshr(builder.add(builder.add(b, _c32(0x7FFF)), lsb), _c32(16))
+    return _nan_select(builder, x, b, r)
+
+
+def _rne_native(builder, x):
+    """float32 -> bfloat16 bits (i16) with LLVM's ``fptrunc float -> bfloat`` (one
+    ``vcvtneps2bf16`` with AVX512_BF16). The instruction treats subnormal inputs as zero,
+    so those are lifted into the smallest binade first: for a zero exponent field,
+    y = x | 2**-126 is sign * (2**-126 + |x|), exact, normal, and on the bfloat16 grid of
+    that binade (spacing 2**-133, the bfloat16 subnormal spacing, the same 7 fraction
+    bits, so ties break alike); its rounded bits minus 0x0080 (the bits of 2**-126) are
+    the rounded subnormal, a round-up to 2**-126 included. Every non-NaN input then
+    rounds as :func:`_rne_exact`; a NaN becomes a quiet NaN of its sign carrying the
+    upper 6 bits of its payload (the instruction's NaN), where the exact path returns
+    0x7FC0 | sign. (Without the lift, LLVM chose 4-lane vectors for this loop; with it,
+    16: the extra vptestnmd, masked vpord and masked vpaddw cost less than the lanes.)"""
+    b = builder.bitcast(x, _I32)
+    sub = builder.icmp_unsigned("==", builder.and_(b, _c32(0x7F800000)), _c32(0))
+    y = builder.or_(b, builder.select(sub, _c32(0x00800000), _c32(0)))
+    h = builder.bitcast(builder.fptrunc(builder.bitcast(y, _F32), _BF16), _I16)
+    zero16 = ir.Constant(_I16, 0)
+    return builder.sub(h, builder.select(sub, ir.Constant(_I16, 0x80), zero16))
+
+
 @intrinsic
 def _f32_to_bf16_rne(typingctx, x):
+    """Round to nearest even in this process's :data:`BF16_MODE`."""
     if x != types.float32:
         return None
     sig = types.uint16(x)
 
     def codegen(context, builder, signature, args):
         _prefer_wide(builder)
-        b = builder.bitcast(args[0], _I32)
-        lsb = builder.and_(builder.lshr(b, _c32(16)), _c32(1))
-        r = builder.lshr(builder.add(builder.add(b, _c32(0x7FFF)), lsb), _c32(16))
-        return _nan_select(builder, args[0], b, r)
+        if BF16_NATIVE:
+            return _rne_native(builder, args[0])
+        return _rne_exact(builder, args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _f32_to_bf16_rne_exact(typingctx, x):
+    """Round to nearest even, the exact integer sequence in every mode (for tests and
+    for comparing the two paths in one process)."""
+    if x != types.float32:
+        return None
+    sig = types.uint16(x)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        return _rne_exact(builder, args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _f32_to_bf16_rne_native(typingctx, x):
+    """Round to nearest even with the native conversion (only where AVX512_BF16 is
+    compiled for: elsewhere LLVM calls a runtime function numba does not link)."""
+    if x != types.float32:
+        return None
+    sig = types.uint16(x)
+
+    def codegen(context, builder, signature, args):
+        _prefer_wide(builder)
+        return _rne_native(builder, args[0])
 
     return sig, codegen
 
@@ -252,7 +343,8 @@ def bf16_load(h):
 
 @njit(inline="always", **JIT_OPTIONS)
 def bf16_store(x):
-    """float32 -> bfloat16 bits, round to nearest even (= ml_dtypes, NaN quieted)."""
+    """float32 -> bfloat16 bits, round to nearest even (= ml_dtypes on every non-NaN;
+    NaN -> a quiet NaN of its sign, payload per :data:`BF16_MODE`)."""
     return _f32_to_bf16_rne(x)
 
 
@@ -316,6 +408,19 @@ def bf16_round_np(x):
     nan = (b & 0x7FFFFFFF) > 0x7F800000
     r = np.where(nan, ((b >> 16) & 0x8000) | 0x7FC0, r)
     return r.astype(np.uint16)
+
+
+def bf16_round_native_np(x):
+    """float32 array -> uint16 bits as the native path rounds (:func:`bf16_round_np`
+    except a NaN: its upper 16 bits with the quiet bit set)."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    nan = (b & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, ((b >> 16) | 0x0040).astype(np.uint16), bf16_round_np(x))
+
+
+def bf16_store_np(x):
+    """float32 array -> uint16 bits as this process's kernels' bf16_store rounds."""
+    return bf16_round_native_np(x) if BF16_NATIVE else bf16_round_np(x)
 
 
 def bf16_to_f32_np(h):
