@@ -33,8 +33,10 @@ def test_two_cores_short_step_runs_serially():
 
 
 def test_longer_steps_use_all_threads_and_release_from_release_step():
-    assert choose(10**6, 2, 2, 2, True, can_release=True) == (2, False)
-    assert choose(3 * 10**6, 2, 2, 2, True, can_release=True) == (2, False)
+    # the defaults: every step of SHORT_STEP elements or more releases (RELEASE_STEP)
+    assert choose(10**6 - 1, 2, 2, 2, True, can_release=True) == (1, False)
+    assert choose(10**6, 2, 2, 2, True, can_release=True) == (2, True)
+    assert choose(3 * 10**6, 2, 2, 2, True, can_release=True) == (2, True)
     assert choose(10**7, 2, 2, 2, True, can_release=True) == (2, True)
     assert choose(10**7, 2, 2, 2, True, can_release=False) == (2, False)
     kw = dict(short_step=1000, release_step=5000, can_release=True)
@@ -109,7 +111,7 @@ def test_plan_follows_the_setting(monkeypatch):
     _share_threads()                 # what a step does when torch's count changed
     fa.set_num_threads(2)
     assert _threads.plan(10**5) == (2, 1, False)
-    assert _threads.plan(2 * 10**6) == (2, 2, False)
+    assert _threads.plan(2 * 10**6) == (2, 2, True)
     assert _threads.plan(10**7) == (2, 2, True)
     ft.set_step_threads(2)                     # explicit: as given, pool left alone
     assert _threads.plan(10**5) == (2, 2, False)

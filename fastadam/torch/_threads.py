@@ -19,8 +19,8 @@ The ``"auto"`` policy (the default; :func:`set_step_threads` overrides it):
   unless that is less than half of ``T`` (on many cores ``T`` threads at half speed
   still beat fewer at full speed). On 2 cores with 2 torch threads: one thread, the
   serial kernel.
-* longer steps: all of numba's threads; from :data:`RELEASE_STEP` elements (a step as
-  long as the spin window or longer) after releasing torch's OpenMP pool with the
+* longer steps: all of numba's threads; from :data:`RELEASE_STEP` elements (= SHORT_STEP:
+  every such step) after releasing torch's OpenMP pool with the
   OpenMP 5.0 call ``omp_pause_resource_all(omp_pause_soft)`` when torch's runtime has it
   (its workers exit at once instead of spinning through the step; torch's next parallel
   region starts new ones, tens of microseconds). Nothing else changes: torch's thread
@@ -49,11 +49,15 @@ from ._common import _threads_seen
 #: two threads faster; docs/torch.md).
 SHORT_STEP = 1_000_000
 
-#: Steps over at least this many elements (several ms: as long as the spin window or
-#: longer) release torch's pool first, when its runtime allows: the spinning workers
-#: would otherwise hold their cores through a good part of the step, and the release
-#: plus the new workers at torch's next parallel region cost tens of microseconds.
-RELEASE_STEP = 4_000_000
+#: Steps over at least this many elements release torch's pool first, when its runtime
+#: allows: the spinning workers would otherwise hold their cores through a good part of
+#: the step, and the release plus the new workers at torch's next parallel region cost
+#: tens of microseconds. Equal to SHORT_STEP: every step that uses all threads releases
+#: (measured on the quiet 2-core Xeon, three interleaved runs each, speed-up over torch
+#: fused with a release from 1e6 / from 4e6: 1e6 in 10 tensors 1.16-1.19x / 0.77-0.83x,
+#: in 100 tensors 1.67-1.69x / 1.32-1.44x, 2e6 in 10 tensors 1.14-1.15x / 0.75-0.81x;
+#: docs/torch.md).
+RELEASE_STEP = 1_000_000
 
 _policy = {"threads": "auto", "release": True}
 _policy_key = [("auto", True)]
