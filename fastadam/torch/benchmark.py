@@ -40,7 +40,8 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
     model, and every step follows a parallel torch op (2**20 elements, untimed) and fresh
     gradients, as in training after backward(): torch's OpenMP workers are spinning
     when each step starts, whichever optimizer stepped before. The last value is the
-    floor: the faster of the floor kernel on one thread and on all of numba's, over one
+    floor: the faster of the floor kernel on one thread and on all of numba's (after
+    releasing torch's OpenMP pool, as the "auto" policy does for long steps), over one
     flat buffer of ``n_params`` (no optimizer moving these bytes can be faster, so torch
     fused / floor is the largest speed-up physics allows here)."""
     import fastadam
@@ -53,8 +54,8 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
     grads = [torch.randn_like(p) * 1e-3 for p in models[0]]
     work, work_out = torch.ones(1 << 20), torch.empty(1 << 20)
     # the floor kernel (kernels/floor.py) over one flat buffer of the model's size, one
-    # thread and all of numba's: the same bytes with trivial math, after the same torch
-    # op and a fresh gradient
+    # thread and all of numba's (after releasing torch's spinning pool, timed): the same
+    # bytes with trivial math, after the same torch op and a fresh gradient
     from fastadam.kernels.floor import floor_parallel, floor_serial
     flat = [np.zeros(n_params, np.float32) for _ in range(3)]
     flat_g = torch.cat([g.reshape(-1) for g in grads])
@@ -71,7 +72,10 @@ def step_times(n_params, n_tensors, steps=36, warmup=3, policies=("auto",)):
                 torch.mul(work, 1.0, out=work_out)  # ends with a parallel region, as
                 if k >= len(opts):                  # backward does (torch's workers spin)
                     g = flat_g.clone().numpy()
+                    parallel = k - len(opts) == 1
                     t0 = time.perf_counter()
+                    if parallel:              # as the "auto" policy's long steps do
+                        _threads.release_torch_pool()
                     floors[k - len(opts)](flat[0], g, flat[1], flat[2])
                     dt = time.perf_counter() - t0
                     if t >= warmup:
@@ -140,7 +144,7 @@ def format_rows(rows):
                      + " ".join(f"{x:>21.2f}x" for _, x in r["policies"].values())
                      + f" {r['ceiling']:>7.2f}x")
     lines.append("(floor: the floor kernel moving the step's bytes over one flat buffer, the "
-                 "faster of 1 and all threads, timed in turn with the others; ceiling = "
+                 "faster of 1 and all threads (pool released), timed in turn with the others; ceiling = "
                  "torch fused / floor, the largest speed-up the memory system allows here)")
     return "\n".join(lines)
 
