@@ -125,25 +125,3 @@ def test_torch_16bit_step_is_one_launch_per_dtype(monkeypatch):
     opt.step()
     assert sorted(calls) == [sum(p.numel() for p in ps) // 2] * 2     # one per dtype
     assert all(not torch.equal(p.detach().float(), r) for p, r in zip(ps, ref))
-
-
-def test_optimizer_steps_several_parameters_in_one_launch(monkeypatch):
-    import fastadam as fa
-    rng = np.random.default_rng(2)
-    ps = [rng.standard_normal(n).astype(np.float32) for n in (300, 20, 5000)]
-    ref = [p.copy() for p in ps]
-    opt = fa.Adam(ps, lr=1e-2, state_dtype="bfloat16")
-    gs = [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
-    calls = []
-    real = lowp.launch
-    monkeypatch.setattr(lowp, "launch", lambda k, n, *a: (calls.append(n), real(k, n, *a)))
-    opt.step(gs)
-    assert calls == [5320]
-    # the per-parameter functional steps give the same bits
-    states = [lowp.init_lowp_state(p, state_dtype="bfloat16") for p in ref]
-    for p, g, st in zip(ref, gs, states):
-        lowp.adam_step_lowp(p, g, st, step=1, lr=1e-2)
-    for p, q in zip(ps, ref):
-        assert p.tobytes() == q.tobytes()
-    for st, q in zip(opt._lowp.states, states):
-        assert st["exp_avg"].tobytes() == q["exp_avg"].tobytes()
