@@ -5,8 +5,7 @@ When ``state_dtype`` is set (and differs from the parameters' float32), the opti
 keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
 steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (Adamax:
 :func:`fastadam.lowp_adamax.adamax_step_lowp`; one fused launch per
-parameter; Adam and AdamW with several parameters: one launch per kernel layout over all
-of them, :class:`fastadam.lowp_multi.MultiStep`, with the same results bit for bit). Everything
+parameter: a model flattened with :func:`fastadam.flatten` is one launch). Everything
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
 and the non-finite policy. The float32 path does not see this module: ``opt._lowp`` is
@@ -33,10 +32,9 @@ from ..kernels.q8 import Q8_BLOCK
 from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
-from ..kernels.spec import H_CLIP, N_HYPER
+from ..kernels.spec import H_CLIP
 from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
 from ..lowp_adamax import prepare_adamax_lowp
-from ..lowp_multi import MultiStep, wd_mode
 from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
 from .state import check_header, check_state_array, loaded_groups
@@ -160,7 +158,6 @@ class LowpState:
         self.kw = None            # per group: keyword arguments of adam_step_lowp
         self.launches = None      # per parameter: the checked launch (prepare)
         self.layouts = None       # per parameter: its checked arrays (prepare)
-        self.multi = None         # several Adam parameters: (MultiStep, h, seed) (prepare)
         self.bf16 = None          # whether the parameters are 16-bit (bfloat16 or float16)
         self.pdtype = None        # their dtype (set by build)
 
@@ -261,19 +258,6 @@ class LowpState:
             own.append((b.grad_views[r], _u16(g)))
         self.launches, self.targets, self.own_grads = launches, targets, own
         self.layouts = layouts
-        self.multi = None
-        if len(launches) > 1 and opt.algorithm not in _NR and opt.algorithm != "adamax":
-            # every parameter in one launch per kernel layout (fastadam/lowp_multi.py):
-            # the results of the launches above, one per parameter, bit for bit
-            h = np.zeros((len(opt.param_groups), N_HYPER))
-            for gi, _, _, _, tail, _ in launches:
-                h[gi] = tail[-1]
-            wd = [wd_mode(kw["weight_decay"], kw["decoupled_weight_decay"]) for kw in self.kw]
-            multi = MultiStep([p.reshape(-1) for p in opt._params], self.states,
-                              list(opt._group_of), [lay[3] for lay in layouts], wd,
-                              [kw["maximize"] for kw in self.kw])
-            seed = next((x[5] for x in launches if x[5] is not None), None)
-            self.multi = (multi, h, seed)
         self.own_ids = [id(v) for v, _ in own]
 
     def step(self, opt, grads):
@@ -317,7 +301,6 @@ class LowpState:
                 return
         clipping = opt._clipping
         nr = opt.algorithm in _NR         # last kernel argument: the group scalars
-        gl = []
         for i, (gi, kernels, n, head, tail, sr_seed) in enumerate(self.launches):
             if clipping[gi] and opt._hyper[gi, H_CLIP] != 1.0:
                 g = arrays[i]      # bfloat16: the scaled gradient is rounded (nearest)
@@ -327,17 +310,9 @@ class LowpState:
                 g = self.own_grads[i][1]
             else:
                 g = _u16(arrays[i].reshape(-1))
-            gl.append(g)
-        if self.multi is not None:        # Adam / AdamW, several parameters: one launch
-            multi, h, seed = self.multi
-            t = np.array(counts, np.int64) + 1
-            keys = np.array([0 if seed is None else sr_key(seed, int(s)) for s in t], np.int64)
-            multi.step(gl, h, t, keys)
-        else:
-            for g, (gi, kernels, n, head, tail, sr_seed) in zip(gl, self.launches):
-                step = counts[gi] + 1
-                launch(kernels, n, *head, g, *tail, step, opt._gscal[gi] if nr else
-                       0 if sr_seed is None else sr_key(sr_seed, step))
+            step = counts[gi] + 1
+            launch(kernels, n, *head, g, *tail, step,
+                   opt._gscal[gi] if nr else 0 if sr_seed is None else sr_key(sr_seed, step))
         if nr:                            # once per group, after all its parameters
             done = set()
             for gi, _, _, _, tail, _ in self.launches:
