@@ -283,6 +283,9 @@ def test_grads_that_need_care_noncontiguous_requires_grad_and_moved_params():
             grads[0] = torch.from_numpy(rng.standard_normal((3, 7))).t()
         if t == 2:   # a gradient that requires grad (backward(create_graph=True))
             grads[1] = grads[1].clone().requires_grad_()
+        if t == 4:   # a negated view: same values, memory holding their negatives
+            grads[0] = torch._neg_view(grads[0].neg())
+            assert grads[0].is_neg()
         set_grads(ours, grads)
         set_grads(theirs, grads)
         if t == 3:   # parameter memory replaced behind the optimizer's back
@@ -292,6 +295,29 @@ def test_grads_that_need_care_noncontiguous_requires_grad_and_moved_params():
         topt.step()
     for p, q in zip(ours, theirs):
         assert_close64(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_whose_data_changed_dtype_or_size_is_refused(dtype):
+    """``grad.data = ...`` can give a gradient another dtype or size (torch's grad setter
+    checks only assignments to ``.grad``): the step refuses it, nothing changed."""
+    opt, _, ours, _ = twins("Adam", dict(lr=1e-2), dtype)
+    rng = np.random.default_rng(3)
+    set_grads(ours, random_grads(rng, dtype, 0))
+    opt.step()
+    other = torch.float32 if dtype == torch.float64 else torch.float64
+    for bad in (torch.ones(ours[1].numel(), dtype=other),
+                torch.ones(ours[1].numel() - 1, dtype=dtype)):
+        set_grads(ours, random_grads(rng, dtype, 1))
+        ours[1].grad.data = bad
+        before = [p.detach().clone() for p in ours]
+        state = [{k: v.clone() for k, v in opt.state[p].items()} for p in ours]
+        with pytest.raises((TypeError, ValueError), match=r"grads\[1\]"):
+            opt.step()
+        for p, b, st in zip(ours, before, state):
+            assert torch.equal(p, b)
+            for k, v in st.items():
+                assert torch.equal(opt.state[p][k], v), k
 
 
 def test_state_is_zero_copy_and_step_bumps_version():

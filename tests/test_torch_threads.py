@@ -153,6 +153,13 @@ def _threads_during_step(monkeypatch):
         seen.append(config._thread_count())
         return orig(L, gl)
     monkeypatch.setattr(ft.Adam, "_run_inners", staticmethod(spy))
+    # float32/float64 tensors under one inner optimizer: gradients by data address
+    orig_refs = fa.optim.base.Optimizer._step_refs
+
+    def spy_refs(self, grefs):
+        seen.append(config._thread_count())
+        return orig_refs(self, grefs)
+    monkeypatch.setattr(fa.optim.base.Optimizer, "_step_refs", spy_refs)
     return seen
 
 
@@ -232,6 +239,7 @@ def test_thread_count_restored_when_the_step_raises(monkeypatch):
     def boom(L, gl):
         raise RuntimeError("kernel failed")
     monkeypatch.setattr(ft.Adam, "_run_inners", staticmethod(boom))
+    monkeypatch.setattr(fa.optim.base.Optimizer, "_step_refs", lambda self, grefs: boom(0, 0))
     for p in ps:
         p.grad = torch.ones_like(p)
     with pytest.raises(RuntimeError, match="kernel failed"):

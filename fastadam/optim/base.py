@@ -359,6 +359,29 @@ class Optimizer(StateDictMixin):
             grefs = self._data_refs(grads, -10 - bad)
             self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
 
+    def _step_refs(self, grefs):
+        """One step with the gradients given by their data addresses (``grefs``: int64, one
+        per parameter in param_groups order), each already checked by the caller to hold
+        its parameter's dtype and size, C-contiguous (the torch front end: a tensor's
+        ``data_ptr()`` costs less than a NumPy view of it). Returns False, doing nothing,
+        when this optimizer needs the gradients as arrays (low-precision layouts, gradient
+        clipping, the non-finite policy)."""
+        with self._lock:
+            if self._lowp is not None:
+                return False
+            if self._groups_changed():
+                self._refresh_groups()
+            if self._checked_pass:
+                return False
+            launches = self._launches
+            forbid = _NO_RANGES
+            if len(launches) == 1:
+                forbid = self._forbid         # the launch checks the overlap itself
+            else:
+                self._check_aliasing(grefs, G_INDEXED)
+            self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
+            return True
+
     def _launch(self, launches, grefs, g_mode, forbid, expect, dims, framed=False):
         """Run the launches; returns -1, or the code of a first launch that wrote nothing
         because a gradient failed the compiled check (<= -10). ``framed``: the tables are

@@ -26,7 +26,8 @@ class _Layout:
     __slots__ = ("group_params", "group_lens", "active", "active_ids", "inactive", "ptrs",
                  "inners", "single", "cells", "seen", "getter", "tensor_groups", "step_nps",
                  "gs_rows", "shapes2", "skipped", "views", "params", "gidx", "names",
-                 "all_ptrs", "blocks", "block_of", "patterns", "numel")
+                 "all_ptrs", "blocks", "block_of", "patterns", "numel", "by_addr", "gdtypes",
+                 "gnumels")
 
 
 class _Block:
@@ -81,6 +82,11 @@ def _use_pattern(S, key):
     S.active, S.active_ids, S.inactive, S.inners, S.step_nps, S.gs_rows = P
     S.single = len(S.inners) == 1
     S.ptrs = [p.data_ptr() for p in S.active]
+    # one fastadam optimizer over float32/float64 tensors: gradients by data address
+    S.by_addr = S.single and isinstance(S.inners[0][0], fa.optim.base.Optimizer) \
+        and all(p.dtype not in LOW_PRECISION for p in S.active)
+    S.gdtypes = [p.dtype for p in S.active]
+    S.gnumels = [p.numel() for p in S.active]
     S.numel = sum(p.numel() for p in S.active)      # decides the step's threads
 
 

@@ -49,6 +49,11 @@ from ._common import (_IMPL_FLAGS, _REFUSED_FLAGS, LOW_PRECISION, Spec, _bf16_vi
                       increment_version, numpy_view)
 from ._lowp import LowpOptions, precision_key
 
+#: torch's global step hooks (registered with torch.optim.optimizer.register_optimizer_step_
+#: pre/post_hook; torch fills these dicts in place)
+_GLOBAL_HOOKS = (_opt_mod.__dict__.get("_global_optimizer_pre_hooks", {}),
+                 _opt_mod.__dict__.get("_global_optimizer_post_hooks", {}))
+
 
 class FastadamTorchOptimizer(LowpOptions):
     """Mixin placed before a ``torch.optim`` class: ``class Adam(FastadamTorchOptimizer,
@@ -213,17 +218,39 @@ class FastadamTorchOptimizer(LowpOptions):
                 if self._push(L, gi, g, vals):
                     L = self._rebuild()
                     break
-        # ---- gradients: a NumPy view of each (fresh tensors after zero_grad(set_to_none))
-        try:
-            gl = [p.grad.numpy() for p in L.active]
-        except (AttributeError, RuntimeError, TypeError):
-            gl = None            # a missing, sparse or requires_grad gradient: slow path
-        if gl is None or (L.inactive and any(p.grad is not None for p in L.inactive)) \
+        # ---- gradients (fresh tensors after zero_grad(set_to_none)): their data addresses
+        # when one fastadam optimizer steps them all and each is dense, C-contiguous, of
+        # its parameter's dtype and size and not a negated view (torch's grad setter keeps
+        # dtype, size and device, but ``grad.data = ...`` can change dtype and size);
+        # otherwise a NumPy view of each
+        refs = gl = None
+        if L.by_addr:
+            try:
+                refs = [g.data_ptr() if g.dtype is dt and g.numel() == n and not g.is_neg()
+                        and g.is_contiguous() else 0
+                        for g, dt, n in zip([p.grad for p in L.active], L.gdtypes, L.gnumels)]
+            except (AttributeError, RuntimeError):
+                refs = None      # a missing or sparse gradient
+            else:
+                if 0 in refs:
+                    refs = None
+        if refs is None:
+            try:
+                gl = [p.grad.numpy() for p in L.active]
+            except (AttributeError, RuntimeError, TypeError):
+                gl = None        # a missing, sparse or requires_grad gradient: slow path
+        if (refs is None and gl is None) \
+                or (L.inactive and any(p.grad is not None for p in L.inactive)) \
                 or [p.data_ptr() for p in L.active] != L.ptrs:
             L, gl = self._slow_grads(L)
             if L is None:
                 return loss      # no parameter has a gradient: nothing to do
-        _threads.run(L.numel, self._run_inners, L, gl)   # threads: _threads.py
+            refs = None
+        if refs is None or not _threads.run(L.numel, L.inners[0][0]._step_refs,
+                                            np.array(refs, dtype=np.int64)):
+            if gl is None:
+                gl = [self._grad_array(p.grad) for p in L.active]
+            _threads.run(L.numel, self._run_inners, L, gl)   # threads: _threads.py
         increment_version(L.active)      # in-place update, as torch's optimizers record
         for s in L.step_nps:
             np.add(s, 1, out=s)
@@ -235,14 +262,21 @@ class FastadamTorchOptimizer(LowpOptions):
     def _hooked(step):
         """torch.optim's step wrapper (step pre/post hooks, per optimizer then global, and
         the profiler's record_function) with the record_function entered only while a
-        profiler runs: it costs ~10 us per step otherwise, on a step that may take 30."""
+        profiler runs: it costs ~10 us per step otherwise, on a step that may take 30.
+        With no hook registered and no profiler running, the step is called directly."""
+        pre, post = _GLOBAL_HOOKS
+        enabled = torch.autograd._profiler_enabled
+
         @functools.wraps(step)
         def wrapper(self, *args, **kwargs):
-            pre = _opt_mod.__dict__.get("_global_optimizer_pre_hooks", {})
-            post = _opt_mod.__dict__.get("_global_optimizer_post_hooks", {})
+            if not (pre or post or self._optimizer_step_pre_hooks
+                    or self._optimizer_step_post_hooks or enabled()):
+                out = step(self, *args, **kwargs)
+                self._optimizer_step_code()
+                return out
             ctx = (torch.autograd.profiler.record_function(
                 f"Optimizer.step#{type(self).__name__}.step")
-                if torch.autograd._profiler_enabled() else contextlib.nullcontext())
+                if enabled() else contextlib.nullcontext())
             with ctx:
                 for hook in chain(pre.values(), self._optimizer_step_pre_hooks.values()):
                     result = hook(self, args, kwargs)
