@@ -75,8 +75,8 @@ def test_one_launch_equals_one_call_per_array(pdt, sdt, opt, sizes):
     p2, s2 = copy.deepcopy(params), copy.deepcopy(states)
     group_of = [j % 2 for j in range(len(sizes))]
     pk = lowp._param_kind(params[0].dtype)
-    ms = LM.MultiStep(p2, s2, group_of, [LM.pmode_of(pk, st, rounding) for st in s2],
-                      [LM.wd_mode(g["weight_decay"], decoupled) for g in GROUPS],
+    ms = LM.MultiStep(p2, s2, group_of, [lowp.pmode_of(pk, st, rounding) for st in s2],
+                      [lowp.wd_mode(g["weight_decay"], decoupled) for g in GROUPS],
                       [g["maximize"] for g in GROUPS])
     assert len(ms.launches) == 1
     rng = np.random.default_rng(1)
@@ -101,7 +101,7 @@ def test_one_layout_one_launch(monkeypatch):
     real = lowp.launch
     monkeypatch.setattr(lowp, "launch", lambda k, n, *a: (calls.append(n), real(k, n, *a)))
     ms = LM.MultiStep(params, states, [0, 0, 0, 0],
-                      [A.PMODE_MASTER] * 4, [LM.wd_mode(0.0, True)], [False])
+                      [A.PMODE_MASTER] * 4, [lowp.wd_mode(0.0, True)], [False])
     grads = [np.ones(p.shape, p.dtype) for p in params]
     h = np.array([__import__("fastadam.functional", fromlist=["_ADAM"])._ADAM.setup(
         1e-3, (0.9, 0.999), 1e-8, 0.0, True, False, False, True, "paper").h])

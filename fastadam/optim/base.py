@@ -16,13 +16,14 @@ from .. import config
 from ..flat import forbidden_ranges
 from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
-                            N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
+                            N_GROUP_SCALARS, N_HYPER)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
+from ..lowp import _is_16bit, wd_mode
 from .groups import (TORCH_SWITCHES, ParamGroup, Validator, normalize_params,
                      validate_groups)
 from .guard import grad_norms
-from .lowp import LowpState, check_lowp_options, check_state_dtype, is_16bit, make_lowp
+from .lowp import LowpState, check_lowp_options, check_state_dtype, make_lowp
 from .plan import Bucket, Launch
 from .state import StateDictMixin
 
@@ -78,9 +79,8 @@ class Optimizer(StateDictMixin):
     def _normalize_groups(self, params, init=False):
         def check(name, p):
             # bfloat16 and float16 parameters go to the low-precision path (optim/lowp.py)
-            C.check_array(name, p, writable=True,
-                          dtype=p.dtype if (init or self._lowp is not None) and is_16bit(p)
-                          else None)
+            lowp_dtype = (init or self._lowp is not None) and _is_16bit(p.dtype)
+            C.check_array(name, p, writable=True, dtype=p.dtype if lowp_dtype else None)
         groups = normalize_params(params, check)
         all_params = [p for g in groups for p in g["params"]]
         if not init:
@@ -239,11 +239,9 @@ class Optimizer(StateDictMixin):
 
     def _kernel_key(self, g):
         alg = self._alg
-        wd_mode = WD_NONE
-        if g["weight_decay"] != 0.0:
-            wd_mode = WD_DECOUPLED if alg.decoupled(g) else WD_L2
+        wd = wd_mode(g["weight_decay"], g["weight_decay"] != 0.0 and alg.decoupled(g))
         scale = g["maximize"] or g["max_grad_norm"] is not None
-        return (alg.id, alg.variant(g), alg.n_state(g), wd_mode, scale,
+        return (alg.id, alg.variant(g), alg.n_state(g), wd, scale,
                 self._average is not None)
 
     def _grad_refs(self, grads):

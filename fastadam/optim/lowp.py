@@ -33,7 +33,8 @@ from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
-from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
+from ..lowp import (_is_16bit, _u16, check_precision_choice, check_rounding_seed,
+                    init_lowp_state, launch, prepare_adam_lowp)
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
@@ -79,15 +80,6 @@ def check_state_dtype(state_dtype, algorithm, average):
     return state_dtype
 
 
-def is_bf16(a):
-    return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
-
-
-def is_16bit(a):
-    """A bfloat16 or float16 parameter (the 16-bit layouts of kernels/adam_lowp.py)."""
-    return a.dtype == np.float16 or is_bf16(a)
-
-
 _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": "nearest",
                     "seed": 0}
 
@@ -95,32 +87,19 @@ _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": 
 def check_lowp_options(options):
     """master_weights / compensation / rounding / seed (for 16-bit parameters), checked
     and normalised."""
-    import numbers
     out = dict(_DEFAULT_OPTIONS)
     out.update(options or {})
     out["master_weights"] = C.check_bool("master_weights", out["master_weights"])
     out["compensation"] = C.check_bool("compensation", out["compensation"])
-    if out["master_weights"] and out["compensation"]:
-        raise ValueError("master_weights=True and compensation=True are two ways to keep "
-                         "the same precision; choose one")
-    if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
-    if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
-        raise ValueError("rounding='stochastic' cannot be combined with master_weights or "
-                         "compensation: choose one way to keep the parameters' precision")
-    seed = out["seed"]
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    out["seed"] = int(seed)
+    out["seed"] = check_rounding_seed(out["rounding"], out["seed"])
+    check_precision_choice(out["master_weights"], out["compensation"], out["rounding"])
     return out
 
 
 def make_lowp(state_dtype, options, params, algorithm, average):
     """The LowpState of an optimizer over ``params`` (validated), or None for the
     ordinary path (float32/float64 parameters with their own dtype's state)."""
-    bf = [is_16bit(p) for p in params]
+    bf = [_is_16bit(p.dtype) for p in params]
     if any(bf) and any(p.dtype != params[0].dtype for p in params):
         i = next(i for i, p in enumerate(params) if p.dtype != params[0].dtype)
         raise TypeError(f"parameter {i} has dtype {params[i].dtype} but parameter 0 "
@@ -171,7 +150,7 @@ class LowpState:
             full.update(g)
             self.check_group(full, f"param_groups[{gi}]")
             for pi, p in enumerate(g["params"]):
-                if p.dtype != np.float32 and not is_16bit(p):
+                if p.dtype != np.float32 and not _is_16bit(p.dtype):
                     raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; "
                                     f"state_dtype={self.state_dtype!r} needs float32 "
                                     "(or bfloat16 or float16) parameters")
@@ -193,7 +172,7 @@ class LowpState:
         (add_param_group)."""
         old = getattr(self, "_by_id", {})
         o = self.options
-        self.bf16 = is_16bit(opt._params[0])
+        self.bf16 = _is_16bit(opt._params[0].dtype)
         self.pdtype = opt._params[0].dtype
         kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
               if self.bf16 else {})

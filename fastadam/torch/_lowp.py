@@ -20,12 +20,10 @@ dtype, precision options, weight-decay kind and ``maximize``).
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import lowp
-from ..lowp_multi import MultiStep, pmode_of, wd_mode
+from ..lowp_multi import MultiStep
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 #: The options of 16-bit parameters (``set_low_precision``; the inner groups carry them),
@@ -47,25 +45,12 @@ def resolve_options(g, where):
                             + f", got {v!r}")
         out[key] = v if v is None else bool(v)
     rounding = g.get("rounding", OPTIONS["rounding"])
-    if not isinstance(rounding, str) or rounding not in lowp.ROUNDINGS:
-        raise ValueError(f"{where}: rounding must be one of {lowp.ROUNDINGS}, got "
-                         f"{rounding!r}")
-    seed = g.get("seed", OPTIONS["seed"])
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{where}: seed must be in [0, 2**64), got {seed}")
-    out.update(rounding=rounding, seed=int(seed))
-    other = out["compensation"] or rounding == "stochastic"
+    seed = lowp.check_rounding_seed(rounding, g.get("seed", OPTIONS["seed"]), f"{where}: ")
+    out.update(rounding=rounding, seed=seed)
     if out["master_weights"] is None:
-        out["master_weights"] = not other
-    elif out["master_weights"] and other:
-        what = "compensation=True" if out["compensation"] else "rounding='stochastic'"
-        raise ValueError(f"{where}: master_weights=True and {what} are two ways to keep a "
-                         "16-bit parameter's precision; choose one")
-    if out["compensation"] and rounding == "stochastic":
-        raise ValueError(f"{where}: compensation=True and rounding='stochastic' are two ways "
-                         "to keep a 16-bit parameter's precision; choose one")
+        out["master_weights"] = not (out["compensation"] or rounding == "stochastic")
+    lowp.check_precision_choice(out["master_weights"], out["compensation"], rounding,
+                                f"{where}: ")
     return out
 
 
@@ -173,7 +158,7 @@ class LowpInner:
         h, steps, keys, modes = self._group_rows()
         if self._multi is None or modes != self._modes:
             flat = [p.reshape(-1) for p in self._params]
-            pmodes = [pmode_of(lowp._param_kind(p.dtype), st, self._opts[gi]["rounding"])
+            pmodes = [lowp.pmode_of(lowp._param_kind(p.dtype), st, self._opts[gi]["rounding"])
                       for p, st, gi in zip(flat, self._state, self._group_of)]
             self._multi = MultiStep(flat, self._state, self._group_of, pmodes,
                                     [m[0] for m in modes], [m[1] for m in modes])
@@ -195,7 +180,7 @@ class LowpInner:
                 _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
                 row = _ADAM.setup(lr, betas, eps, wd, self._decoupled, False, vals[4], True,
                                   "paper").h.copy()
-                got = self._rows[gi] = (vals, row, (wd_mode(wd, self._decoupled), vals[4]))
+                got = self._rows[gi] = (vals, row, (lowp.wd_mode(wd, self._decoupled), vals[4]))
             if t > lowp.C.MAX_STEP:
                 lowp.C.check_step(t)
             rows.append(got[1])
