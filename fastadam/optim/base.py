@@ -20,7 +20,7 @@ from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DEC
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
 from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
 from ..lowp import _is_16bit, wd_mode
-from .groups import (TORCH_SWITCHES, ParamGroup, Validator, normalize_params,
+from .groups import (TORCH_SWITCHES, ParamGroup, Validator, groups_repr, normalize_params,
                      validate_groups)
 from .guard import grad_norms
 from .lowp import LowpState, check_lowp_options, check_state_dtype, make_lowp
@@ -474,11 +474,4 @@ class Optimizer(StateDictMixin):
                         "use copy.deepcopy(opt) (copies parameters and state) or build a new "
                         "optimizer and load_state_dict(opt.state_dict())")
 
-    def __repr__(self):
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        return "\n".join(lines) + "\n)"
+    __repr__ = groups_repr

@@ -38,7 +38,7 @@ from ..lowp import (_is_16bit, _u16, check_precision_choice, check_rounding_seed
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
-from .state import check_header, check_state_array, loaded_groups
+from .state import check_header, check_state_array, dict_groups, loaded_groups
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
@@ -326,16 +326,9 @@ class LowpState:
                 d[k] = _portable(a).copy()
             d.update(self._group_scalars(opt, opt._group_of[i]))
             state[i] = d
-        groups, k = [], 0
-        for g in opt.param_groups:
-            d = {key: (tuple(val) if key == "betas" else val)
-                 for key, val in g.items() if key != "params"}
-            d["params"] = list(range(k, k + len(g["params"])))
-            k += len(g["params"])
-            groups.append(d)
         return {"algorithm": opt.algorithm, "state_dtype": self.state_dtype,
                 "state_layout": layout_name(self.state_dtype), "state": state,
-                "param_groups": groups, "average": None,
+                "param_groups": dict_groups(opt.param_groups), "average": None,
                 "skipped_steps": opt.skipped_steps}
 
     def load_state_dict(self, opt, sd):

@@ -22,6 +22,19 @@ def _int(value, where, lo, hi, what):
     return int(value)
 
 
+def dict_groups(param_groups):
+    """``param_groups`` as a state_dict holds them: each group's options (``betas`` as a
+    tuple) and ``params`` as the indices of its parameters, counted across groups."""
+    groups, k = [], 0
+    for g in param_groups:
+        d = {key: (tuple(val) if key == "betas" else val)
+             for key, val in g.items() if key != "params"}
+        d["params"] = list(range(k, k + len(g["params"])))
+        k += len(g["params"])
+        groups.append(d)
+    return groups
+
+
 def check_header(state_dict, algorithm, average=None):
     """The checks every load of a state_dict starts with (a dict with "state" and
     "param_groups", of ``algorithm``, with ``average`` when the dict names one); returns
@@ -170,14 +183,8 @@ class StateDictMixin:
                 for name in alg.state[:rows[self._group_of[i]]]:
                     if name not in st:
                         st[name] = np.zeros_like(self._params[i])  # as step would start it
-            groups, k = [], 0
-            for g in self.param_groups:
-                d = {key: (tuple(val) if key == "betas" else val)
-                     for key, val in g.items() if key != "params"}
-                d["params"] = list(range(k, k + len(g["params"])))
-                k += len(g["params"])
-                groups.append(d)
-            return {"algorithm": self.algorithm, "state": state, "param_groups": groups,
+            return {"algorithm": self.algorithm, "state": state,
+                    "param_groups": dict_groups(self.param_groups),
                     "average": self._average, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict):
