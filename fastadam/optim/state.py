@@ -197,7 +197,7 @@ class StateDictMixin:
         if self._lowp is not None:
             return self._lowp.load_state_dict(self, state_dict)
         if isinstance(state_dict, dict) and "state_dtype" in state_dict:
-            from .lowp import check_layout
+            from .lowp_state import check_layout
             check_layout(state_dict, self.state_dtype)
         skipped = check_header(state_dict, self.algorithm, self._average)
         state = state_dict["state"]
@@ -279,3 +279,17 @@ class StateDictMixin:
         self.last_grad_norms = self.last_grad_norms + [None]
         self._build(saved + [None] * len(full["params"]), list(self._steps) + [0],
                     self._gscal.copy())
+
+    def save(self, path):
+        """Write the state to ``path`` (.npz, no pickle, checksummed) atomically: a
+        temporary file in the same folder is fsynced, then renamed over ``path``. The file
+        format lives in :mod:`fastadam.checkpoint`."""
+        from .. import checkpoint
+        checkpoint.save(self, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by :meth:`save`. The file is verified (format,
+        algorithm, checksum) and the state checked fully before anything is written; on
+        error (ValueError/TypeError) the optimizer is unchanged."""
+        from .. import checkpoint
+        checkpoint.load(self, path)
