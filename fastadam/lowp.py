@@ -39,7 +39,7 @@ import numpy as np
 from . import _checks as C
 from . import config
 from .kernels import adam_lowp as A
-from .kernels.spec import N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE
+from .kernels.spec import WD_DECOUPLED, WD_L2, WD_NONE
 from .kernels.lowp import sr_key
 from .kernels.q8 import Q8_BLOCK
 
@@ -425,39 +425,9 @@ def _checked_layout(param, grad, state, rounding, seed, second):
     return param_kind, kind, arrays, pmode
 
 
-def floor_lowp(param, grad, state, *, rounding="nearest"):
-    """The byte floor of the step :func:`adam_step_lowp` would take on these arrays:
-    the same bytes read and written, trivial value-preserving math (benchmarks only)."""
-    prepare_floor(param, grad, state, rounding=rounding)()
-
-
-def prepare_floor(param, grad, state, *, rounding="nearest"):
-    """:func:`floor_lowp` as a callable with the arrays checked once (benchmarks: the
-    floor of a small buffer is then not timed with the argument checks)."""
-    param_kind, kind, arrays = _layout(param, grad, state)
-    pmode = pmode_of(param_kind, arrays, rounding)
-    # the floor moves uint16 bits without decoding them: float16 parameters share the
-    # bfloat16 floor kernels (one compile fewer per layout)
-    kernels = A.build_floor(A.PARAM_BF16 if param_kind == A.PARAM_F16 else param_kind,
-                            kind, pmode)
-    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
-    args = (_u16(param), _u16(grad), _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"]),
-            arrays.get("master", _EMPTY32), c, arrays.get("exp_avg_absmax", _EMPTY32),
-            arrays.get("exp_avg_sq_absmax", _EMPTY32), np.zeros(N_HYPER), 1, 0)
-    if config.use_parallel(param.shape[0]):
-        kernel = kernels[1]
-
-        def run():
-            with config.launch_lock():
-                kernel(*args)
-    else:
-        kernel = kernels[0]
-
-        def run():
-            kernel(*args)
-    return run
-
-
 # state_dict conversion and decoding (fastadam/lowp_convert.py), exported here too; at the
 # end because that module reads this one's layout helpers.
 from .lowp_convert import convert_state_dict, decode_state, encode_moments  # noqa: E402,F401
+
+# the benchmarks' byte floor of a layout (fastadam/lowp_floor.py), read here as before
+from .lowp_floor import floor_lowp, prepare_floor  # noqa: E402,F401
