@@ -167,10 +167,10 @@ def cold_start(runs=3, cache_dir=None):
     return {k: float(np.median([r[k] for r in out])) for k in out[0]} | {"runs": len(out)}
 
 
-def run_worker(impl, spec):
-    """Run one implementation's worker in a fresh process; its stderr (progress) passes
-    through. Returns its result dict, or {"error": message}."""
-    cmd = [sys.executable, "-m", "fastadam.bench", "worker", impl, json.dumps(spec)]
+def run_worker(impl, spec, module="fastadam.bench"):
+    """Run one implementation's worker (``python -m <module> worker``) in a fresh process;
+    its stderr (progress) passes through. Returns its result dict, or {"error": message}."""
+    cmd = [sys.executable, "-m", module, "worker", impl, json.dumps(spec)]
     # --threads N: size numba's pool to N so that any N (even above the core count) is valid.
     extra = {"NUMBA_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else None
     proc = subprocess.run(cmd, env=child_env(extra), stdout=subprocess.PIPE, text=True)

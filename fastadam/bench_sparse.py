@@ -24,13 +24,13 @@ fastadam.bench_sparse worker IMPL SPEC_JSON``) is internal.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from .bench import _have, _load, _progress, child_env, machine_info, measure
+from .bench import _have, _load, _progress, machine_info, measure
+from .bench import run_worker as _run_worker
 
 DEFAULTS = {"rows": 10**6, "dim": 64, "k": 4096}
 QUICK = {"rows": 10**5, "dim": 16, "k": 512}
@@ -176,12 +176,7 @@ _WORKERS = {"fastadam": _worker_fastadam, "torch": _worker_torch}
 
 
 def run_worker(impl, spec):
-    cmd = [sys.executable, "-m", "fastadam.bench_sparse", "worker", impl, json.dumps(spec)]
-    extra = {"NUMBA_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else None
-    proc = subprocess.run(cmd, env=child_env(extra), stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        return {"error": f"worker exited with code {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_worker(impl, spec, module="fastadam.bench_sparse")
 
 
 def run(rows=None, dim=None, k=None, threads=None, quick=False, peers=("torch",), runs=1):

@@ -39,7 +39,7 @@ import numpy as np
 from . import _checks as C
 from . import config
 from .kernels import adam_lowp as A
-from .kernels.spec import N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE
+from .kernels.spec import WD_DECOUPLED, WD_L2, WD_NONE
 from .kernels.lowp import sr_key
 from .kernels.q8 import Q8_BLOCK
 
@@ -74,6 +74,63 @@ def _is_16bit(dt):
 
 def _param_kind(dt):
     return A.PARAM_F16 if dt == np.float16 else A.PARAM_BF16 if _is_bf16(dt) else A.PARAM_F32
+
+
+# The layout decisions (parameter mode, state kind, weight-decay kind): here only; the
+# optimizers (optim/lowp.py, torch/_lowp.py) and the multi-array launch (lowp_multi.py)
+# call these.
+def state_kind(dt):
+    """The kernels' state kind (adam_lowp.STATE_*) of state whose ``exp_avg`` has dtype
+    ``dt``, or None when ``dt`` is no state dtype."""
+    if dt == np.float32:
+        return A.STATE_F32
+    if _is_bf16(dt):
+        return A.STATE_BF16
+    return A.STATE_Q8 if dt == np.int8 else None
+
+
+def pmode_of(param_kind, state, rounding):
+    """The parameter's precision mode (adam_lowp.PMODE_*) for a validated ``state`` (its
+    "master" or "compensation" entry, else ``rounding``); float32 parameters are not
+    rounded."""
+    if param_kind == A.PARAM_F32:
+        return A.PMODE_NEAREST
+    if "master" in state:
+        return A.PMODE_MASTER
+    if "compensation" in state:
+        return A.PMODE_KAHAN
+    return A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST
+
+
+def wd_mode(weight_decay, decoupled):
+    """The kernels' weight-decay mode (spec.WD_*) of a group."""
+    if weight_decay == 0.0:
+        return WD_NONE
+    return WD_DECOUPLED if decoupled else WD_L2
+
+
+def check_rounding_seed(rounding, seed, where=""):
+    """``rounding`` and ``seed`` checked: the seed as an int. ValueError/TypeError naming
+    the argument (after ``where``, e.g. "param_groups[0]: ")."""
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"{where}rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{where}seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"{where}seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def check_precision_choice(master_weights, compensation, rounding, where=""):
+    """ValueError unless at most one way to keep a 16-bit parameter's precision is
+    chosen (bools ``master_weights``, ``compensation``; ``rounding="stochastic"``)."""
+    if master_weights and compensation:
+        raise ValueError(f"{where}master_weights=True and compensation=True are two ways to "
+                         "keep the same precision; choose one")
+    if rounding == "stochastic" and (master_weights or compensation):
+        name = "master_weights" if master_weights else "compensation"
+        raise ValueError(f"{where}rounding='stochastic' cannot be combined with {name}=True: "
+                         "choose one way to keep the parameters' precision")
 
 
 def q8_blocks(n):
@@ -129,9 +186,7 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
         name = "master_weights" if master_weights else "compensation"
         raise ValueError(f"{name}=True needs bfloat16 or float16 parameters (param is {param.dtype}: "
                          "float32 parameters are stepped exactly already)")
-    if master_weights and compensation:
-        raise ValueError("master_weights=True and compensation=True are two ways to keep "
-                         "the same precision; choose one (compensation)")
+    check_precision_choice(master_weights, compensation, "nearest")
     n = param.shape[0]
     if state_dtype == "float32":
         state = {"exp_avg": np.zeros(n, np.float32), "exp_avg_sq": np.zeros(n, np.float32)}
@@ -207,15 +262,12 @@ def _layout(param, grad, state, second="exp_avg_sq"):
     m0 = state["exp_avg"]
     if not isinstance(m0, np.ndarray):
         raise TypeError(f"state['exp_avg'] must be a numpy.ndarray, got {type(m0).__name__}")
-    if m0.dtype == np.float32:
-        kind, dts = A.STATE_F32, (np.dtype(np.float32),) * 2
-    elif _is_bf16(m0.dtype):
-        kind, dts = A.STATE_BF16, (m0.dtype, m0.dtype)
-    elif m0.dtype == np.int8 and second == "exp_avg_sq":
-        kind, dts = A.STATE_Q8, (np.dtype(np.int8), np.dtype(np.uint8))
-    else:
+    kind = state_kind(m0.dtype)
+    if kind is None or (kind == A.STATE_Q8 and second != "exp_avg_sq"):
         raise TypeError(f"state['exp_avg'] has dtype {m0.dtype}; the state dtypes are "
                         f"{STATE_DTYPES} (see init_lowp_state)")
+    dts = {A.STATE_F32: (np.dtype(np.float32),) * 2, A.STATE_BF16: (m0.dtype, m0.dtype),
+           A.STATE_Q8: (np.dtype(np.int8), np.dtype(np.uint8))}[kind]
     label = {A.STATE_F32: "float32 state", A.STATE_BF16: "bfloat16 state",
              A.STATE_Q8: "int8 state: exp_avg int8, exp_avg_sq uint8"}[kind]
     arrays = {"exp_avg": _state_array(state, "exp_avg", dts[0], (n,), label),
@@ -324,9 +376,7 @@ def prepare_adam_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
     C.check_eps_mode(eps_mode)
     if layout is None:
         layout = _checked_layout(param, grad, state, rounding, seed, "exp_avg_sq")
-    param_kind, state_kind, arrays, pmode = layout
-    wd_mode = WD_NONE if weight_decay == 0.0 else (
-        WD_DECOUPLED if decoupled_weight_decay else WD_L2)
+    param_kind, kind, arrays, pmode = layout
     from .functional import _ADAM           # Adam's validated hyperparameter row
     h = _ADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled_weight_decay, False,
                     maximize, bias_correction, eps_mode).h
@@ -334,7 +384,8 @@ def prepare_adam_lowp(param, grad, state, *, step, lr, betas, eps, weight_decay,
     ms = arrays.get("exp_avg_absmax", _EMPTY32)
     vs = arrays.get("exp_avg_sq_absmax", _EMPTY32)
     w, c = _precision_arrays(arrays)
-    kernels = A.build(param_kind, state_kind, pmode, wd_mode, maximize)
+    kernels = A.build(param_kind, kind, pmode,
+                      wd_mode(weight_decay, decoupled_weight_decay), maximize)
     sr_seed = int(seed) if pmode == A.PMODE_STOCHASTIC else None
     return kernels, param.shape[0], (_u16(param),), (m, v, w, c, ms, vs, h), sr_seed, layout
 
@@ -358,68 +409,25 @@ def _precision_arrays(arrays):
 
 def _checked_layout(param, grad, state, rounding, seed, second):
     """rounding/seed and the arrays checked: (param_kind, state_kind, arrays, pmode)."""
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    param_kind, state_kind, arrays = _layout(param, grad, state, second)
+    check_rounding_seed(rounding, seed)
+    param_kind, kind, arrays = _layout(param, grad, state, second)
+    pmode = pmode_of(param_kind, arrays, rounding)
     if param_kind != A.PARAM_F32:
-        if "master" in arrays:
-            pmode = A.PMODE_MASTER
-        elif "compensation" in arrays:
-            pmode = A.PMODE_KAHAN
-        else:
-            pmode = A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST
         if rounding == "stochastic" and pmode != A.PMODE_STOCHASTIC:
             raise ValueError("rounding='stochastic' cannot be combined with "
                              f"state[{'master' if pmode == A.PMODE_MASTER else 'compensation'!r}]"
                              ": choose one way to keep the parameter's precision")
-    else:
-        pmode = A.PMODE_NEAREST
-        if rounding != "nearest":
-            raise ValueError("rounding='stochastic' needs bfloat16 or float16 parameters "
-                             "(float32 parameters are not rounded)")
+    elif rounding != "nearest":
+        raise ValueError("rounding='stochastic' needs bfloat16 or float16 parameters "
+                         "(float32 parameters are not rounded)")
     C.check_no_overlap([("param", param), ("grad", grad)]
                        + [(f"state[{k!r}]", a) for k, a in arrays.items()])
-    return param_kind, state_kind, arrays, pmode
-
-
-def floor_lowp(param, grad, state, *, rounding="nearest"):
-    """The byte floor of the step :func:`adam_step_lowp` would take on these arrays:
-    the same bytes read and written, trivial value-preserving math (benchmarks only)."""
-    prepare_floor(param, grad, state, rounding=rounding)()
-
-
-def prepare_floor(param, grad, state, *, rounding="nearest"):
-    """:func:`floor_lowp` as a callable with the arrays checked once (benchmarks: the
-    floor of a small buffer is then not timed with the argument checks)."""
-    param_kind, state_kind, arrays = _layout(param, grad, state)
-    pmode = (A.PMODE_MASTER if "master" in arrays else A.PMODE_KAHAN if "compensation"
-             in arrays else A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST)
-    # the floor moves uint16 bits without decoding them: float16 parameters share the
-    # bfloat16 floor kernels (one compile fewer per layout)
-    kernels = A.build_floor(A.PARAM_BF16 if param_kind == A.PARAM_F16 else param_kind,
-                            state_kind, pmode)
-    c = _u16(arrays["compensation"]) if "compensation" in arrays else _EMPTY16
-    args = (_u16(param), _u16(grad), _u16(arrays["exp_avg"]), _u16(arrays["exp_avg_sq"]),
-            arrays.get("master", _EMPTY32), c, arrays.get("exp_avg_absmax", _EMPTY32),
-            arrays.get("exp_avg_sq_absmax", _EMPTY32), np.zeros(N_HYPER), 1, 0)
-    if config.use_parallel(param.shape[0]):
-        kernel = kernels[1]
-
-        def run():
-            with config.launch_lock():
-                kernel(*args)
-    else:
-        kernel = kernels[0]
-
-        def run():
-            kernel(*args)
-    return run
+    return param_kind, kind, arrays, pmode
 
 
 # state_dict conversion and decoding (fastadam/lowp_convert.py), exported here too; at the
 # end because that module reads this one's layout helpers.
 from .lowp_convert import convert_state_dict, decode_state, encode_moments  # noqa: E402,F401
+
+# the benchmarks' byte floor of a layout (fastadam/lowp_floor.py), read here as before
+from .lowp_floor import floor_lowp, prepare_floor  # noqa: E402,F401

@@ -14,27 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import lowp
-from .kernels import adam_lowp as A
 from .kernels.lowp_multi import T_COLUMNS, T_G, build_multi, table_rows
-from .kernels.spec import WD_DECOUPLED, WD_L2, WD_NONE
-
-_STATE_KIND = {np.dtype(np.float32): A.STATE_F32, np.dtype(np.int8): A.STATE_Q8}
-
-
-def _state_kind(a):
-    kind = _STATE_KIND.get(a.dtype)
-    return A.STATE_BF16 if kind is None else kind
-
-
-def pmode_of(param_kind, state, rounding):
-    """The parameter's precision mode (adam_lowp.PMODE_*) for a validated state."""
-    if param_kind == A.PARAM_F32:
-        return A.PMODE_NEAREST
-    if "master" in state:
-        return A.PMODE_MASTER
-    if "compensation" in state:
-        return A.PMODE_KAHAN
-    return A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST
 
 
 def _addr(state, key):
@@ -50,7 +30,7 @@ class MultiStep:
         layouts = {}
         for j, (p, st) in enumerate(zip(params, states)):
             gi = group_of[j]
-            key = (lowp._param_kind(p.dtype), _state_kind(st["exp_avg"]), pmodes[j],
+            key = (lowp._param_kind(p.dtype), lowp.state_kind(st["exp_avg"].dtype), pmodes[j],
                    wd_modes[gi], bool(maximize[gi]))
             layouts.setdefault(key, []).append(j)
         self.launches = []
@@ -81,9 +61,3 @@ class MultiStep:
             table[:, T_G] = addrs[owner]
             lowp.launch(kernels, n_total, table, h, steps, keys)
 
-
-def wd_mode(weight_decay, decoupled):
-    """The kernel's weight-decay mode of a group."""
-    if weight_decay == 0.0:
-        return WD_NONE
-    return WD_DECOUPLED if decoupled else WD_L2

@@ -13,8 +13,8 @@ import numpy as np
 from . import _checks as C
 from .kernels import adam_lowp as A
 from .kernels import nr_lowp as K
-from .kernels.spec import N_GROUP_SCALARS, WD_DECOUPLED, WD_L2, WD_NONE
-from .lowp import _check_hyper, _checked_layout, launch
+from .kernels.spec import N_GROUP_SCALARS
+from .lowp import _check_hyper, _checked_layout, launch, wd_mode
 
 
 def nadam_step_lowp(param, grad, state, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
@@ -86,8 +86,7 @@ def prepare_nr_lowp(name, param, grad, state, *, step, lr, betas, eps, weight_de
                            maximize).h
     else:
         h = F._RADAM.setup(lr, tuple(betas), eps, weight_decay, decoupled, maximize).h
-    wd_mode = WD_NONE if weight_decay == 0.0 else (WD_DECOUPLED if decoupled else WD_L2)
-    kernels = K.build(name, state_kind, wd_mode, maximize)
+    kernels = K.build(name, state_kind, wd_mode(weight_decay, decoupled), maximize)
     u16 = (lambda a: a.view(np.uint16)) if state_kind == A.STATE_BF16 else (lambda a: a)
     return (kernels, param.shape[0],
             (u16(arrays["exp_avg"]), u16(arrays["exp_avg_sq"]), h), layout)

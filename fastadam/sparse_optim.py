@@ -11,8 +11,8 @@ import numpy as np
 from . import _checks as C
 from .kernels import registry
 from .kernels import sparse as _K
-from .optim.groups import Validator, normalize_params, validate_groups
-from .optim.state import check_header, check_state_array, loaded_groups
+from .optim.groups import Validator, groups_repr, normalize_params, validate_groups
+from .optim.state import check_header, check_state_array, dict_groups, loaded_groups
 from .sparse import (_as_rows, _check_indices, _check_param, _check_values, count_nonfinite,
                      launch, step_scalars)
 
@@ -183,14 +183,8 @@ class SparseAdam:
         """PyTorch's layout with numpy arrays (copies); see the class docstring."""
         state = {i: {"step": s["step"], "exp_avg": s["exp_avg"].copy(),
                      "exp_avg_sq": s["exp_avg_sq"].copy()} for i, s in self.state.items()}
-        groups, k = [], 0
-        for g in self.param_groups:
-            d = {key: (tuple(val) if key == "betas" else val)
-                 for key, val in g.items() if key != "params"}
-            d["params"] = list(range(k, k + len(g["params"])))
-            k += len(g["params"])
-            groups.append(d)
-        return {"algorithm": self._algorithm, "state": state, "param_groups": groups,
+        return {"algorithm": self._algorithm, "state": state,
+                "param_groups": dict_groups(self.param_groups),
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict):
@@ -288,14 +282,7 @@ class SparseAdam:
         self.__dict__.update(st)
         self._owned_spans()
 
-    def __repr__(self):
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        return "\n".join(lines) + "\n)"
+    __repr__ = groups_repr
 
 
 def _step_scalars(step, h, dtype):

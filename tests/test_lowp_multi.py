@@ -75,8 +75,8 @@ def test_one_launch_equals_one_call_per_array(pdt, sdt, opt, sizes):
     p2, s2 = copy.deepcopy(params), copy.deepcopy(states)
     group_of = [j % 2 for j in range(len(sizes))]
     pk = lowp._param_kind(params[0].dtype)
-    ms = LM.MultiStep(p2, s2, group_of, [LM.pmode_of(pk, st, rounding) for st in s2],
-                      [LM.wd_mode(g["weight_decay"], decoupled) for g in GROUPS],
+    ms = LM.MultiStep(p2, s2, group_of, [lowp.pmode_of(pk, st, rounding) for st in s2],
+                      [lowp.wd_mode(g["weight_decay"], decoupled) for g in GROUPS],
                       [g["maximize"] for g in GROUPS])
     assert len(ms.launches) == 1
     rng = np.random.default_rng(1)
@@ -101,7 +101,7 @@ def test_one_layout_one_launch(monkeypatch):
     real = lowp.launch
     monkeypatch.setattr(lowp, "launch", lambda k, n, *a: (calls.append(n), real(k, n, *a)))
     ms = LM.MultiStep(params, states, [0, 0, 0, 0],
-                      [A.PMODE_MASTER] * 4, [LM.wd_mode(0.0, True)], [False])
+                      [A.PMODE_MASTER] * 4, [lowp.wd_mode(0.0, True)], [False])
     grads = [np.ones(p.shape, p.dtype) for p in params]
     h = np.array([__import__("fastadam.functional", fromlist=["_ADAM"])._ADAM.setup(
         1e-3, (0.9, 0.999), 1e-8, 0.0, True, False, False, True, "paper").h])
@@ -125,3 +125,41 @@ def test_torch_16bit_step_is_one_launch_per_dtype(monkeypatch):
     opt.step()
     assert sorted(calls) == [sum(p.numel() for p in ps) // 2] * 2     # one per dtype
     assert all(not torch.equal(p.detach().float(), r) for p, r in zip(ps, ref))
+
+
+def test_torch_16bit_rows_kept_and_per_step_lr_taken(monkeypatch):
+    """fastadam.torch's 16-bit inner optimizer keeps its kernel rows between steps: an
+    unchanged step rebuilds nothing and passes the same arrays; an lr scheduler's change
+    is taken at the very next step (bit-identical to adam_step_lowp with that lr)."""
+    torch = pytest.importorskip("torch")
+    from fastadam.kernels.spec import H_LR
+    from fastadam.torch import Adam
+    from fastadam.torch._lowp import LowpInner
+    rng = np.random.default_rng(5)
+    p = torch.tensor(rng.standard_normal(300).astype(np.float32)).to(torch.bfloat16)
+    p.requires_grad_()
+    ref = p.detach().view(torch.int16).numpy().view(BF).copy()
+    st = lowp.init_lowp_state(ref, state_dtype="float32", master_weights=True)
+    opt = Adam([p], lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k)
+    seen, builds = [], []
+    step, build = LM.MultiStep.step, LowpInner._build_rows
+    monkeypatch.setattr(LM.MultiStep, "step", lambda self, g, h, t, keys: (
+        seen.append((h, t, keys, h.copy(), t.copy())), step(self, g, h, t, keys)))
+    monkeypatch.setattr(LowpInner, "_build_rows",
+                        lambda self, groups: (builds.append(1), build(self, groups)))
+    for k in range(5):
+        g = rng.standard_normal(300).astype(np.float32).astype(BF)
+        p.grad = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        lowp.adam_step_lowp(ref, g, st, step=k + 1, lr=lr)
+        assert np.array_equal(p.detach().view(torch.int16).numpy(), ref.view(np.int16)), k
+        assert len(builds) == 1 + max(0, k - 2), k      # rebuilt only after an lr change
+        if k >= 2:
+            sched.step()                                # steps 3 and 4: lr halves
+    assert all(s[0] is seen[0][0] and s[1] is seen[0][1] and s[2] is seen[0][2]
+               for s in seen)                           # the same arrays every step
+    assert [int(s[4][0]) for s in seen] == [1, 2, 3, 4, 5]
+    assert [s[3][0, H_LR] for s in seen] == [1e-2, 1e-2, 1e-2, 5e-3, 2.5e-3]
+    assert np.array_equal(opt.state[p]["master"].numpy(), st["master"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _checks as C
 from .. import checkpoint as _ckpt
-from ..optim.state import check_header, loaded_groups
+from ..optim.state import check_header, dict_groups, loaded_groups
 
 
 _MANIFEST = "manifest.npz"
@@ -48,16 +48,6 @@ class _StateMixin:
                       else np.zeros(sp.hi - sp.lo, sp.dtype)) for key in keys}
         return rows
 
-    def _groups_for_dict(self):
-        groups, k = [], 0
-        for g in self.param_groups:
-            d = {key: (tuple(val) if key == "betas" else val)
-                 for key, val in g.items() if key != "params"}
-            d["params"] = list(range(k, k + len(g["params"])))
-            k += len(g["params"])
-            groups.append(d)
-        return groups
-
     def consolidate_state_dict(self, to=0):
         """Gather the full optimizer state onto rank ``to`` (collective); afterwards
         ``state_dict()`` on that rank returns it in the layout of a single-process
@@ -84,7 +74,7 @@ class _StateMixin:
         self._consolidated = None
         if root:
             self._consolidated = {"algorithm": self._algorithm, "state": state,
-                                  "param_groups": self._groups_for_dict(),
+                                  "param_groups": dict_groups(self.param_groups),
                                   "average": self._average,
                                   "skipped_steps": self.skipped_steps}
 
@@ -249,7 +239,7 @@ class _StateMixin:
                                 list(rows[sp.dtype.str])] for sp in self._spaces],
                     "params": [[p.dtype.str, list(p.shape)] for p in self._params],
                     "steps": [int(s) for s in self._steps],
-                    "param_groups": self._groups_for_dict(), "average": self._average,
+                    "param_groups": dict_groups(self.param_groups), "average": self._average,
                     "skipped_steps": self.skipped_steps}
                 _ckpt.save(_Holder(manifest), os.path.join(directory, _MANIFEST))
                 for f in os.listdir(directory):       # shards of older saves

@@ -16,7 +16,8 @@ from numba import njit
 
 from .. import _checks as C
 from ..config import JIT_OPTIONS
-from .spec import H_LR, Algorithm, Option, hyper_fields, scalar_fields
+from .spec import (H_LR, Algorithm, Option, hyper_fields, reference_start,
+                   scalar_fields)
 
 BETA1, BETA2, EPS = hyper_fields(3)
 S_B1, S_OMB1, S_B2, S_STEP, S_EPS = scalar_fields(5)
@@ -57,11 +58,7 @@ def element(variant, p, g, m, u, unused, k):
 
 def reference(param, grad, state, step, hp):
     """Slow float64 step (numpy), in place on ``state``; returns the new parameter."""
-    p = param.astype(np.float64)
-    g = grad.astype(np.float64)
-    if hp["maximize"]:
-        g = -g
-    g = g + hp["weight_decay"] * p
+    p, g = reference_start(param, grad, dict(hp, decoupled=False))    # L2 only
     b1, b2 = hp["betas"]
     state["exp_avg"] = b1 * state["exp_avg"] + (1.0 - b1) * g
     state["exp_inf"] = np.maximum(b2 * state["exp_inf"], np.abs(g) + hp["eps"])

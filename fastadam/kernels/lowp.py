@@ -41,7 +41,7 @@ with LLVM 22), which numba does not provide: the exact path is then the only one
 
 Stochastic rounding draws its bits from a hash of (seed, step, element index), never from
 a stream: the result is a function of the seed, the step and the data alone, identical
-for any thread count or block split.
+for any thread count or block split (the hash: kernels/sr.py, its names re-exported here).
 
 8-bit blockwise quantization: kernels/q8.py (its names are re-exported here).
 """
@@ -296,45 +296,6 @@ def _bits_f32(typingctx, b):
     return sig, codegen
 
 
-def _mix32(builder, x):
-    # "lowbias32" integer hash (C. Wellons): a bijection on 32 bits with full avalanche.
-    x = builder.xor(x, builder.lshr(x, _c32(16)))
-    x = builder.mul(x, _c32(0x7FEB352D))
-    x = builder.xor(x, builder.lshr(x, _c32(15)))
-    x = builder.mul(x, _c32(0x846CA68B))
-    return builder.xor(x, builder.lshr(x, _c32(16)))
-
-
-@intrinsic
-def _sr_bits(typingctx, key, i):
-    if not isinstance(key, types.Integer) or not isinstance(i, types.Integer):
-        return None
-    sig = types.uint32(key, i)
-
-    def codegen(context, builder, signature, args):
-        lo = _to_i32(builder, args[1])                 # low 32 bits of the index
-        return _mix32(builder, builder.add(lo, _to_i32(builder, args[0])))
-
-    return sig, codegen
-
-
-@intrinsic
-def _mix_hi(typingctx, key, i):
-    if not isinstance(key, types.Integer) or not isinstance(i, types.Integer):
-        return None
-    sig = types.uint32(key, i)
-
-    def codegen(context, builder, signature, args):
-        i64 = args[1]
-        hi = _c32(0)
-        if i64.type.width > 32:
-            hi = builder.trunc(builder.lshr(i64, ir.Constant(i64.type, 32)), _I32)
-        return _mix32(builder, builder.xor(_to_i32(builder, args[0]),
-                                           builder.mul(hi, _c32(0x9E3779B9))))
-
-    return sig, codegen
-
-
 @njit(inline="always", **JIT_OPTIONS)
 def bf16_load(h):
     """bfloat16 bits (uint16) -> float32, exactly."""
@@ -374,32 +335,6 @@ def f16_store_sr(x, bits):
     return _f32_to_f16_sr(x, bits)
 
 
-@njit(inline="always", **JIT_OPTIONS)
-def sr_segment_key(key, base):
-    """The key for elements base .. base + n of a segment that does not cross a multiple of
-    2**32 (every launch split here is aligned): mixes the high half of the index in once,
-    so that the per-element hash works in 32-bit lanes."""
-    return _mix_hi(key, base)
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def sr_bits(seg_key, i):
-    """32 random bits for global element index ``i`` (only its low 32 bits are read) under
-    the segment key :func:`sr_segment_key` (step key, i)."""
-    return _sr_bits(seg_key, i)
-
-
-def sr_key(seed: int, step: int) -> int:
-    """The per-step key of stochastic rounding (a uint32 as a Python int): splitmix64 of
-    (seed, step). Computed once per launch, outside the loop."""
-    m64 = (1 << 64) - 1
-    z = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & m64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
-    z ^= z >> 31
-    return z & 0xFFFFFFFF
-
-
 # ---------------------------------------------------------------- NumPy versions
 def bf16_round_np(x):
     """float32 array -> uint16 bfloat16 bits, round to nearest even (NumPy; for tests)."""
@@ -427,6 +362,9 @@ def bf16_to_f32_np(h):
     """uint16 bfloat16 bits -> float32 (NumPy)."""
     return (np.asarray(h, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
+
+# stochastic rounding's random bits, re-exported: the low-precision loops read them here.
+from .sr import sr_bits, sr_key, sr_segment_key  # noqa: E402,F401
 
 # 8-bit blockwise quantization, re-exported: the low-precision loops and tests read it here.
 from .q8 import (Q8_BLOCK, Q8S_TABLE, Q8U_TABLE, inv_scale, q8s_decode,  # noqa: E402,F401

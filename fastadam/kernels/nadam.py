@@ -22,7 +22,8 @@ from numba import njit
 from .. import _checks as C
 from ..config import JIT_OPTIONS
 from .approx import div_sqrt_eps
-from .spec import H_LR, Algorithm, Option, hyper_fields, scalar_fields
+from .spec import (H_LR, Algorithm, Option, hyper_fields, reference_start,
+                   scalar_fields)
 
 BETA1, BETA2, EPS, MOMENTUM_DECAY = hyper_fields(4)
 S_B1, S_OMB1, S_B2, S_OMB2, S_CG, S_CM, S_EPS = scalar_fields(7)
@@ -75,15 +76,8 @@ def element(variant, p, g, m, v, unused, k):
 
 def reference(param, grad, state, step, hp):
     """Slow float64 step (numpy), in place on ``state``; returns the new parameter."""
-    p = param.astype(np.float64)
-    g = grad.astype(np.float64)
-    if hp["maximize"]:
-        g = -g
-    lr, wd = hp["lr"], hp["weight_decay"]
-    if hp["decoupled"]:
-        p = p * (1.0 - lr * wd)
-    else:
-        g = g + wd * p
+    p, g = reference_start(param, grad, hp)
+    lr = hp["lr"]
     b1, b2 = hp["betas"]
     md = hp["momentum_decay"]
     mu = b1 * (1.0 - 0.5 * 0.96 ** (step * md))

@@ -22,7 +22,8 @@ from numba import njit
 from .. import _checks as C
 from ..config import JIT_OPTIONS
 from .approx import div_sqrt_eps
-from .spec import H_LR, Algorithm, Option, hyper_fields, scalar_fields
+from .spec import (H_LR, Algorithm, Option, hyper_fields, reference_start,
+                   scalar_fields)
 
 BETA1, BETA2, EPS = hyper_fields(3)
 S_B1, S_OMB1, S_B2, S_OMB2, S_STEP, S_EPS, S_RECTIFIED = scalar_fields(7)
@@ -70,15 +71,8 @@ def element(variant, p, g, m, v, unused, k):
 
 def reference(param, grad, state, step, hp):
     """Slow float64 step (numpy), in place on ``state``; returns the new parameter."""
-    p = param.astype(np.float64)
-    g = grad.astype(np.float64)
-    if hp["maximize"]:
-        g = -g
-    lr, wd = hp["lr"], hp["weight_decay"]
-    if hp["decoupled"]:
-        p = p * (1.0 - lr * wd)
-    else:
-        g = g + wd * p
+    p, g = reference_start(param, grad, hp)
+    lr = hp["lr"]
     b1, b2 = hp["betas"]
     state["exp_avg"] = b1 * state["exp_avg"] + (1.0 - b1) * g
     state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1.0 - b2) * g * g

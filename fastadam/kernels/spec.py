@@ -46,6 +46,22 @@ N_GROUP_SCALARS = 2
 WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
 
 
+def reference_start(param, grad, hp):
+    """The float64 (param, grad) every algorithm's ``reference`` starts from: the
+    gradient negated for ``maximize``, then weight decay, decoupled (the parameter
+    shrunk by lr * weight_decay) or L2 (weight_decay * param added to the gradient)."""
+    p = param.astype("float64")
+    g = grad.astype("float64")
+    if hp["maximize"]:
+        g = -g
+    wd = hp["weight_decay"]
+    if hp.get("decoupled"):
+        p = p * (1.0 - hp["lr"] * wd)
+    else:
+        g = g + wd * p
+    return p, g
+
+
 def hyper_fields(n):
     """Indices of an algorithm's ``n`` own fields in the hyperparameter row."""
     if H_ALG + n > N_HYPER:

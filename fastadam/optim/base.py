@@ -16,14 +16,16 @@ from .. import config
 from ..flat import forbidden_ranges
 from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
-                            N_GROUP_SCALARS, N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
-from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS, first_alias
-from ..kernels.unsafe import HAVE_OBJECT_GRADS, first_unlike
-from .groups import (TORCH_SWITCHES, ParamGroup, Validator, normalize_params,
+                            N_GROUP_SCALARS, N_HYPER)
+from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS
+from ..kernels.unsafe import HAVE_OBJECT_GRADS
+from ..lowp import _is_16bit, wd_mode
+from .groups import (TORCH_SWITCHES, ParamGroup, Validator, groups_repr, normalize_params,
                      validate_groups)
 from .guard import grad_norms
-from .lowp import LowpState, check_lowp_options, check_state_dtype, is_16bit, make_lowp
+from .lowp import LowpState, check_lowp_options, check_state_dtype, make_lowp
 from .plan import Bucket, Launch
+from .grads import GradChecksMixin
 from .state import StateDictMixin
 
 _NO_RANGES = np.zeros((0, 2), dtype=np.int64)
@@ -32,7 +34,7 @@ _NO_EXPECT = np.zeros((0, 4), dtype=np.int64)
 _NO_DIMS = np.zeros(0, dtype=np.int64)
 
 
-class Optimizer(StateDictMixin):
+class Optimizer(StateDictMixin, GradChecksMixin):
     """Base class of the optimizer objects. A subclass names its algorithm
     (``algorithm = "adam"``) and gives the constructor torch's signature; everything else
     comes from the registry entry."""
@@ -78,9 +80,8 @@ class Optimizer(StateDictMixin):
     def _normalize_groups(self, params, init=False):
         def check(name, p):
             # bfloat16 and float16 parameters go to the low-precision path (optim/lowp.py)
-            C.check_array(name, p, writable=True,
-                          dtype=p.dtype if (init or self._lowp is not None) and is_16bit(p)
-                          else None)
+            lowp_dtype = (init or self._lowp is not None) and _is_16bit(p.dtype)
+            C.check_array(name, p, writable=True, dtype=p.dtype if lowp_dtype else None)
         groups = normalize_params(params, check)
         all_params = [p for g in groups for p in g["params"]]
         if not init:
@@ -239,58 +240,10 @@ class Optimizer(StateDictMixin):
 
     def _kernel_key(self, g):
         alg = self._alg
-        wd_mode = WD_NONE
-        if g["weight_decay"] != 0.0:
-            wd_mode = WD_DECOUPLED if alg.decoupled(g) else WD_L2
+        wd = wd_mode(g["weight_decay"], g["weight_decay"] != 0.0 and alg.decoupled(g))
         scale = g["maximize"] or g["max_grad_norm"] is not None
-        return (alg.id, alg.variant(g), alg.n_state(g), wd_mode, scale,
+        return (alg.id, alg.variant(g), alg.n_state(g), wd, scale,
                 self._average is not None)
-
-    def _grad_refs(self, grads):
-        """(grads, grefs, g_mode, checked) for a list of gradients: the list or tuple
-        itself, described to the kernel by its object address in ``_seq`` (G_OBJECTS, see
-        unsafe.item_ref; ``checked`` False: the kernel checks the arrays, see
-        unsafe.first_unlike; a subclass of list or tuple is copied into a tuple first),
-        or, without that shortcut, their data addresses after checking them in Python.
-        The caller keeps the returned ``grads`` alive while the kernel runs."""
-        kind = type(grads)
-        if kind is not list and kind is not tuple:
-            if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
-                raise TypeError("grads must be a list of arrays, one per parameter, got "
-                                f"{type(grads).__name__}")
-            grads, kind = tuple(grads), tuple
-        n = len(self._params)
-        if len(grads) != n:
-            raise ValueError(f"grads has {len(grads)} arrays, expected {n} "
-                             "(one per parameter, in param_groups order)")
-        if HAVE_OBJECT_GRADS:
-            seq = self._seq      # the step holds the lock: one per optimizer suffices
-            seq[0] = id(grads)
-            return grads, seq, G_OBJECTS, False
-        return grads, self._data_refs(grads, 0), G_INDEXED, True
-
-    def _checked_refs(self, grads, grefs, g_mode, checked):
-        """(grefs, g_mode) of _grad_refs' gradients once their types, dtypes, shapes and
-        layout are checked (compiled first_unlike, then Python from the first it did not
-        accept) and none overlaps a parameter or the optimizer's state."""
-        if not checked:
-            first = first_unlike(grefs, self._expect, self._expect_dims)
-            if first >= 0:
-                grefs, g_mode = self._data_refs(grads, first), G_INDEXED
-        self._check_aliasing(grefs, g_mode)
-        return grefs, g_mode
-
-    def _data_refs(self, grads, start):
-        """Check grads[start:] in Python (grads[:start] passed already); their data
-        addresses."""
-        nd = np.ndarray
-        params = self._params
-        for i in range(start, len(params)):
-            g, p = grads[i], params[i]
-            if not (type(g) is nd and g.dtype is p.dtype and g.shape == p.shape
-                    and g.flags.c_contiguous):
-                C.check_array(f"grads[{i}]", g, writable=False, dtype=p.dtype, shape=p.shape)
-        return np.array([g.ctypes.data for g in grads], dtype=np.int64)
 
     def step(self, grads=None):
         """One optimisation step for every parameter.
@@ -412,18 +365,6 @@ class Optimizer(StateDictMixin):
                 self._alias_error(L, bad)
         return -1
 
-    @staticmethod
-    def _alias_error(L, bad):
-        raise ValueError(f"grads[{L.param_index[bad]}] shares memory with a parameter or "
-                         "the optimizer's state; pass a separate gradient array")
-
-    def _check_aliasing(self, grefs, g_mode):
-        for b, L in self._launches:
-            plan, _ = L.tables(g_mode)
-            bad = first_alias(plan, grefs, g_mode, self._forbid, b.dtype.itemsize)
-            if bad >= 0:
-                self._alias_error(L, bad)
-
     # ------------------------------------------------------------------ conveniences
     @property
     def grad_buffers(self):
@@ -452,20 +393,6 @@ class Optimizer(StateDictMixin):
             avg = self._param_state_views(i)["param_avg"]
             out.append((avg / (1.0 - self._average ** t)).astype(p.dtype))
         return out
-
-    def save(self, path):
-        """Write the state to ``path`` (.npz, no pickle, checksummed) atomically: a
-        temporary file in the same folder is fsynced, then renamed over ``path``. The file
-        format lives in :mod:`fastadam.checkpoint`."""
-        from .. import checkpoint
-        checkpoint.save(self, path)
-
-    def load(self, path):
-        """Restore a checkpoint written by :meth:`save`. The file is verified (format,
-        algorithm, checksum) and the state checked fully before anything is written; on
-        error (ValueError/TypeError) the optimizer is unchanged."""
-        from .. import checkpoint
-        checkpoint.load(self, path)
 
     # ------------------------------------------------------------------ copy / pickle
     def __getstate__(self):
@@ -499,11 +426,4 @@ class Optimizer(StateDictMixin):
                         "use copy.deepcopy(opt) (copies parameters and state) or build a new "
                         "optimizer and load_state_dict(opt.state_dict())")
 
-    def __repr__(self):
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        return "\n".join(lines) + "\n)"
+    __repr__ = groups_repr

@@ -128,6 +128,18 @@ class ParamGroup(dict):
         return (ParamGroup, (dict(self),))
 
 
+def groups_repr(opt):
+    """torch.optim's ``repr`` of an optimizer: its class name, then each param group's
+    options (sorted, ``params`` left out)."""
+    lines = [f"{type(opt).__name__} ("]
+    for i, g in enumerate(opt.param_groups):
+        lines.append(f"Parameter Group {i}")
+        for k in sorted(g):
+            if k != "params":
+                lines.append(f"    {k}: {g[k]}")
+    return "\n".join(lines) + "\n)"
+
+
 def _signature(k, v):
     # Types are part of the key: True == 1 must not let maximize=1 pass as a cached bool.
     if type(v) is tuple:

@@ -28,29 +28,24 @@ import numpy as np
 
 from .. import _checks as C
 from ..kernels.lowp import sr_key
-from ..kernels.q8 import Q8_BLOCK
 from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
-from ..lowp import ROUNDINGS, _u16, init_lowp_state, launch, prepare_adam_lowp
+from ..lowp import (_is_16bit, _u16, check_precision_choice, check_rounding_seed,
+                    init_lowp_state, launch, prepare_adam_lowp)
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
 from .guard import grad_norms
-from .state import check_header, check_state_array, loaded_groups
+from .lowp_state import (LAYOUTS, LowpStateDict, check_layout, layout_name,  # noqa: F401
+                         state_dtype_of)
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
 LOWP_ALGORITHMS = ("adam", "adamw", "adamax", "nadam", "radam")
 _LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
                "adamax": ("bfloat16",), "nadam": ("bfloat16",), "radam": ("bfloat16",)}
-LAYOUTS = {"bfloat16": "bfloat16-bits-uint16",
-           "int8": f"int8-dynamic-blockwise-{Q8_BLOCK}"}
 _NO_REFS = np.zeros(0, dtype=np.int64)
-
-
-def layout_name(state_dtype):
-    return LAYOUTS.get(state_dtype, "float32")
 
 
 def check_state_dtype(state_dtype, algorithm, average):
@@ -79,15 +74,6 @@ def check_state_dtype(state_dtype, algorithm, average):
     return state_dtype
 
 
-def is_bf16(a):
-    return a.dtype.itemsize == 2 and a.dtype.name == "bfloat16"
-
-
-def is_16bit(a):
-    """A bfloat16 or float16 parameter (the 16-bit layouts of kernels/adam_lowp.py)."""
-    return a.dtype == np.float16 or is_bf16(a)
-
-
 _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": "nearest",
                     "seed": 0}
 
@@ -95,32 +81,19 @@ _DEFAULT_OPTIONS = {"master_weights": False, "compensation": False, "rounding": 
 def check_lowp_options(options):
     """master_weights / compensation / rounding / seed (for 16-bit parameters), checked
     and normalised."""
-    import numbers
     out = dict(_DEFAULT_OPTIONS)
     out.update(options or {})
     out["master_weights"] = C.check_bool("master_weights", out["master_weights"])
     out["compensation"] = C.check_bool("compensation", out["compensation"])
-    if out["master_weights"] and out["compensation"]:
-        raise ValueError("master_weights=True and compensation=True are two ways to keep "
-                         "the same precision; choose one")
-    if not isinstance(out["rounding"], str) or out["rounding"] not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {out['rounding']!r}")
-    if out["rounding"] == "stochastic" and (out["master_weights"] or out["compensation"]):
-        raise ValueError("rounding='stochastic' cannot be combined with master_weights or "
-                         "compensation: choose one way to keep the parameters' precision")
-    seed = out["seed"]
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    out["seed"] = int(seed)
+    out["seed"] = check_rounding_seed(out["rounding"], out["seed"])
+    check_precision_choice(out["master_weights"], out["compensation"], out["rounding"])
     return out
 
 
 def make_lowp(state_dtype, options, params, algorithm, average):
     """The LowpState of an optimizer over ``params`` (validated), or None for the
     ordinary path (float32/float64 parameters with their own dtype's state)."""
-    bf = [is_16bit(p) for p in params]
+    bf = [_is_16bit(p.dtype) for p in params]
     if any(bf) and any(p.dtype != params[0].dtype for p in params):
         i = next(i for i, p in enumerate(params) if p.dtype != params[0].dtype)
         raise TypeError(f"parameter {i} has dtype {params[i].dtype} but parameter 0 "
@@ -147,7 +120,7 @@ def make_lowp(state_dtype, options, params, algorithm, average):
     return LowpState(state_dtype or "bfloat16", options)
 
 
-class LowpState:
+class LowpState(LowpStateDict):
     """The low-precision side of one optimizer: its state_dtype and per-parameter state."""
 
     def __init__(self, state_dtype, options=None):
@@ -171,7 +144,7 @@ class LowpState:
             full.update(g)
             self.check_group(full, f"param_groups[{gi}]")
             for pi, p in enumerate(g["params"]):
-                if p.dtype != np.float32 and not is_16bit(p):
+                if p.dtype != np.float32 and not _is_16bit(p.dtype):
                     raise TypeError(f"{names_of(gi, pi)} has dtype {p.dtype}; "
                                     f"state_dtype={self.state_dtype!r} needs float32 "
                                     "(or bfloat16 or float16) parameters")
@@ -193,7 +166,7 @@ class LowpState:
         (add_param_group)."""
         old = getattr(self, "_by_id", {})
         o = self.options
-        self.bf16 = is_16bit(opt._params[0])
+        self.bf16 = _is_16bit(opt._params[0].dtype)
         self.pdtype = opt._params[0].dtype
         kw = ({"master_weights": o["master_weights"], "compensation": o["compensation"]}
               if self.bf16 else {})
@@ -322,96 +295,6 @@ class LowpState:
         for gi, c in enumerate(counts):
             steps[gi] = c + 1
 
-    # -------------------------------------------------------------- state dict
-    def state_bytes(self, opt):
-        n = sum(p.size for p in opt._params)
-        return sum(a.nbytes for a in self.arrays()) / max(n, 1)
-
-    def _group_scalars(self, opt, gi):
-        return {n: float(opt._gscal[gi, j]) for j, (n, _) in enumerate(opt._alg.group_scalars)}
-
-    def live_state(self, opt):
-        out = {}
-        for i, st in enumerate(self.states):
-            d = {"step": int(opt._steps[opt._group_of[i]])}
-            d.update(st)
-            d.update(self._group_scalars(opt, opt._group_of[i]))
-            out[i] = d
-        return out
-
-    def state_dict(self, opt):
-        state = {}
-        for i, st in enumerate(self.states):
-            d = {"step": int(opt._steps[opt._group_of[i]])}
-            for k, a in st.items():
-                d[k] = _portable(a).copy()
-            d.update(self._group_scalars(opt, opt._group_of[i]))
-            state[i] = d
-        groups, k = [], 0
-        for g in opt.param_groups:
-            d = {key: (tuple(val) if key == "betas" else val)
-                 for key, val in g.items() if key != "params"}
-            d["params"] = list(range(k, k + len(g["params"])))
-            k += len(g["params"])
-            groups.append(d)
-        return {"algorithm": opt.algorithm, "state_dtype": self.state_dtype,
-                "state_layout": layout_name(self.state_dtype), "state": state,
-                "param_groups": groups, "average": None,
-                "skipped_steps": opt.skipped_steps}
-
-    def load_state_dict(self, opt, sd):
-        from .state import param_entry
-        if not isinstance(sd, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(sd).__name__}")
-        check_layout(sd, self.state_dtype)
-        skipped = check_header(sd, opt.algorithm)          # average is None here
-        state = sd["state"]
-        new_groups = loaded_groups(opt, sd, self.check_group)
-        new_steps = [None] * len(opt.param_groups)
-        gnames = [n for n, _ in opt._alg.group_scalars]
-        new_gscal, seen = opt._gscal.copy(), set()
-        new_state = []
-        for i, live in enumerate(self.states):
-            gi = opt._group_of[i]
-            st, where, step = param_entry(state, i, gi, new_steps)
-            if gi not in seen:
-                seen.add(gi)
-                for j, name in enumerate(gnames):
-                    if name in st:
-                        new_gscal[gi, j] = _group_scalar(st[name], f"{where}[{name!r}]")
-                    elif step > 0:
-                        raise ValueError(f"{where} has step {step} but lacks {name!r}")
-            unknown = set(st) - set(live) - {"step"} - set(gnames)
-            if unknown:
-                raise ValueError(f"{where} has unknown entries {sorted(unknown)} for "
-                                 f"state_dtype={self.state_dtype!r}")
-            arrays = {}
-            for key, a_live in live.items():
-                want = _portable(a_live)
-                if key not in st:
-                    if step > 0:
-                        raise ValueError(f"{where} has step {step} but lacks {key!r}")
-                    arrays[key] = np.zeros_like(want)
-                    continue
-                arrays[key] = check_state_array(where, key, st[key], want,
-                                                f" (state_dtype={self.state_dtype!r})")
-            new_state.append(arrays)
-        # ---- everything valid: write.
-        for gi, g in enumerate(new_groups):
-            opt.param_groups[gi].update(g)
-        for live, arrays in zip(self.states, new_state):
-            for key, a in arrays.items():
-                _portable(live[key])[...] = a
-        for gi, s in enumerate(new_steps):       # a group whose params all start over
-            if s == 0:
-                for j, (_, init) in enumerate(opt._alg.group_scalars):
-                    new_gscal[gi, j] = init
-        opt._steps[:] = [s or 0 for s in new_steps]
-        opt._gscal[:] = new_gscal
-        opt.skipped_steps = int(skipped)
-        self.kw = self.layouts = None
-
-
 def _nr_prepare(name):
     """prepare_nr_lowp in the (kernels, n, head, tail, sr_seed, layout) form of
     prepare_adam_lowp (the step passes the group scalars after the step count)."""
@@ -419,42 +302,3 @@ def _nr_prepare(name):
         kernels, n, tail, layout = prepare_nr_lowp(name, param, grad, state, **kw)
         return kernels, n, (param,), tail, None, layout
     return prep
-
-
-def _group_scalar(v, where):
-    import math
-    if isinstance(v, np.ndarray) and v.shape in ((), (1,)):
-        v = v.item()
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating)) \
-            or not math.isfinite(v):
-        raise ValueError(f"{where} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _portable(a):
-    """The array as stored in a state_dict: bfloat16 as its uint16 bits (a view)."""
-    if a.dtype.itemsize == 2 and a.dtype.name == "bfloat16":
-        return a.view(np.uint16)
-    return a
-
-
-def state_dtype_of(sd):
-    """The state_dtype a state_dict was written with ("float32" when it names none)."""
-    sdt = sd.get("state_dtype") if isinstance(sd, dict) else None
-    return "float32" if sdt is None else sdt
-
-
-def check_layout(sd, state_dtype):
-    """ValueError unless state_dict ``sd`` holds ``state_dtype`` state (None and
-    "float32" are the same)."""
-    have = state_dtype_of(sd)
-    want = state_dtype or "float32"
-    if have != want:
-        raise ValueError(f"state_dict holds {have} optimizer state but this optimizer has "
-                         f"state_dtype={want!r}; convert it explicitly with "
-                         f"fastadam.lowp.convert_state_dict(state_dict, "
-                         f"state_dtype={want!r}) (to fewer bits it rounds)")
-    if want != "float32" and isinstance(sd, dict) and "state_layout" in sd \
-            and sd["state_layout"] != layout_name(want):
-        raise ValueError(f"state_dict['state_layout'] is {sd['state_layout']!r}; this "
-                         f"version reads {layout_name(want)!r}")

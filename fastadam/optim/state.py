@@ -22,6 +22,19 @@ def _int(value, where, lo, hi, what):
     return int(value)
 
 
+def dict_groups(param_groups):
+    """``param_groups`` as a state_dict holds them: each group's options (``betas`` as a
+    tuple) and ``params`` as the indices of its parameters, counted across groups."""
+    groups, k = [], 0
+    for g in param_groups:
+        d = {key: (tuple(val) if key == "betas" else val)
+             for key, val in g.items() if key != "params"}
+        d["params"] = list(range(k, k + len(g["params"])))
+        k += len(g["params"])
+        groups.append(d)
+    return groups
+
+
 def check_header(state_dict, algorithm, average=None):
     """The checks every load of a state_dict starts with (a dict with "state" and
     "param_groups", of ``algorithm``, with ``average`` when the dict names one); returns
@@ -170,14 +183,8 @@ class StateDictMixin:
                 for name in alg.state[:rows[self._group_of[i]]]:
                     if name not in st:
                         st[name] = np.zeros_like(self._params[i])  # as step would start it
-            groups, k = [], 0
-            for g in self.param_groups:
-                d = {key: (tuple(val) if key == "betas" else val)
-                     for key, val in g.items() if key != "params"}
-                d["params"] = list(range(k, k + len(g["params"])))
-                k += len(g["params"])
-                groups.append(d)
-            return {"algorithm": self.algorithm, "state": state, "param_groups": groups,
+            return {"algorithm": self.algorithm, "state": state,
+                    "param_groups": dict_groups(self.param_groups),
                     "average": self._average, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state_dict):
@@ -190,7 +197,7 @@ class StateDictMixin:
         if self._lowp is not None:
             return self._lowp.load_state_dict(self, state_dict)
         if isinstance(state_dict, dict) and "state_dtype" in state_dict:
-            from .lowp import check_layout
+            from .lowp_state import check_layout
             check_layout(state_dict, self.state_dtype)
         skipped = check_header(state_dict, self.algorithm, self._average)
         state = state_dict["state"]
@@ -272,3 +279,17 @@ class StateDictMixin:
         self.last_grad_norms = self.last_grad_norms + [None]
         self._build(saved + [None] * len(full["params"]), list(self._steps) + [0],
                     self._gscal.copy())
+
+    def save(self, path):
+        """Write the state to ``path`` (.npz, no pickle, checksummed) atomically: a
+        temporary file in the same folder is fsynced, then renamed over ``path``. The file
+        format lives in :mod:`fastadam.checkpoint`."""
+        from .. import checkpoint
+        checkpoint.save(self, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by :meth:`save`. The file is verified (format,
+        algorithm, checksum) and the state checked fully before anything is written; on
+        error (ValueError/TypeError) the optimizer is unchanged."""
+        from .. import checkpoint
+        checkpoint.load(self, path)

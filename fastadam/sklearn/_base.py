@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
                                       validate_data)
 
-from . import _lazy, _lazy_mlp
+from . import _lazy, _lazy_mlp, _parallel
 from ._network import _Network
 from ._validation import (check_hyperparams, check_sample_weight,
                           check_state_dtype_combination,
@@ -112,14 +112,14 @@ class _BaseAdam(_Network, BaseEstimator):
                 X = X.astype(np.float32, copy=False)     # state_dtype: float32 weights
             labels = None
             if dp is not None:
-                labels = self._local_labels(y)
+                labels = _parallel.local_labels(self, y)
         except Exception as e:
             if dp is None:
                 raise
             err = e
         if dp is not None:
             dp.agree(err)
-            dtype, labels = self._agree_layout(dp, X, y, first, incremental, labels)
+            dtype, labels = _parallel.agree_layout(dp, X, y, first, incremental, labels)
             if first and getattr(self, "state_dtype", None) is not None:
                 dtype = np.dtype(np.float32)
             X = X.astype(dtype, copy=False)
@@ -137,7 +137,7 @@ class _BaseAdam(_Network, BaseEstimator):
             err = e
         if dp is not None:
             dp.agree(err)
-            self._agree_targets(dp, Y, sw)
+            _parallel.agree_targets(self, dp, Y, sw)
         self._random_state = rng = check_random_state(self.random_state)
         # fresh moments (warm start, or partial_fit under another comm than the
         # optimizer's): the layer updates are chosen again, as for a new model
@@ -234,49 +234,6 @@ class _BaseAdam(_Network, BaseEstimator):
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning)
         return self
-
-    # ---- data-parallel agreement (comm given) --------------------------------------------
-    def _local_labels(self, y):
-        """This rank's class labels (1-D classification targets), else None."""
-        if not isinstance(self, ClassifierMixin) or y.ndim != 1:
-            return None
-        return np.unique(y) if y.shape[0] else None
-
-    def _agree_layout(self, dp, X, y, first, incremental, labels):
-        """Collective: the ranks must agree on the feature count, the target layout and
-        whether this call starts a new model; the dtype is float64 if any rank's X is.
-        Returns (dtype, union of the ranks' labels or None)."""
-        has_y = y.shape[0] > 0
-        info = (int(X.shape[1]), bool(first), bool(incremental),
-                (y.ndim, y.shape[1:]) if has_y else None)
-        infos = dp.allgather((info, X.dtype.str, labels))
-        kinds = [i[0][3] for i in infos if i[0][3] is not None]
-        for r, (i, _, _) in enumerate(infos):
-            if i[:3] != infos[0][0][:3] or (i[3] is not None and i[3] != kinds[0]):
-                raise ValueError(
-                    f"rank {r} passed data of another layout than rank 0, or is in another "
-                    f"fit state: (n_features, starts a new model, partial_fit, (y.ndim, "
-                    f"y.shape[1:])) = {i} on rank {r}, {infos[0][0]} on rank 0; every rank "
-                    "must pass X with the same features and y of the same kind")
-        dtype = np.result_type(*[np.dtype(d) for _, d, _ in infos])
-        union = None
-        if any(lab is not None for _, _, lab in infos):
-            union = np.unique(np.concatenate([lab for _, _, lab in infos if lab is not None]))
-        return dtype, union
-
-    def _agree_targets(self, dp, Y, sw):
-        """Collective: the encoded targets have the same width everywhere (the classes
-        agreed), and the pooled sample weights have a positive sum."""
-        sig = (Y.shape[1], repr(getattr(self, "classes_", None)))
-        sigs = dp.allgather(sig)
-        bad = [r for r, s in enumerate(sigs) if s != sigs[0]]
-        if bad:
-            raise ValueError(f"rank {bad[0]} encodes the targets differently from rank 0 "
-                             f"(outputs, classes): {sigs[bad[0]]} vs {sigs[0]}; pass the "
-                             "same classes= to partial_fit on every rank")
-        if sw is not None and not dp.sum([sw.sum()])[0] > 0:
-            raise ValueError("sample_weight must not be all zero: the weights must have a "
-                             "positive sum")
 
     # ---- training loop ---------------------------------------------------------------------
     def _epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early,

@@ -279,7 +279,7 @@ class _Network:
             self._set_param_arrays(arrays, arrays[0].dtype)
             # the layout the state was saved with (the estimator's state_dtype may have
             # been changed since; the next partial_fit converts it)
-            from ..optim.lowp import state_dtype_of
+            from ..optim.lowp_state import state_dtype_of
             sdt = None if opt_state is None else state_dtype_of(opt_state)
             self._new_optimizer(None if sdt in (None, "float32") else sdt)
             if opt_state is not None:

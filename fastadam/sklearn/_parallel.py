@@ -21,6 +21,7 @@ an (almost) proportional sample of every rank's rows.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import ClassifierMixin
 
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError,
            "NotImplementedError": NotImplementedError}
@@ -69,6 +70,53 @@ class DataParallel:
         self.comm.Allreduce(self.MPI.IN_PLACE, v, op=self.MPI.SUM)
         self.comm.Bcast(v, root=0)
         return v
+
+
+# ---- what the ranks agree on before a fit (collectives; sklearn/_base.py)
+def local_labels(est, y):
+    """This rank's class labels when ``est`` is a classifier with 1-D targets, else
+    None."""
+    if not isinstance(est, ClassifierMixin) or y.ndim != 1:
+        return None
+    return np.unique(y) if y.shape[0] else None
+
+
+def agree_layout(dp, X, y, first, incremental, labels):
+    """Collective: the ranks must agree on the feature count, the target layout and
+    whether this call starts a new model; the dtype is float64 if any rank's X is.
+    Returns (dtype, union of the ranks' labels or None)."""
+    has_y = y.shape[0] > 0
+    info = (int(X.shape[1]), bool(first), bool(incremental),
+            (y.ndim, y.shape[1:]) if has_y else None)
+    infos = dp.allgather((info, X.dtype.str, labels))
+    kinds = [i[0][3] for i in infos if i[0][3] is not None]
+    for r, (i, _, _) in enumerate(infos):
+        if i[:3] != infos[0][0][:3] or (i[3] is not None and i[3] != kinds[0]):
+            raise ValueError(
+                f"rank {r} passed data of another layout than rank 0, or is in another "
+                f"fit state: (n_features, starts a new model, partial_fit, (y.ndim, "
+                f"y.shape[1:])) = {i} on rank {r}, {infos[0][0]} on rank 0; every rank "
+                "must pass X with the same features and y of the same kind")
+    dtype = np.result_type(*[np.dtype(d) for _, d, _ in infos])
+    union = None
+    if any(lab is not None for _, _, lab in infos):
+        union = np.unique(np.concatenate([lab for _, _, lab in infos if lab is not None]))
+    return dtype, union
+
+
+def agree_targets(est, dp, Y, sw):
+    """Collective: the encoded targets have the same width everywhere (the classes
+    agreed), and the pooled sample weights have a positive sum."""
+    sig = (Y.shape[1], repr(getattr(est, "classes_", None)))
+    sigs = dp.allgather(sig)
+    bad = [r for r, s in enumerate(sigs) if s != sigs[0]]
+    if bad:
+        raise ValueError(f"rank {bad[0]} encodes the targets differently from rank 0 "
+                         f"(outputs, classes): {sigs[bad[0]]} vs {sigs[0]}; pass the "
+                         "same classes= to partial_fit on every rank")
+    if sw is not None and not dp.sum([sw.sum()])[0] > 0:
+        raise ValueError("sample_weight must not be all zero: the weights must have a "
+                         "positive sum")
 
 
 def slice_bounds(n_local, steps):

@@ -90,6 +90,18 @@ def _use_pattern(S, key):
     S.numel = sum(p.numel() for p in S.active)      # decides the step's threads
 
 
+def watch_groups(L, groups, watched):
+    """Set layout ``L``'s view of ``groups``: their params lists and lengths, the getter
+    of the ``watched`` keys, the values seen and the groups holding a tensor value
+    (pushed at every step)."""
+    L.group_params = [g["params"] for g in groups]
+    L.group_lens = [len(g["params"]) for g in groups]
+    L.getter = operator.itemgetter(*watched)
+    L.seen = [L.getter(g) for g in groups]
+    L.tensor_groups = {gi for gi, v in enumerate(L.seen)
+                       if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+
+
 def rebuild(opt, have=None):
     """A fresh layout: one block (inner optimizers) over the parameters with gradients
     (or ``have``), every parameter's state read from ``opt.state``."""
@@ -100,12 +112,7 @@ def rebuild(opt, have=None):
     S = _Layout()
     S.params, S.gidx, S.names = params, gidx, names
     S.all_ptrs = [p.data_ptr() for p in params]
-    S.group_params = [g["params"] for g in groups]
-    S.group_lens = [len(g["params"]) for g in groups]
-    S.getter = operator.itemgetter(*opt._watched)
-    S.seen = [S.getter(g) for g in groups]
-    S.tensor_groups = {gi for gi, v in enumerate(S.seen)
-                       if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+    watch_groups(S, groups, opt._watched)
     S.blocks, S.block_of, S.patterns = [], [None] * len(params), {}
     block = build_block(opt, S, [i for i in range(len(params)) if have[i]])
     S.blocks.append(block)

@@ -20,12 +20,11 @@ dtype, precision options, weight-decay kind and ``maximize``).
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import lowp
-from ..lowp_multi import MultiStep, pmode_of, wd_mode
+from ..lowp_multi import MultiStep
+from ..optim.groups import ParamGroup
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 #: The options of 16-bit parameters (``set_low_precision``; the inner groups carry them),
@@ -47,25 +46,12 @@ def resolve_options(g, where):
                             + f", got {v!r}")
         out[key] = v if v is None else bool(v)
     rounding = g.get("rounding", OPTIONS["rounding"])
-    if not isinstance(rounding, str) or rounding not in lowp.ROUNDINGS:
-        raise ValueError(f"{where}: rounding must be one of {lowp.ROUNDINGS}, got "
-                         f"{rounding!r}")
-    seed = g.get("seed", OPTIONS["seed"])
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{where}: seed must be in [0, 2**64), got {seed}")
-    out.update(rounding=rounding, seed=int(seed))
-    other = out["compensation"] or rounding == "stochastic"
+    seed = lowp.check_rounding_seed(rounding, g.get("seed", OPTIONS["seed"]), f"{where}: ")
+    out.update(rounding=rounding, seed=seed)
     if out["master_weights"] is None:
-        out["master_weights"] = not other
-    elif out["master_weights"] and other:
-        what = "compensation=True" if out["compensation"] else "rounding='stochastic'"
-        raise ValueError(f"{where}: master_weights=True and {what} are two ways to keep a "
-                         "16-bit parameter's precision; choose one")
-    if out["compensation"] and rounding == "stochastic":
-        raise ValueError(f"{where}: compensation=True and rounding='stochastic' are two ways "
-                         "to keep a 16-bit parameter's precision; choose one")
+        out["master_weights"] = not (out["compensation"] or rounding == "stochastic")
+    lowp.check_precision_choice(out["master_weights"], out["compensation"], rounding,
+                                f"{where}: ")
     return out
 
 
@@ -121,14 +107,20 @@ class LowpInner:
                 raise ValueError(f"param_groups[{gi}]: amsgrad=True is not supported for "
                                  "bfloat16 or float16 parameters (fastadam.lowp has "
                                  "no AMSGrad)")
-            d = dict(g)
+            d = ParamGroup(g)            # notes the front end's hyperparameter pushes
             d["params"] = list(g["params"])
             self.param_groups.append(d)
             self._opts.append(resolve_options(g, f"param_groups[{gi}]"))
             for p in d["params"]:
                 self._params.append(p)
                 self._group_of.append(gi)
-        self._steps = [0] * len(self.param_groups)
+        # the kernel rows, rebuilt when a group is edited (_group_rows): hyperparameters
+        # (groups x N_HYPER), each group's next step number and stochastic-rounding key
+        ng = len(self.param_groups)
+        self._h, self._t, self._keys = None, np.ones(ng, np.int64), np.zeros(ng, np.int64)
+        self._t_max = 1
+        self._sr = [(gi, o["seed"]) for gi, o in enumerate(self._opts)
+                    if o["rounding"] == "stochastic"]
         self._multi, self._modes, self._rows = None, None, {}
         self._state = []
         for p, gi in zip(self._params, self._group_of):
@@ -150,7 +142,8 @@ class LowpInner:
         the parameter, a missing compensation at zero."""
         for j, st in sd["state"].items():
             gi = self._group_of[j]
-            self._steps[gi] = int(st.get("step", 0))
+            self._t[gi] = int(st.get("step", 0)) + 1
+            self._t_max = int(self._t.max())
             mine = self._state[j]
             for k, a in mine.items():
                 if k in st:
@@ -170,36 +163,59 @@ class LowpInner:
                 raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}"
                                  f"{'' if g.flags.c_contiguous else ' (not C-contiguous)'}, "
                                  f"its parameter {p.shape} and {p.dtype}")
-        h, steps, keys, modes = self._group_rows()
-        if self._multi is None or modes != self._modes:
+        h, t, keys = self._group_rows()
+        if self._multi is None:
             flat = [p.reshape(-1) for p in self._params]
-            pmodes = [pmode_of(lowp._param_kind(p.dtype), st, self._opts[gi]["rounding"])
+            pmodes = [lowp.pmode_of(lowp._param_kind(p.dtype), st, self._opts[gi]["rounding"])
                       for p, st, gi in zip(flat, self._state, self._group_of)]
             self._multi = MultiStep(flat, self._state, self._group_of, pmodes,
-                                    [m[0] for m in modes], [m[1] for m in modes])
-            self._modes = modes
-        self._multi.step(grads, h, steps, keys)
-        self._steps = [s + 1 for s in self._steps]
+                                    [m[0] for m in self._modes], [m[1] for m in self._modes])
+        self._multi.step(grads, h, t, keys)
+        np.add(t, 1, out=t)
+        self._t_max += 1
 
     def _group_rows(self):
-        """Each group's hyperparameters checked (as ``lowp.adam_step_lowp`` checks them)
-        and as kernel rows: (h, steps, keys, [(wd_mode, maximize) per group])."""
+        """The kernel rows of this step: (h, t, keys), arrays kept from step to step and
+        rebuilt only after an edit of ``param_groups`` (a hyperparameter push of the front
+        end, an lr scheduler's write: taken at the next step). Each group's
+        hyperparameters are checked as ``lowp.adam_step_lowp`` checks them; ValueError,
+        changing nothing, on bad values (until they are fixed)."""
+        groups = self.param_groups
+        if self._h is None or not all(type(g) is ParamGroup and not g.dirty for g in groups):
+            self._build_rows(groups)
+        if self._t_max > lowp.C.MAX_STEP:
+            lowp.C.check_step(self._t_max)
+        t, keys = self._t, self._keys
+        for gi, seed in self._sr:
+            keys[gi] = lowp.sr_key(seed, int(t[gi]))
+        return self._h, t, keys
+
+    def _build_rows(self, groups):
+        """Check every group's hyperparameters and (re)write ``self._h`` (in place when the
+        group count is the same); a group's row is computed again only when its values
+        changed. Rebuilds the launches when a group's (wd_mode, maximize) changed."""
         from ..functional import _ADAM
-        rows, keys, modes = [], [], []
-        for gi, (h, o) in enumerate(zip(self.param_groups, self._opts)):
-            t = self._steps[gi] + 1
+        got = []
+        for gi, h in enumerate(groups):
             vals = (h["lr"], tuple(h["betas"]), h["eps"], h["weight_decay"],
                     bool(h["maximize"]))
-            got = self._rows.get(gi)
-            if got is None or got[0] != vals:
+            old = self._rows.get(gi)
+            if old is None or old[0] != vals:
                 _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
                 row = _ADAM.setup(lr, betas, eps, wd, self._decoupled, False, vals[4], True,
                                   "paper").h.copy()
-                got = self._rows[gi] = (vals, row, (wd_mode(wd, self._decoupled), vals[4]))
-            if t > lowp.C.MAX_STEP:
-                lowp.C.check_step(t)
-            rows.append(got[1])
-            modes.append(got[2])
-            keys.append(lowp.sr_key(o["seed"], t) if o["rounding"] == "stochastic" else 0)
-        return (np.array(rows, np.float64), np.array(self._steps, np.int64) + 1,
-                np.array(keys, np.int64), modes)
+                old = (vals, row, (lowp.wd_mode(wd, self._decoupled), vals[4]))
+            got.append(old)
+        # ---- every group valid: write
+        self._rows = dict(enumerate(got))
+        rows = [r for _, r, _ in got]
+        if self._h is None or self._h.shape[0] != len(rows):
+            self._h = np.array(rows, np.float64)
+        else:
+            self._h[...] = rows
+        modes = [m for _, _, m in got]
+        if modes != self._modes:
+            self._modes, self._multi = modes, None
+        for g in groups:
+            if type(g) is ParamGroup:
+                g.dirty = False

@@ -1,15 +1,13 @@
 """torch.optim.SparseAdam's twin: one inner fastadam.SparseAdam over every parameter."""
 from __future__ import annotations
 
-import operator
-
 import torch
 
 import fastadam as fa
 
 from . import _threads
-from ._blocks import _Layout
-from ._common import (Spec, _fa_value, _flatten, _share_threads, _threads_seen,
+from ._blocks import _Layout, watch_groups
+from ._common import (Spec, _fa_value, _share_threads, _threads_seen,
                       increment_version, numpy_view)
 from ._frontend import FastadamTorchOptimizer
 
@@ -136,12 +134,7 @@ if hasattr(fa, "SparseAdam"):
                 index += len(g["params"])
             inner.load_state_dict({"param_groups": pgroups, "state": saved})
             L = _Layout()
-            L.group_params = [g["params"] for g in groups]
-            L.group_lens = [len(g["params"]) for g in groups]
-            L.getter = operator.itemgetter(*self._watched)
-            L.seen = [L.getter(g) for g in groups]
-            L.tensor_groups = {gi for gi, v in enumerate(L.seen)
-                               if any(isinstance(x, torch.Tensor) for x in _flatten(v))}
+            watch_groups(L, groups, self._watched)
             L.cells = {gi: [ig] for gi, ig in enumerate(inner.param_groups)}
             L.inners = [(inner, 0, len(params))]
             L.active = params
