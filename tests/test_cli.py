@@ -312,7 +312,11 @@ def test_bench_param_dtype_cli_json():
 def test_bench_param_dtype_defaults_to_bfloat16_state_and_every_mode(monkeypatch, capsys):
     # what `bench --param-dtype` asks bench_lowp for (the rows themselves: the tests above)
     pytest.importorskip("ml_dtypes")
+    import inspect
     from fastadam import bench_lowp
+    # modes: param_dtype_rows' default, every mode
+    assert inspect.signature(bench_lowp.param_dtype_rows).parameters["modes"].default == \
+        tuple(bench_lowp.MODES) == ("nearest", "stochastic", "compensation", "master")
     calls = []
 
     def rows(pdts, **kw):
@@ -324,10 +328,6 @@ def test_bench_param_dtype_defaults_to_bfloat16_state_and_every_mode(monkeypatch
     assert json.loads(capsys.readouterr().out)["rows"] == []
     assert calls == [(["bfloat16", "float16"], dict(states=["bfloat16"], sizes=[10**3, 10**4],
                                                     quick=True, threads=None))]
-    # modes: param_dtype_rows' default, every mode
-    import inspect
-    assert inspect.signature(bench_lowp.param_dtype_rows).parameters["modes"].default == \
-        tuple(bench_lowp.MODES) == ("nearest", "stochastic", "compensation", "master")
 
 
 @pytest.mark.parametrize("args,msg", [
