@@ -203,25 +203,31 @@ def test_info_reports_threading_layer_and_threshold():
 
 
 # ------------------------------------------------------------ --param-dtype bfloat16,float16
+# Each bfloat16 / float16 layout compiles its own step and floor kernels (a few seconds
+# of compiling each). The tests below time only a few of them, mostly float32-state ones,
+# which test_lowp.py's tiny-update test compiles anyway (the same fa.Adam options); the
+# numerics of every layout are held to the reference in test_lowp*.py.
 def test_bench_param_dtype_rows_from_one_run():
     pytest.importorskip("ml_dtypes")
     from fastadam import bench_lowp
-    # two modes of the four (each layout compiles its own kernels); the byte counts of
-    # every mode are checked from bytes_per_param below
-    modes = ["nearest", "master"]
-    res = bench_lowp.param_dtype_rows("bfloat16", states=["bfloat16", "int8"], modes=modes,
+    # one mode: the other modes' rows come from the same loop, their steps and floors are
+    # checked below (test_bench_param_dtype_layout_steps_and_floor_preserves), their byte
+    # counts from bytes_per_param here
+    modes = ["master"]
+    res = bench_lowp.param_dtype_rows("bfloat16", states=["float32", "int8"], modes=modes,
                                       sizes=[1000], quick=True)
     rows = res["rows"]
     keys = [(r["param_dtype"], r["state_dtype"], r["mode"]) for r in rows]
     assert keys == [("float32", "float32", "-")] + [
-        ("bfloat16", s, m) for s in ("bfloat16", "int8") for m in modes]
+        ("bfloat16", s, m) for s in ("float32", "int8") for m in modes]
     scale = 2 * 2 * 4 / 256          # int8: two float32 absmax per 256 elements, r + w
-    assert [r["bytes_per_param_step"] for r in rows] == [28, 14, 20, 10 + scale, 16 + scale]
+    assert [r["bytes_per_param_step"] for r in rows] == [28, 28, 16 + scale]
     every = ["nearest", "stochastic", "compensation", "master"]
     assert [bench_lowp.bytes_per_param("bfloat16", s, m) for s in ("bfloat16", "int8")
             for m in every] == [14, 14, 18, 20, 10 + scale, 10 + scale, 14 + scale, 16 + scale]
     blocks = 2 * 4 * 4 / 1000        # 4 blocks of 256 for 1000 elements, two scales each
-    assert [r["state_bytes_per_param"] for r in rows] == [8, 4, 8, 2 + blocks, 6 + blocks]
+    # a master copy adds its 4 bytes per parameter to the state
+    assert [r["state_bytes_per_param"] for r in rows] == [8, 12, 6 + blocks]
     base = rows[0]["ms"]
     for r in rows:
         assert r["ms"] > 0 and r["floor_ms"] > 0
@@ -237,14 +243,14 @@ def test_bench_float16_rows_beside_bfloat16():
     in every mode."""
     pytest.importorskip("ml_dtypes")
     from fastadam import bench_lowp
-    res = bench_lowp.param_dtype_rows(("bfloat16", "float16"), states=["bfloat16"],
+    res = bench_lowp.param_dtype_rows(("bfloat16", "float16"), states=["float32"],
                                       modes=["nearest"], sizes=[1000], quick=True)
     rows = res["rows"]
     assert [(r["param_dtype"], r["state_dtype"], r["mode"]) for r in rows] == [
-        ("float32", "float32", "-"), ("bfloat16", "bfloat16", "nearest"),
-        ("float16", "bfloat16", "nearest")]
-    assert [r["bytes_per_param_step"] for r in rows] == [28, 14, 14]
-    assert [r["state_bytes_per_param"] for r in rows] == [8, 4, 4]
+        ("float32", "float32", "-"), ("bfloat16", "float32", "nearest"),
+        ("float16", "float32", "nearest")]
+    assert [r["bytes_per_param_step"] for r in rows] == [28, 22, 22]
+    assert [r["state_bytes_per_param"] for r in rows] == [8, 8, 8]
     for r in rows:
         assert r["ms"] > 0 and r["floor_ms"] > 0
     for s in ("bfloat16", "int8"):
@@ -256,10 +262,12 @@ def test_bench_float16_rows_beside_bfloat16():
         bench_lowp.param_dtype_rows(("float16", "float16"), sizes=[1000])
 
 
+# Every mode (float32 state), int8 state and float16 parameters: the layouts the two
+# tests above time.
 @pytest.mark.parametrize("param_dtype,state_dtype,mode", [
-    ("bfloat16", "bfloat16", "nearest"), ("bfloat16", "bfloat16", "master"),
-    ("bfloat16", "int8", "compensation"), ("bfloat16", "bfloat16", "stochastic"),
-    ("float16", "bfloat16", "nearest")])
+    ("bfloat16", "float32", "nearest"), ("bfloat16", "float32", "master"),
+    ("bfloat16", "float32", "compensation"), ("bfloat16", "float32", "stochastic"),
+    ("bfloat16", "int8", "master"), ("float16", "float32", "nearest")])
 def test_bench_param_dtype_layout_steps_and_floor_preserves(param_dtype, state_dtype, mode):
     # what is timed: the step changes the bfloat16 parameters; the floor reads and writes
     # the same arrays without changing a value (with a master copy the parameter is
@@ -287,15 +295,39 @@ def test_bench_param_dtype_layout_steps_and_floor_preserves(param_dtype, state_d
 
 
 def test_bench_param_dtype_cli_json():
+    # end to end in a fresh process, every mode, on the float32-state layouts the tests
+    # above compile (numba's on-disk cache); the default state is checked below
     pytest.importorskip("ml_dtypes")
-    proc = run_module("bench", "--param-dtype", "bfloat16", "--quick", "--json",
-                      "--sizes", "2e3")
+    proc = run_module("bench", "--param-dtype", "bfloat16", "--state", "float32", "--quick",
+                      "--json", "--sizes", "2e3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert [r["mode"] for r in res["rows"]] == ["-", "nearest", "stochastic",
                                                 "compensation", "master"]
-    assert {r["state_dtype"] for r in res["rows"][1:]} == {"bfloat16"}
+    assert {r["state_dtype"] for r in res["rows"][1:]} == {"float32"}
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in res["rows"])
     assert "param dtype bfloat16" in proc.stderr
+
+
+def test_bench_param_dtype_defaults_to_bfloat16_state_and_every_mode(monkeypatch, capsys):
+    # what `bench --param-dtype` asks bench_lowp for (the rows themselves: the tests above)
+    pytest.importorskip("ml_dtypes")
+    import inspect
+    from fastadam import bench_lowp
+    # modes: param_dtype_rows' default, every mode
+    assert inspect.signature(bench_lowp.param_dtype_rows).parameters["modes"].default == \
+        tuple(bench_lowp.MODES) == ("nearest", "stochastic", "compensation", "master")
+    calls = []
+
+    def rows(pdts, **kw):
+        calls.append((pdts, kw))
+        return {"machine": {}, "load": "-", "rows": []}
+
+    monkeypatch.setattr(bench_lowp, "param_dtype_rows", rows)
+    assert cli.main(["bench", "--param-dtype", "bfloat16,float16", "--quick", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == []
+    assert calls == [(["bfloat16", "float16"], dict(states=["bfloat16"], sizes=[10**3, 10**4],
+                                                    quick=True, threads=None))]
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -507,7 +507,10 @@ def test_stochastic_rounding_reproducible_for_seed_and_threads(monkeypatch):
         st = fa.init_lowp_state(p, state_dtype="bfloat16")
         with fa.threads(threads):
             for t, g in enumerate(gs, 1):
-                fa.adam_step_lowp(p, g, st, step=t, lr=1e-3, rounding="stochastic", seed=seed)
+                # decoupled weight decay: the kernels of the bfloat16-bfloat16-stochastic
+                # layout above (serial and parallel), not two more to compile
+                fa.adam_step_lowp(p, g, st, step=t, lr=1e-3, rounding="stochastic", seed=seed,
+                                  weight_decay=0.1, decoupled_weight_decay=True)
         return p.view(np.uint16).copy()
 
     a = run(11, 1, False)
@@ -562,7 +565,9 @@ def test_errors_name_the_argument_and_change_nothing():
     with pytest.raises(TypeError, match="param"):
         fa.init_lowp_state(p32.astype(np.float64))
     st = fa.init_lowp_state(pb, state_dtype="int8")
-    fa.adam_step_lowp(pb, pb.copy(), st, step=1)
+    # one real step first (with the options of test_bf16_params_one_step[int8-nearest],
+    # whose kernel it shares); every bad call below is refused before any kernel runs
+    fa.adam_step_lowp(pb, pb.copy(), st, step=1, weight_decay=0.1, decoupled_weight_decay=True)
     before = _snapshot(pb, *st.values())
 
     def unchanged():

@@ -52,12 +52,14 @@ def adamax32(p, g, m, u, step, *, lr=LR, wd=0.0, maximize=False):
         return p - upd, m, u
 
 
-def warm(rng, n, pdt=np.float32, state_dtype="bfloat16", steps=3, **kw):
+def warm(rng, n, pdt=np.float32, state_dtype="bfloat16", steps=3, step_kw=None, **kw):
+    """Parameters and state after ``steps`` steps (with the options ``step_kw``: pass
+    those of the step a test then checks, so that the warm-up compiles no other kernel)."""
     p = rng.standard_normal(n).astype(np.float32).astype(pdt)
     st = fa.init_lowp_state(p, state_dtype=state_dtype, algorithm="adamax", **kw)
     for t in range(1, steps + 1):
         g = rng.standard_normal(n).astype(np.float32).astype(pdt)
-        fa.adamax_step_lowp(p, g, st, step=t, lr=LR)
+        fa.adamax_step_lowp(p, g, st, step=t, lr=LR, **(step_kw or {}))
     return p, st
 
 
@@ -100,7 +102,7 @@ def test_bf16_state_steps_match_rounding_references(var):
 def test_parallel_equals_serial_bit_for_bit(monkeypatch):
     rng = np.random.default_rng(2)
     n = 3 * config.BLOCK + 1234                  # several parallel work items
-    p0, st0 = warm(rng, n, steps=1)
+    p0, st0 = warm(rng, n, steps=1, step_kw=dict(weight_decay=0.01))
     gs = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
     out = []
     for threshold in (1 << 62, 0):
@@ -136,7 +138,7 @@ def test_bf16_params_one_step(mode):
     rng = np.random.default_rng(4)
     n = 3000
     kw = {"compensation": True} if mode == "compensation" else {}
-    p, st = warm(rng, n, BF, **kw)
+    p, st = warm(rng, n, BF, step_kw=dict(weight_decay=0.01), **kw)
     g = rng.standard_normal(n).astype(np.float32).astype(BF)
     p0 = p.astype(np.float64)
     c0 = st["compensation"].astype(np.float64) if kw else 0.0
