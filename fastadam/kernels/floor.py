@@ -15,7 +15,7 @@ from .. import config
 from ..config import BLOCK, JIT_OPTIONS
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _touch(p, g, m, v):
     # Looped from 0 over equal-length arrays so LLVM vectorises it (see kernels/adam.py).
     for i in range(p.shape[0]):

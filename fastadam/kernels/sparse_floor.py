@@ -7,16 +7,8 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ..config import JIT_OPTIONS
+from .floor import _touch
 from .sparse import PREFETCH_DISTANCE, _prefetch
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _touch(p, g, m, v):
-    for d in range(p.shape[0]):
-        gi = g[d]
-        p[d] += gi
-        m[d] += gi
-        v[d] += gi
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -284,7 +284,9 @@ class Optimizer(StateDictMixin, GradChecksMixin):
                     return
             self._step(grads)
 
-    def _step(self, grads):
+    def _step(self, grads, grefs=None):
+        """The step (``step`` holds the lock). ``grefs``, with ``grads`` None: the
+        gradients' data addresses, already checked (see _step_refs)."""
         if self._lowp is not None:
             return self._lowp.step(self, grads)
         if self._groups_changed():
@@ -292,10 +294,13 @@ class Optimizer(StateDictMixin, GradChecksMixin):
         launches = self._launches
         forbid, expect, dims = _NO_RANGES, _NO_EXPECT, _NO_DIMS
         # framed: the tables are those of the launches' frames (set in _refresh_groups)
-        if grads is None:
+        if grefs is None and grads is None:
             grefs, g_mode, framed = _NO_REFS, G_DATA, True
         else:
-            grads, grefs, g_mode, checked = self._grad_refs(grads)
+            if grefs is None:
+                grads, grefs, g_mode, checked = self._grad_refs(grads)
+            else:
+                g_mode, checked = G_INDEXED, True
             framed = False
             if len(launches) == 1 and not self._checked_pass:
                 # one launch checks the gradients and their overlap before it writes
@@ -320,19 +325,11 @@ class Optimizer(StateDictMixin, GradChecksMixin):
         when this optimizer needs the gradients as arrays (low-precision layouts, gradient
         clipping, the non-finite policy)."""
         with self._lock:
-            if self._lowp is not None:
-                return False
-            if self._groups_changed():
+            if self._lowp is None and self._groups_changed():
                 self._refresh_groups()
-            if self._checked_pass:
+            if self._lowp is not None or self._checked_pass:
                 return False
-            launches = self._launches
-            forbid = _NO_RANGES
-            if len(launches) == 1:
-                forbid = self._forbid         # the launch checks the overlap itself
-            else:
-                self._check_aliasing(grefs, G_INDEXED)
-            self._launch(launches, grefs, G_INDEXED, forbid, _NO_EXPECT, _NO_DIMS)
+            self._step(None, grefs)
             return True
 
     def _launch(self, launches, grefs, g_mode, forbid, expect, dims, framed=False):
