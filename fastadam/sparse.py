@@ -30,6 +30,7 @@ import numpy as np
 from . import _checks as C
 from . import config
 from .kernels import sparse as _K
+from .kernels import sparse_checks as _SC
 
 _INT_KINDS = "iu"
 _I64, _I32 = np.dtype(np.int64), np.dtype(np.int32)
@@ -59,7 +60,7 @@ def _check_indices(name, indices, n_rows, bounds=True):
     if type(indices) is np.ndarray and (indices.dtype is _I64 or indices.dtype is _I32) \
             and indices.ndim == 1 and indices.flags.c_contiguous:
         if bounds and indices.shape[0]:
-            j = _K.first_bad_index(indices, n_rows)
+            j = _SC.first_bad_index(indices, n_rows)
             if j >= 0:
                 _bad_index(name, indices, j, n_rows)
         return indices
@@ -83,7 +84,7 @@ def _check_indices(name, indices, n_rows, bounds=True):
     if not idx.flags.c_contiguous:
         idx = np.ascontiguousarray(idx)
     if bounds and idx.size:
-        j = _K.first_bad_index(idx, n_rows)
+        j = _SC.first_bad_index(idx, n_rows)
         if j >= 0:
             _bad_index(name, indices, j, n_rows)
     return idx
@@ -124,7 +125,7 @@ def count_nonfinite(values):
     utype, mask = _EXP_MASK[values.dtype]
     if values.size == 0:
         return 0
-    return int(_K.count_nonfinite(values.reshape(-1).view(utype), mask))
+    return int(_SC.count_nonfinite(values.reshape(-1).view(utype), mask))
 
 
 # ----------------------------------------------------------------------------- launch
@@ -194,7 +195,7 @@ def sparse_adam_step(param, indices, values, exp_avg, exp_avg_sq, *, step, lr=1e
     idx = _check_indices("indices", indices, shape[0], bounds=False)   # bounds: launch
     vals = _check_values("values", values, param, idx.shape[0])
     p2, m2, v2, vals2 = _as_rows(param), _as_rows(exp_avg), _as_rows(exp_avg_sq), _as_rows(vals)
-    bad = _K.functional_overlap(p2, m2, v2, vals2, idx)
+    bad = _SC.functional_overlap(p2, m2, v2, vals2, idx)
     if bad >= 0:
         raise ValueError(f"{_NAMES5[bad // 5]} and {_NAMES5[bad % 5]} share memory; the "
                          "parameter, its moments and the gradient must be separate arrays")

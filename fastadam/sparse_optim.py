@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _checks as C
 from .kernels import registry
-from .kernels import sparse as _K
+from .kernels import sparse_checks as _SC
 from .optim.groups import Validator, groups_repr, normalize_params, validate_groups
 from .optim.state import check_header, check_state_array, dict_groups, loaded_groups
 from .sparse import (_as_rows, _check_indices, _check_param, _check_values, count_nonfinite,
@@ -120,7 +120,7 @@ class SparseAdam:
             idx = _check_indices(f"grads[{i}] indices", gr[0], p.shape[0])
             vals = _check_values(f"grads[{i}] values", gr[1], p, idx.shape[0])
             for what, a in (("values", vals), ("indices", idx)):
-                hit = _K.span_hit(self._spans, a)
+                hit = _SC.span_hit(self._spans, a)
                 if hit >= 0:
                     raise ValueError(f"grads[{i}] {what} share memory with "
                                      f"{self._span_names[hit]}; a gradient must be a "

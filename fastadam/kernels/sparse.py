@@ -40,6 +40,7 @@ from .. import _checks as C
 from ..config import JIT_OPTIONS
 from .prefetch import prefetch_row
 from .spec import Algorithm, Option
+from .sparse_checks import first_bad_index
 
 #: Indices of the scalars row ``sc`` (dtype of the buffers).
 OMB1, OMB2, EPS, NEG_STEP_SIZE, GSIGN = range(5)
@@ -190,16 +191,6 @@ def coalesce_update(p2, idx, vals2, m2, v2, pos, sc, pbits):
 
 
 @njit(**JIT_OPTIONS)
-def first_bad_index(idx, n_rows):
-    """Position of the first index outside [0, n_rows), or -1."""
-    for j in range(idx.shape[0]):
-        r = idx[j]
-        if r < 0 or r >= n_rows:
-            return j
-    return -1
-
-
-@njit(**JIT_OPTIONS)
 def sparse_adam_serial(p2, idx, vals2, m2, v2, sc):
     """Serial step. Returns -1, or the position of the first index outside
     [0, n_rows) with nothing written (the bounds check is part of the call: one
@@ -294,76 +285,6 @@ def sparse_adam_parallel(p2, idx, vals2, m2, v2, sc, bbits, n_chunks):
             pos = chunk_of_buckets(idx, cut[c], cut[c + 1], bbits, n)
             coalesce_update(p2, idx, vals2, m2, v2, pos, sc, bbits)
     return -1
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _span(a):
-    lo = a.ctypes.data
-    return lo, lo + a.size * a.itemsize
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _meets(a, b):
-    alo, ahi = _span(a)
-    blo, bhi = _span(b)
-    return a.size > 0 and b.size > 0 and alo < bhi and blo < ahi
-
-
-@njit(**JIT_OPTIONS)
-def functional_overlap(p, m, v, vals, idx):
-    """The first pair of (param, exp_avg, exp_avg_sq, values, indices) whose memory
-    overlaps, as 5 * i + j (i < j), or -1 (values and indices may share memory: both
-    are only read)."""
-    if _meets(p, m):
-        return 1
-    if _meets(p, v):
-        return 2
-    if _meets(p, vals):
-        return 3
-    if _meets(p, idx):
-        return 4
-    if _meets(m, v):
-        return 7
-    if _meets(m, vals):
-        return 8
-    if _meets(m, idx):
-        return 9
-    if _meets(v, vals):
-        return 13
-    if _meets(v, idx):
-        return 14
-    return -1
-
-
-@njit(**JIT_OPTIONS)
-def span_hit(spans, a):
-    """Row of ``spans`` (sorted, disjoint [start, stop) byte ranges) that array ``a``'s
-    memory overlaps, or -1."""
-    if a.size == 0:
-        return -1
-    lo, hi = _span(a)
-    # first span whose stop is > lo
-    left, right = 0, spans.shape[0]
-    while left < right:
-        mid = (left + right) // 2
-        if spans[mid, 1] <= lo:
-            left = mid + 1
-        else:
-            right = mid
-    if left < spans.shape[0] and spans[left, 0] < hi:
-        return left
-    return -1
-
-
-@njit(**JIT_OPTIONS)
-def count_nonfinite(bits, exp_mask):
-    """How many elements of a float array, viewed as unsigned ints ``bits`` (uint32 for
-    float32, uint64 for float64), have an all-ones exponent (NaN or inf). Integer work,
-    so the reduction vectorises."""
-    bad = 0
-    for i in range(bits.shape[0]):
-        bad += (bits[i] & exp_mask) == exp_mask
-    return bad
 
 
 # ---------------------------------------------------------------- the registry entry
