@@ -124,6 +124,32 @@ def param_entry(state, i, gi, steps):
 class StateDictMixin:
     """The state methods of :class:`~fastadam.optim.base.Optimizer`."""
 
+    # ------------------------------------------------------------------ state views
+    # (each parameter's state rows inside the optimizer's buckets)
+    def _state_rows(self, b):
+        """[(state_dict name, row index)] of bucket ``b``'s rows."""
+        rows = [(name, r) for r, name in enumerate(self._alg.state[:b.n_rows])]
+        if b.has_avg:
+            rows.append(("param_avg", b.state.shape[0] - 1))
+        return rows
+
+    def _param_state_views(self, i):
+        b, r = self._where[i]
+        lo, hi = b.offsets[r], b.offsets[r + 1]
+        shape = self._params[i].shape
+        return {name: b.state[row, lo:hi].reshape(shape) for name, row in self._state_rows(b)}
+
+    def _write_param_state(self, i, st):
+        b, _ = self._where[i]
+        names = self._alg.state
+        need = max((names.index(k) + 1 for k in st if k in names), default=0)
+        if b.ensure_rows(need):
+            self._refresh_layout()
+        views = self._param_state_views(i)
+        for k, arr in st.items():
+            if k in views:
+                views[k][...] = arr
+
     @property
     def group_scalars(self):
         """{name: read-only live view, one value per param group} of the scalars an
