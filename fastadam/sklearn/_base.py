@@ -10,14 +10,13 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import (check_array, check_consistent_length, check_is_fitted,
                                       validate_data)
 
-from . import _lazy, _lazy_mlp, _parallel
+from . import _lazy, _lazy_mlp, _parallel, _stopping
 from ._network import _Network
 from ._validation import (check_hyperparams, check_sample_weight,
                           check_state_dtype_combination,
@@ -162,39 +161,7 @@ class _BaseAdam(_Network, BaseEstimator):
 
         early = self.early_stopping and not incremental
         if early:
-            # scikit-learn's MLP stratifies single-output classification only; same
-            # rule so that the same random_state gives the same split.
-            stratify = y if (isinstance(self, ClassifierMixin) and Y.shape[1] == 1) else None
-            err = None
-            try:
-                if dp is not None and stratify is not None and (
-                        n_samples == 0 or np.unique(stratify, return_counts=True)[1].min() < 2):
-                    stratify = None        # this rank's rows are too few to stratify
-                if dp is not None and n_samples < 2:
-                    idx_train, idx_val = np.arange(n_samples), np.arange(0)
-                else:
-                    idx_train, idx_val = train_test_split(
-                        np.arange(n_samples), random_state=rng,
-                        test_size=self.validation_fraction, stratify=stratify)
-                n_val = idx_val.shape[0]
-            except Exception as e:
-                if dp is None:
-                    raise
-                err, n_val = e, 0
-            if dp is not None:
-                dp.agree(err)
-                n_val = int(dp.sum([n_val])[0])
-            if n_val < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
-            X_val, y_val = X[idx_val], y[idx_val]
-            sw_val = None if sw is None else sw[idx_val]
-            X, Y = X[idx_train], Y[idx_train]
-            sw = None if sw is None else sw[idx_train]
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
-            best_flat = self._flat.copy()
+            X, Y, sw, early = _stopping.split_validation(self, X, Y, y, sw, rng, dp)
         n = X.shape[0]
         counts = [n] if dp is None else dp.allgather(n)
         n_total = int(sum(counts))
@@ -222,9 +189,9 @@ class _BaseAdam(_Network, BaseEstimator):
         work = batch_size * max(a * b for a, b in zip(units[:-1], units[1:]))
         with _blas_limit(work):
             converged = self._epochs(X, Y, sw, n_epochs, batch_size, ws, rng, incremental,
-                                     early and (X_val, y_val, sw_val, best_flat), plan)
+                                     early, plan)
         if early:
-            self._flat[...] = best_flat
+            self._flat[...] = early[3]      # the best validation score's weights
         if not np.isfinite(self._flat).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data "
                              "may contain large values and need to be preprocessed "
@@ -264,8 +231,6 @@ class _BaseAdam(_Network, BaseEstimator):
 
     def _run_epochs(self, X, Y, sw, n_epochs, batch_size, ws, rng, incremental, early, plan,
                     compiled):
-        if early:
-            X_val, y_val, sw_val, best_flat = early
         n = X.shape[0]
         idx = np.arange(n)
         step = self._train_step()
@@ -285,7 +250,7 @@ class _BaseAdam(_Network, BaseEstimator):
             starts = list(range(0, n, batch_size))
             bounds = starts + [n]
         else:
-            from ._parallel import score_from_stats, score_stats, slice_bounds
+            from ._parallel import slice_bounds
             dp, steps, pooled, n_total = plan
             bounds = slice_bounds(n, steps).tolist()
             starts = range(steps)
@@ -353,34 +318,8 @@ class _BaseAdam(_Network, BaseEstimator):
                 break
             if not np.isfinite(self.loss_):
                 break
-            if early:
-                if plan is None:
-                    score = self._score_raw(X_val, y_val, sw_val)
-                else:
-                    score = score_from_stats(self, dp.sum(score_stats(self, X_val, y_val,
-                                                                      sw_val)))
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                if score < self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best_flat[...] = self._flat
-            else:
-                if self.loss_ > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                self.best_loss_ = min(self.best_loss_, self.loss_)
-            if self._no_improvement_count > self.n_iter_no_change:
+            if _stopping.no_improvement(self, early, None if plan is None else dp):
                 converged = True
-                if self.verbose:
-                    what = "Validation score" if early else "Training loss"
-                    print(f"{what} did not improve more than tol={self.tol:f} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
                 break
         self.optimizer_time_ = t_opt
         return converged
