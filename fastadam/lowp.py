@@ -172,14 +172,11 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
     if not isinstance(algorithm, str) or algorithm not in SECOND:
         raise ValueError(f"algorithm must be one of {tuple(SECOND)}, got {algorithm!r}")
-    if algorithm in ("adamax", "nadam", "radam") and state_dtype == "int8":
+    if algorithm == "adamax" and state_dtype == "int8":
         raise ValueError(f"state_dtype='int8' is not available for algorithm={algorithm!r} "
-                         "(the 8-bit code maps are analysed for Adam's update only; see "
-                         "docs/low_precision.md): use 'bfloat16' or 'float32'")
-    if algorithm in ("nadam", "radam") and _is_16bit(param.dtype):
-        raise ValueError(f"algorithm={algorithm!r} needs float32 param (bfloat16 and "
-                         "float16 parameters are served for Adam, AdamW and AdaMax only), "
-                         f"got {param.dtype}")
+                         "(the 8-bit code maps are analysed for Adam's, NAdam's and RAdam's "
+                         "updates only; see docs/low_precision.md): use 'bfloat16' or "
+                         "'float32'")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
     if (master_weights or compensation) and not _is_16bit(param.dtype):

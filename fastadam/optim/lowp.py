@@ -44,7 +44,8 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
 LOWP_ALGORITHMS = ("adam", "adamw", "adamax", "nadam", "radam")
 _LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
-               "adamax": ("bfloat16",), "nadam": ("bfloat16",), "radam": ("bfloat16",)}
+               "adamax": ("bfloat16",), "nadam": ("bfloat16", "int8"),
+               "radam": ("bfloat16", "int8")}
 _NO_REFS = np.zeros(0, dtype=np.int64)
 
 
@@ -111,9 +112,9 @@ def make_lowp(state_dtype, options, params, algorithm, average):
         if state_dtype in (None, "float32"):
             return None
         return LowpState(state_dtype, options)
-    if algorithm not in LOWP_ALGORITHMS or algorithm in _NR:
-        raise TypeError(f"{params[0].dtype} parameters are supported by ('adam', 'adamw', "
-                        f"'adamax'), not {algorithm!r}")
+    if algorithm not in LOWP_ALGORITHMS:
+        raise TypeError(f"{params[0].dtype} parameters are supported by "
+                        f"{LOWP_ALGORITHMS}, not {algorithm!r}")
     if average is not None:
         raise ValueError(f"{params[0].dtype} parameters cannot be combined with "
                          f"average={average!r}")
@@ -284,8 +285,11 @@ class LowpState(LowpStateDict):
             else:
                 g = _u16(arrays[i].reshape(-1))
             step = counts[gi] + 1
-            launch(kernels, n, *head, g, *tail, step,
-                   opt._gscal[gi] if nr else 0 if sr_seed is None else sr_key(sr_seed, step))
+            key = 0 if sr_seed is None else sr_key(sr_seed, step)
+            if nr:                        # NAdam / RAdam: the group scalars last
+                launch(kernels, n, *head, g, *tail, step, key, opt._gscal[gi])
+            else:
+                launch(kernels, n, *head, g, *tail, step, key)
         if nr:                            # once per group, after all its parameters
             done = set()
             for gi, _, _, _, tail, _ in self.launches:
@@ -296,9 +300,8 @@ class LowpState(LowpStateDict):
             steps[gi] = c + 1
 
 def _nr_prepare(name):
-    """prepare_nr_lowp in the (kernels, n, head, tail, sr_seed, layout) form of
-    prepare_adam_lowp (the step passes the group scalars after the step count)."""
+    """prepare_nr_lowp for one algorithm (the step passes the group scalars after the
+    stochastic-rounding key)."""
     def prep(param, grad, state, **kw):
-        kernels, n, tail, layout = prepare_nr_lowp(name, param, grad, state, **kw)
-        return kernels, n, (param,), tail, None, layout
+        return prepare_nr_lowp(name, param, grad, state, **kw)
     return prep
