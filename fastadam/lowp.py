@@ -51,6 +51,10 @@ _STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "
 #: infinity norm, bfloat16 or float32 only; fastadam.lowp_adamax).
 SECOND = {"adam": "exp_avg_sq", "adamw": "exp_avg_sq", "adamax": "exp_inf",
           "nadam": "exp_avg_sq", "radam": "exp_avg_sq"}
+#: Algorithms without 8-bit state, and why.
+NO_INT8 = {"adamax": "the 8-bit code maps are analysed for Adam's and NAdam's updates only",
+           "radam": "measured: the final training loss of a digits MLP moves 3-5% from "
+                    "float32 state's, beyond the 2% the other layouts keep"}
 _INF = float("inf")
 
 
@@ -172,11 +176,10 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
     if not isinstance(algorithm, str) or algorithm not in SECOND:
         raise ValueError(f"algorithm must be one of {tuple(SECOND)}, got {algorithm!r}")
-    if algorithm == "adamax" and state_dtype == "int8":
+    if algorithm in NO_INT8 and state_dtype == "int8":
         raise ValueError(f"state_dtype='int8' is not available for algorithm={algorithm!r} "
-                         "(the 8-bit code maps are analysed for Adam's, NAdam's and RAdam's "
-                         "updates only; see docs/low_precision.md): use 'bfloat16' or "
-                         "'float32'")
+                         f"({NO_INT8[algorithm]}; see docs/low_precision.md): use "
+                         "'bfloat16' or 'float32'")
     master_weights = C.check_bool("master_weights", master_weights)
     compensation = C.check_bool("compensation", compensation)
     if (master_weights or compensation) and not _is_16bit(param.dtype):

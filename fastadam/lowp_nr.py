@@ -15,8 +15,8 @@ from .kernels import adam_lowp as A
 from .kernels import nr_lowp as K
 from .kernels.spec import N_GROUP_SCALARS
 from .kernels.lowp import sr_key
-from .lowp import (_EMPTY32, _check_hyper, _checked_layout, _precision_arrays, _u16, launch,
-                   wd_mode)
+from .lowp import (NO_INT8, _EMPTY32, _check_hyper, _checked_layout, _precision_arrays,
+                   _u16, launch, wd_mode)
 
 
 def nadam_step_lowp(param, grad, state, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
@@ -81,6 +81,9 @@ def prepare_nr_lowp(name, param, grad, state, *, step, lr, betas, eps, weight_de
     decoupled = C.check_bool("decoupled_weight_decay", decoupled_weight_decay)
     if layout is None:
         layout = _checked_layout(param, grad, state, rounding, seed, "exp_avg_sq")
+        if layout[1] == A.STATE_Q8 and name in NO_INT8:
+            raise ValueError(f"state is int8 state; 8-bit state is not available for {name} "
+                             f"({NO_INT8[name]}): use 'bfloat16' or 'float32'")
     param_kind, state_kind, arrays, pmode = layout
     from . import functional as F  # the algorithm's validated hyperparameter row
     if name == "nadam":

@@ -84,9 +84,9 @@ def _ov_elem(alg, kahan, p, g, m, v, k, gscale, wd, wd_mode, scale_grad):
     else:
         def impl(alg, kahan, p, g, m, v, k, gscale, wd, wd_mode, scale_grad):
             p, g = prelude(p, g, gscale, wd, wd_mode, scale_grad)
+            # one inlined element (kahan is a constant: LLVM keeps one of the selects)
+            x, m, v, _ = alg_element(alg, 0, np.float32(0.0) if kahan else p, g, m, v, g, k)
             if kahan:
-                z, m, v, _ = alg_element(alg, 0, np.float32(0.0), g, m, v, g, k)
-                return p, m, v, -z
-            pn, m, v, _ = alg_element(alg, 0, p, g, m, v, g, k)
-            return pn, m, v, np.float32(0.0)
+                return p, m, v, -x
+            return x, m, v, np.float32(0.0)
     return impl

@@ -1,10 +1,11 @@
-"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW,
-``"bfloat16"`` on Adamax, NAdam and RAdam).
+"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam, AdamW and
+NAdam, ``"bfloat16"`` on Adamax and RAdam; float32, bfloat16 or float16 parameters).
 
 When ``state_dtype`` is set (and differs from the parameters' float32), the optimizer
 keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
 steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (Adamax:
-:func:`fastadam.lowp_adamax.adamax_step_lowp`; one fused launch per
+:func:`fastadam.lowp_adamax.adamax_step_lowp`, NAdam / RAdam: the kernels of
+:mod:`fastadam.lowp_nr`; one fused launch per
 parameter: a model flattened with :func:`fastadam.flatten` is one launch). Everything
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
@@ -32,7 +33,7 @@ from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
-from ..lowp import (_is_16bit, _u16, check_precision_choice, check_rounding_seed,
+from ..lowp import (NO_INT8, _is_16bit, _u16, check_precision_choice, check_rounding_seed,
                     init_lowp_state, launch, prepare_adam_lowp)
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
@@ -45,7 +46,7 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 LOWP_ALGORITHMS = ("adam", "adamw", "adamax", "nadam", "radam")
 _LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
                "adamax": ("bfloat16",), "nadam": ("bfloat16", "int8"),
-               "radam": ("bfloat16", "int8")}
+               "radam": ("bfloat16",)}
 _NO_REFS = np.zeros(0, dtype=np.int64)
 
 
@@ -65,8 +66,7 @@ def check_state_dtype(state_dtype, algorithm, average):
                              "state_dtype=None or 'float32' here, or fa.Adam / fa.AdamW")
         if state_dtype not in _LOWP_STATE[algorithm]:
             raise ValueError(f"state_dtype={state_dtype!r} is not available for "
-                             f"{algorithm!r} (8-bit state is Adam's: its code maps are "
-                             "analysed for Adam's update only); use "
+                             f"{algorithm!r} ({NO_INT8[algorithm]}); use "
                              f"state_dtype in {(None, 'float32') + _LOWP_STATE[algorithm]}")
         if average is not None:
             raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
