@@ -162,15 +162,16 @@ def init_lowp_state(param, *, state_dtype="bfloat16", master_weights=False,
     or "int8" (blockwise 8-bit codes: ``exp_avg`` int8 codes of m, ``exp_avg_sq`` uint8
     codes of sqrt(v), and a float32 absmax per block of ``kernels.lowp.Q8_BLOCK``
     elements in ``exp_avg_absmax`` (of m) / ``exp_avg_sq_absmax`` (of sqrt(v))).
-    :func:`decode_state` turns any state back into float32 moments. For bfloat16 or float16 parameters, ``master_weights=True`` adds a
-    float32 copy ``master`` (initialised from param) that the step updates,
-    ``compensation=True`` a Kahan buffer ``compensation`` (zeros) of the parameter's dtype.
+    :func:`decode_state` turns any state back into float32 moments. For bfloat16 or
+    float16 parameters, ``master_weights=True`` adds a float32 copy ``master``
+    (initialised from param) that the step updates, ``compensation=True`` a Kahan buffer
+    ``compensation`` (zeros) of the parameter's dtype.
 
     ``algorithm="adamax"``: the state of :func:`fastadam.adamax_step_lowp`, ``exp_avg``
     and ``exp_inf`` ("float32" or "bfloat16"; 8-bit AdaMax state is not provided).
     ``algorithm="nadam"`` / ``"radam"``: the state of :func:`fastadam.nadam_step_lowp` /
-    :func:`fastadam.radam_step_lowp` (``exp_avg``, ``exp_avg_sq``; float32 ``param``,
-    "float32" or "bfloat16" state)."""
+    :func:`fastadam.radam_step_lowp` (``exp_avg``, ``exp_avg_sq``; every parameter dtype
+    and option above; "int8" for NAdam only: :data:`NO_INT8`)."""
     _check_param(param)
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")

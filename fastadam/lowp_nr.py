@@ -1,10 +1,11 @@
-"""Functional API for NAdam and RAdam with bfloat16 state (float32 parameters).
+"""Functional API for NAdam and RAdam with low-precision state and parameters.
 
-``init_lowp_state(param, state_dtype="bfloat16", algorithm="nadam" | "radam")`` builds
-the state (``exp_avg``, ``exp_avg_sq``); :func:`nadam_step_lowp` /
-:func:`radam_step_lowp` step it in one fused pass (kernels/nr_lowp.py). Bytes per
-parameter and step: 28 with float32 state, 20 with bfloat16 state. bfloat16 parameters
-and 8-bit state are not provided for these two (docs/low_precision.md).
+``init_lowp_state(param, state_dtype=..., algorithm="nadam" | "radam", ...)`` builds the
+state (``exp_avg``, ``exp_avg_sq``, and for 16-bit parameters ``master`` or
+``compensation`` if asked for); :func:`nadam_step_lowp` / :func:`radam_step_lowp` step
+it in one fused pass (kernels/nr_lowp.py, adam_lowp's loops). The layouts, and the bytes
+they move, are :func:`fastadam.adam_step_lowp`'s (fastadam/lowp.py), except 8-bit
+state for RAdam, which is not offered (measured, docs/low_precision.md).
 """
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ from .lowp import (NO_INT8, _EMPTY32, _check_hyper, _checked_layout, _precision_
 def nadam_step_lowp(param, grad, state, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
                     eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                     decoupled_weight_decay=False, maximize=False, rounding="nearest", seed=0):
-    r"""One fused NAdam step on a flat float32 ``param`` with the state of
-    ``init_lowp_state(param, state_dtype=..., algorithm="nadam")``, in place; returns the
-    new ``mu_product`` (pass 1.0 at the first step), as :func:`fastadam.nadam_step`.
+    r"""One fused NAdam step on a flat float32, bfloat16 or float16 ``param`` with the
+    state of ``init_lowp_state(param, state_dtype=..., algorithm="nadam")``, in place;
+    returns the new ``mu_product`` (pass 1.0 at the first step), as
+    :func:`fastadam.nadam_step`.
 
-    The formulas and hyperparameters are :func:`fastadam.nadam_step`'s. Every element is
-    computed in float32 from the decoded state with the float32 NAdam kernel's
-    arithmetic; bfloat16 ``exp_avg`` / ``exp_avg_sq`` are rounded to nearest even once
-    when stored. With float32 state the step is float32 NAdam's bit for bit.
+    The formulas and hyperparameters are :func:`fastadam.nadam_step`'s; ``rounding`` and
+    ``seed`` are :func:`fastadam.adam_step_lowp`'s (16-bit parameters). Every element is
+    computed in float32 from the decoded parameter, gradient and state with the float32
+    NAdam kernel's arithmetic and each stored value is rounded once, as
+    :func:`fastadam.adam_step_lowp` describes (bfloat16 moments to nearest even, int8
+    block by block, 16-bit parameters by ``rounding`` or the state's master copy or
+    compensation buffer). With float32 state and parameters the step is float32 NAdam's
+    bit for bit; a master copy follows float32 NAdam bit for bit.
 
     Raises TypeError/ValueError naming the argument, changing nothing, on bad input.
     """
@@ -54,10 +60,11 @@ def nadam_step_lowp(param, grad, state, *, step, mu_product, lr=2e-3, betas=(0.9
 def radam_step_lowp(param, grad, state, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                     weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
                     rounding="nearest", seed=0):
-    r"""One fused RAdam step on a flat float32 ``param`` with the state of
-    ``init_lowp_state(param, state_dtype=..., algorithm="radam")``, in place. The
-    formulas and hyperparameters are :func:`fastadam.radam_step`'s; the arithmetic and
-    rounding as :func:`nadam_step_lowp` says."""
+    r"""One fused RAdam step on a flat float32, bfloat16 or float16 ``param`` with the
+    state of ``init_lowp_state(param, state_dtype=..., algorithm="radam")`` ("float32"
+    or "bfloat16"), in place. The formulas and hyperparameters are
+    :func:`fastadam.radam_step`'s; the arithmetic, rounding and ``rounding`` / ``seed`` as
+    :func:`nadam_step_lowp` says."""
     kernels, n, head, tail, sr_seed, _ = prepare_nr_lowp(
         "radam", param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
         weight_decay=weight_decay, maximize=maximize,

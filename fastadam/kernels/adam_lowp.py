@@ -17,8 +17,11 @@ of ``kernels/adam.py`` (so a float32 master copy follows float32 Adam bit for bi
 each stored value is rounded once. The code is split the way the shared loop of the
 algorithm registry wants it:
 
-* :func:`adam_elem` -- the pure scalar update ``(p, g, m, v, scalars) -> (p_decayed, m, v,
-  upd)`` with new parameter ``p_decayed - upd`` (``upd`` kept apart for Kahan);
+* the per-element update, chosen at compile time by the algorithm's registry id
+  (kernels/lowp_elem.py: ``lowp_elem``; Adam's is :func:`adam_elem`, the pure scalar
+  update ``(p, g, m, v, scalars) -> (p_decayed, m, v, upd)`` with new parameter
+  ``p_decayed - upd``, ``upd`` kept apart for Kahan; NAdam's and RAdam's are the
+  registry's ``element``, kernels/nr_lowp.py builds their kernels);
 * load/store helpers, one per array role, dispatching on the layout constants:
   :func:`load_param`, :func:`load_grad`, :func:`load_state`, :func:`store_state`,
   :func:`store_param`; for 8-bit state the block helper :func:`q8_block` (decode the
