@@ -19,12 +19,13 @@ layout (alg, param, state, mode)      covered by
 ====================================  ===========================================
 nadam bf16  bfloat16  nearest         one-step emulation
 nadam bf16  int8      stochastic      emulation, serial == parallel, seed/threads,
-                                      optimizer (groups), state_dict round trip
+                                      optimizer: int8 codes, state_dict round trip
 nadam bf16  float32   master          emulation, 40-step trajectory == fa.nadam_step
 nadam bf16  float32   compensation    emulation
 radam bf16  bfloat16  compensation    emulation
 radam f16   float32   master          emulation, trajectory == fa.radam_step
-radam f16   bfloat16  stochastic      emulation, optimizer, state_dict round trip
+radam f16   bfloat16  stochastic      emulation, optimizer (groups) == functional,
+                                      state_dict round trip
 nadam f32   int8      -- (L2 decay)    emulation, serial == parallel, digits MLP
 nadam f32   int8      -- (no decay)    logistic regression convergence
 (RAdam's 8-bit state is not offered: docs/low_precision.md)
