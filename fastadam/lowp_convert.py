@@ -84,8 +84,8 @@ def _moments_of(st, state_dtype, where, second="exp_avg_sq"):
 def convert_state_dict(state_dict, *, state_dtype, shapes=None):
     """A new state_dict of an Adam/AdamW optimizer with its moments in ``state_dtype``
     ("float32", "bfloat16" or "int8"; of an Adamax optimizer: "float32" or "bfloat16",
-    ``exp_avg`` and ``exp_inf``; of NAdam / RAdam: "float32" or "bfloat16", NAdam's
-    ``mu_product`` carried over unchanged): the explicit conversion an optimizer requires
+    ``exp_avg`` and ``exp_inf``; of NAdam: as Adam's, ``mu_product`` carried over
+    unchanged; of RAdam: "float32" or "bfloat16"): the explicit conversion an optimizer requires
     before loading a state of another state_dtype. Decoding (to float32) is exact;
     encoding to fewer bits rounds as the optimizer's step would (bfloat16: nearest even;
     int8: per-block absmax, nearest code). Low-precision arrays are 1-D; converting to
@@ -103,7 +103,8 @@ def convert_state_dict(state_dict, *, state_dtype, shapes=None):
         raise ValueError(f"state_dict is from a {algorithm!r} optimizer; conversion is for "
                          f"{tuple(SECOND)}")
     second = SECOND[algorithm]
-    if algorithm not in ("adam", "adamw") and state_dtype == "int8":
+    from .lowp import NO_INT8
+    if algorithm in NO_INT8 and state_dtype == "int8":
         raise ValueError(f"state_dtype='int8' is not available for {algorithm!r} state "
                          "(use 'bfloat16' or 'float32')")
     have = state_dtype_of(state_dict)

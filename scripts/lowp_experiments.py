@@ -20,6 +20,29 @@ import fastadam as fa  # noqa: E402
 BF = np.dtype(ml_dtypes.bfloat16)
 
 
+class _Stepper:
+    """One step of ``algorithm`` ("adam", "nadam", "radam") with float32 state
+    (:meth:`f32`: fa.adam_step / nadam_step / radam_step) or low-precision state
+    (:meth:`lowp`: the ``*_step_lowp`` functions); NAdam's mu_product kept here."""
+
+    def __init__(self, algorithm="adam"):
+        self.alg = algorithm
+        self.mp = 1.0
+
+    def f32(self, p, g, m, v, t, **kw):
+        if self.alg == "nadam":
+            self.mp = fa.nadam_step(p, g, m, v, step=t, mu_product=self.mp, **kw)
+        else:
+            (fa.radam_step if self.alg == "radam" else fa.adam_step)(p, g, m, v, step=t, **kw)
+
+    def lowp(self, p, g, st, t, **kw):
+        if self.alg == "nadam":
+            self.mp = fa.nadam_step_lowp(p, g, st, step=t, mu_product=self.mp, **kw)
+        else:
+            (fa.radam_step_lowp if self.alg == "radam" else fa.adam_step_lowp)(
+                p, g, st, step=t, **kw)
+
+
 def _logreg_data(seed=0, n=2000, d=40):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)).astype(np.float32)
@@ -36,22 +59,24 @@ def _logreg_loss_grad(w, X, y):
     return loss, g
 
 
-def train_logreg(state_dtype, steps=400, lr=0.05):
-    """Full-batch logistic regression; float32 params; state float32 (adam_step) or low."""
+def train_logreg(state_dtype, steps=400, lr=0.05, algorithm="adam"):
+    """Full-batch logistic regression; float32 params; state float32 (adam_step) or low
+    (``algorithm``: "adam", "nadam" or "radam")."""
     X, y = _logreg_data()
     w = np.zeros(X.shape[1], np.float32)
+    step = _Stepper(algorithm)
     if state_dtype is None:
         m, v = np.zeros_like(w), np.zeros_like(w)
     else:
-        st = fa.init_lowp_state(w, state_dtype=state_dtype)
+        st = fa.init_lowp_state(w, state_dtype=state_dtype, algorithm=algorithm)
     losses = []
     for t in range(1, steps + 1):
         loss, g = _logreg_loss_grad(w, X, y)
         losses.append(loss)
         if state_dtype is None:
-            fa.adam_step(w, g, m, v, step=t, lr=lr)
+            step.f32(w, g, m, v, t, lr=lr)
         else:
-            fa.adam_step_lowp(w, g, st, step=t, lr=lr)
+            step.lowp(w, g, st, t, lr=lr)
     return np.array(losses + [_logreg_loss_grad(w, X, y)[0]])
 
 
@@ -62,16 +87,18 @@ def _digits():
 
 
 def train_digits_mlp(state_dtype, epochs=40, lr=3e-3, batch=64, hidden=64, param_mode=None,
-                     weight_decay=1e-2):
+                     weight_decay=1e-2, algorithm="adam", seed=0):
     """A 64-hidden-unit ReLU MLP on sklearn's digits, minibatch Adam; returns the training
     loss (full data) before training and after each epoch. float32 params on one flat
     buffer, or with ``param_mode`` ("nearest", "stochastic", "compensation", "master")
     bfloat16 params and gradients (the forward pass reads the bfloat16 values).
     L2 ``weight_decay`` and lr / sqrt(1 + t / 100) make the run settle at a loss away
     from 0 (an over-parameterised net would otherwise drive it towards 0, where relative
-    differences say little)."""
+    differences say little). ``algorithm``: "adam", "nadam" or "radam"; ``seed``: of the
+    initial weights and the minibatch order."""
     X, y = _digits()
-    rng = np.random.default_rng(0)
+    step = _Stepper(algorithm)
+    rng = np.random.default_rng(seed)
     d, k = X.shape[1], 10
     sizes = [d * hidden, hidden, hidden * k, k]
     flat = np.zeros(sum(sizes), np.float32)
@@ -100,12 +127,13 @@ def train_digits_mlp(state_dtype, epochs=40, lr=3e-3, batch=64, hidden=64, param
     if param_mode is not None:
         kw = {"compensation": {"compensation": True},
               "master": {"master_weights": True}}.get(param_mode, {})
-        st = fa.init_lowp_state(pb, state_dtype=state_dtype or "float32", **kw)
+        st = fa.init_lowp_state(pb, state_dtype=state_dtype or "float32", algorithm=algorithm,
+                                **kw)
         rounding = "stochastic" if param_mode == "stochastic" else "nearest"
     elif state_dtype is None:
         m, v = np.zeros_like(flat), np.zeros_like(flat)
     else:
-        st = fa.init_lowp_state(flat, state_dtype=state_dtype)
+        st = fa.init_lowp_state(flat, state_dtype=state_dtype, algorithm=algorithm)
     g = np.zeros_like(flat)
     gv = np.split(g, np.cumsum(sizes)[:-1])
     t = 0
@@ -125,13 +153,13 @@ def train_digits_mlp(state_dtype, epochs=40, lr=3e-3, batch=64, hidden=64, param
             t += 1
             lr_t = lr / np.sqrt(1.0 + t / 100.0)
             if param_mode is not None:
-                fa.adam_step_lowp(pb, g.astype(BF), st, step=t, lr=lr_t, rounding=rounding,
-                                  seed=1, weight_decay=weight_decay)
+                step.lowp(pb, g.astype(BF), st, t, lr=lr_t, rounding=rounding, seed=1,
+                          weight_decay=weight_decay)
                 flat[...] = pb.astype(np.float32)
             elif state_dtype is None:
-                fa.adam_step(flat, g, m, v, step=t, lr=lr_t, weight_decay=weight_decay)
+                step.f32(flat, g, m, v, t, lr=lr_t, weight_decay=weight_decay)
             else:
-                fa.adam_step_lowp(flat, g, st, step=t, lr=lr_t, weight_decay=weight_decay)
+                step.lowp(flat, g, st, t, lr=lr_t, weight_decay=weight_decay)
         losses.append(loss_all())
     return np.array(losses)
 

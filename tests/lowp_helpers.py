@@ -49,11 +49,11 @@ def assert_cross_layout_refused(f32, lp):
     return sd32, sdlp
 
 
-def assert_round_trips(opt, ps, make, path, rng, steps=2):
+def assert_round_trips(opt, ps, make, path, rng, steps=2, grads=grads_like):
     """Restore ``opt`` three ways (``load_state_dict`` of its state_dict into
     ``make(params)``, ``load`` of a checkpoint saved at ``path``, ``copy.deepcopy``),
     check each copy equals it bit for bit, then step all of them ``steps`` times with the
-    same gradients and check again."""
+    same gradients (``grads(ps, rng)``) and check again."""
     sd = opt.state_dict()
     opt.save(path)
     copies = []
@@ -66,11 +66,11 @@ def assert_round_trips(opt, ps, make, path, rng, steps=2):
             o2.load(path)
         else:
             o2 = copy.deepcopy(opt)
-            qs = o2.param_groups[0]["params"]
+            qs = [q for g in o2.param_groups for q in g["params"]]
         assert snap(o2, qs) == snap(opt, ps), how
         copies.append((how, o2, qs))
     for _ in range(steps):
-        g = grads_like(ps, rng)
+        g = grads(ps, rng)
         opt.step(g)
         for _, o2, _ in copies:
             o2.step([x.copy() for x in g])

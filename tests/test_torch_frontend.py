@@ -523,9 +523,10 @@ def test_flags_torch_users_pass():
 
 def test_low_precision_refused_where_not_supported():
     for dt in (torch.bfloat16, torch.float16):
-        for name in ("Adamax", "NAdam", "RAdam"):
+        for name in ("Adamax",):          # NAdam, RAdam: test_nadam_radam_16bit_...
             with pytest.raises(TypeError, match=f"{dt} parameters are supported by "
-                                                "fastadam.torch.Adam and AdamW only"):
+                                                "fastadam.torch.Adam, AdamW, NAdam and "
+                                                "RAdam only"):
                 getattr(ft, name)([torch.zeros(3, dtype=dt, requires_grad=True)])
         p = torch.zeros(3, dtype=dt, requires_grad=True)
         opt = ft.Adam([p], amsgrad=True)
@@ -653,6 +654,83 @@ def test_float16_params_equal_numpy_object_api(opts, fa_opts):
         assert torch.equal(run(9), run(9)) and not torch.equal(run(9), run(10))
 
 
+# NAdam / RAdam on 16-bit tensors: the kernel layouts of tests/test_lowp_nr16.py (float32
+# state; NAdam bfloat16 with decoupled decay, master or compensation; RAdam float16 with
+# L2 decay, master), so nothing more is compiled.
+NR_CASES = [("NAdam", torch.bfloat16, dict(lr=1e-2, weight_decay=0.1,
+                                           decoupled_weight_decay=True), {}),
+            ("NAdam", torch.bfloat16, dict(lr=1e-2, weight_decay=0.1,
+                                           decoupled_weight_decay=True),
+             dict(compensation=True)),
+            ("RAdam", torch.float16, dict(lr=1e-2, weight_decay=0.05), {})]
+
+
+@pytest.mark.parametrize("name,dtype,h,opts", NR_CASES, ids=str)
+def test_nadam_radam_16bit_params_equal_numpy_object_api(name, dtype, h, opts):
+    """fastadam.torch.NAdam / RAdam on bfloat16 / float16 tensors = fa.NAdam / fa.RAdam on
+    the same 16-bit NumPy arrays with state_dtype="float32" and the same way to keep
+    precision, bit for bit (parameters, moments, master or compensation, NAdam's
+    mu_product per parameter), two param groups with their own lr; the state_dict loads
+    into a new optimizer that then steps on bit for bit."""
+    import fastadam as fa
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=g).to(dtype) for s in [(7, 3), (50,), (4, 5, 2)]]
+    ours = [x.clone().requires_grad_() for x in init]
+    arrs = [_np16(x) for x in init]
+    lr2 = h["lr"] / 3
+    opt = getattr(ft, name)([{"params": ours[:2]}, {"params": ours[2:], "lr": lr2}], **h)
+    if opts:
+        opt.set_low_precision(**opts)
+    kw = {k: v for k, v in h.items() if k != "lr"}
+    fa_opts = opts or {"master_weights": True}
+    ref = getattr(fa, name)([{"params": arrs[:2], "lr": h["lr"]},
+                             {"params": arrs[2:], "lr": lr2}],
+                            state_dtype="float32", **fa_opts, **kw)
+    rng = np.random.default_rng(7)
+
+    def step(opts_list, arrays_step):
+        grads = [rng.standard_normal(a.shape).astype(np.float32) for a in arrs]
+        for o, ps in opts_list:
+            for p, gr in zip(ps, grads):
+                p.grad = torch.from_numpy(gr).to(dtype)
+            o.step()
+        arrays_step([torch.from_numpy(gr).to(dtype) for gr in grads])
+
+    for _ in range(12):
+        step([(opt, ours)], lambda gs: ref.step([_np16(x) for x in gs]))
+    extra = "compensation" if opts.get("compensation") else "master"
+    st = ref.state_dict()["state"]
+    for j, (p, a) in enumerate(zip(ours, arrs)):
+        assert p.dtype == dtype
+        assert np.array_equal(_np16(p.detach()).view(np.uint16), a.view(np.uint16))
+        for key in ("exp_avg", "exp_avg_sq", extra):
+            mine = _np16(opt.state[p][key]) if key == "compensation" else \
+                opt.state[p][key].numpy()
+            want = np.asarray(st[j][key]).reshape(-1)
+            assert np.array_equal(mine.reshape(-1).view(np.uint8),
+                                  want.view(mine.dtype).view(np.uint8)), key
+        if name == "NAdam":
+            assert float(opt.state[p]["mu_product"]) == pytest.approx(
+                st[j]["mu_product"], rel=1e-6) and st[j]["mu_product"] < 1.0
+    qs = [x.detach().clone().requires_grad_() for x in ours]
+    opt2 = getattr(ft, name)([{"params": qs[:2]}, {"params": qs[2:], "lr": lr2}], **h)
+    if opts:
+        opt2.set_low_precision(**opts)
+    opt2.load_state_dict(opt.state_dict())
+    for _ in range(2):
+        step([(opt, ours), (opt2, qs)], lambda gs: None)
+    for p, q in zip(ours, qs):
+        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
+
+
+def _np16(t):
+    """A 16-bit tensor's values as a NumPy array of its dtype (bfloat16: ml_dtypes)."""
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
+
+
 def test_low_precision_options_bad_values_and_mode_switch():
     """set_low_precision: bad values refused naming the argument, nothing changed; the
     mode switches at the next step (the new buffer starts from the parameter / at zero,
@@ -678,7 +756,7 @@ def test_low_precision_options_bad_values_and_mode_switch():
                            "compensation")]:
         with pytest.raises(err, match=what):
             opt.set_low_precision(**kw)
-    with pytest.raises(TypeError, match="Adam and AdamW only"):
+    with pytest.raises(TypeError, match="Adam, AdamW, NAdam and RAdam only"):
         ft.Adamax([q]).set_low_precision(compensation=True)
     assert torch.equal(p.detach(), before[0])
     for k, v in before[1].items():                      # nothing changed

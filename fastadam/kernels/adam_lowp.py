@@ -17,8 +17,11 @@ of ``kernels/adam.py`` (so a float32 master copy follows float32 Adam bit for bi
 each stored value is rounded once. The code is split the way the shared loop of the
 algorithm registry wants it:
 
-* :func:`adam_elem` -- the pure scalar update ``(p, g, m, v, scalars) -> (p_decayed, m, v,
-  upd)`` with new parameter ``p_decayed - upd`` (``upd`` kept apart for Kahan);
+* the per-element update, chosen at compile time by the algorithm's registry id
+  (kernels/lowp_elem.py: ``lowp_elem``; Adam's is :func:`adam_elem`, the pure scalar
+  update ``(p, g, m, v, scalars) -> (p_decayed, m, v, upd)`` with new parameter
+  ``p_decayed - upd``, ``upd`` kept apart for Kahan; NAdam's and RAdam's are the
+  registry's ``element``, kernels/nr_lowp.py builds their kernels);
 * load/store helpers, one per array role, dispatching on the layout constants:
   :func:`load_param`, :func:`load_grad`, :func:`load_state`, :func:`store_state`,
   :func:`store_param`; for 8-bit state the block helper :func:`q8_block` (decode the
@@ -32,17 +35,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from .approx import div_sqrt_eps
-from .adam import S_B1 as B1, S_B2 as B2, S_EPS as EPS_EFF, S_OMB1 as OMB1, S_OMB2 as OMB2
-from .adam import S_STEP as STEP_SIZE
-from .loop import prelude, step_scalars as _step_scalars
+from .loop import step_scalars as _step_scalars
 from .spec import H_LR, H_WEIGHT_DECAY, N_SCALARS, WD_DECOUPLED, WD_L2
 from .spec import S_GRAD_SCALE as GRAD_SCALE, S_WD as WD
 
-from .registry import ALGORITHMS
-
-#: Adam's id in the registry: a compile-time constant of the kernels below.
-_ADAM_ID = ALGORITHMS["adam"].id
+from .lowp_elem import ADAM_ID as _ADAM_ID, adam_elem, lowp_consts, lowp_elem  # noqa: F401
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -63,19 +60,6 @@ WDM1 = N_SCALARS
 N_LOWP_SCALARS = N_SCALARS + 1
 
 assert BLOCK % Q8_BLOCK == 0   # parallel work items start on quantization-block boundaries
-
-
-# ---------------------------------------------------------------- element math
-@njit(inline="always", **JIT_OPTIONS)
-def adam_elem(p, g, m, v, b1, omb1, b2, omb2, step_size, eps, wd, gs, wd_mode, scale_grad):
-    """One element of Adam in the working precision (float32): returns (p after decoupled
-    decay, m, v, upd); the new parameter is ``p - upd``. Same operations, in the same
-    order, as kernels/adam.py (no amsgrad, no averaging)."""
-    p, g = prelude(p, g, gs, wd, wd_mode, scale_grad)
-    m = b1 * m + omb1 * g
-    v = b2 * v + omb2 * (g * g)
-    upd = step_size * div_sqrt_eps(m, v, eps)     # the same denominator as kernels/adam.py
-    return p, m, v, upd
 
 
 # ---------------------------------------------------------------- loads and stores
@@ -159,25 +143,27 @@ def store_param(p, w, c, i, p_old, p_dec, upd, wdm1, key, gi, param_kind, pmode,
 
 # ---------------------------------------------------------------- loops
 @njit(inline="always", **JIT_OPTIONS)
-def plain_loop(p, g, m, v, w, c, sc, key, base, param_kind, state_kind, pmode, wd_mode,
+def plain_loop(alg, p, g, m, v, w, c, sc, key, base, param_kind, state_kind, pmode, wd_mode,
                scale_grad):
-    """Equal-length segments; ``base`` is the global index of element 0."""
-    b1, omb1, b2, omb2 = sc[B1], sc[OMB1], sc[B2], sc[OMB2]
-    step_size, eps, wd, gs, wdm1 = sc[STEP_SIZE], sc[EPS_EFF], sc[WD], sc[GRAD_SCALE], sc[WDM1]
+    """Equal-length segments; ``base`` is the global index of element 0; ``alg``: the
+    registry id of the algorithm (kernels/lowp_elem.py)."""
+    k = lowp_consts(alg, sc)
+    wd, gs, wdm1 = sc[WD], sc[GRAD_SCALE], sc[WDM1]
     decoupled = wd_mode == WD_DECOUPLED
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     key = sr_segment_key(key, base)
     for i in range(g.shape[0]):
         pi = load_param(p, w, i, param_kind, pmode)
-        pd, mi, vi, upd = adam_elem(pi, load_grad(g, i, param_kind), load_state(m, i, state_kind),
-                                    load_state(v, i, state_kind), b1, omb1, b2, omb2,
-                                    step_size, eps, wd, gs, wd_mode, scale_grad)
+        pd, mi, vi, upd = lowp_elem(alg, kahan, pi, load_grad(g, i, param_kind),
+                                    load_state(m, i, state_kind), load_state(v, i, state_kind),
+                                    k, gs, wd, wd_mode, scale_grad)
         store_state(m, i, mi, state_kind)
         store_state(v, i, vi, state_kind)
         store_param(p, w, c, i, pi, pd, upd, wdm1, key, base + i, param_kind, pmode, decoupled)
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, pmode,
+def q8_block(alg, p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, pmode,
              wd_mode, scale_grad):
     """One quantization block (at most Q8_BLOCK elements, scale index j): decode, update,
     store the parameters and keep the new moments in the float32 scratch tm / tv while
@@ -188,9 +174,10 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
     squared): half the dynamic range in log terms, so small v in a block with a large one
     no longer round to 0 (which made m / sqrt(v) blow up), and sqrt(v) is what the
     update uses anyway (docs/low_precision.md)."""
-    b1, omb1, b2, omb2 = sc[B1], sc[OMB1], sc[B2], sc[OMB2]
-    step_size, eps, wd, gs, wdm1 = sc[STEP_SIZE], sc[EPS_EFF], sc[WD], sc[GRAD_SCALE], sc[WDM1]
+    k = lowp_consts(alg, sc)
+    wd, gs, wdm1 = sc[WD], sc[GRAD_SCALE], sc[WDM1]
     decoupled = wd_mode == WD_DECOUPLED
+    kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
     key = sr_segment_key(key, base)
     am = ms[j]
     av = vs[j]
@@ -199,9 +186,9 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
     for i in range(g.shape[0]):
         pi = load_param(p, w, i, param_kind, pmode)
         si = q8u_decode(vq[i], av)
-        pd, mi, vi, upd = adam_elem(pi, load_grad(g, i, param_kind), q8s_decode(mq[i], am),
-                                    si * si, b1, omb1, b2, omb2,
-                                    step_size, eps, wd, gs, wd_mode, scale_grad)
+        pd, mi, vi, upd = lowp_elem(alg, kahan, pi, load_grad(g, i, param_kind),
+                                    q8s_decode(mq[i], am), si * si, k, gs, wd, wd_mode,
+                                    scale_grad)
         si = np.sqrt(vi)
         tm[i] = mi
         tv[i] = si
@@ -222,18 +209,18 @@ def q8_block(p, g, mq, vq, w, c, ms, vs, j, tm, tv, sc, key, base, param_kind, p
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def segment_plain(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
-                  wd_mode, scale_grad):
+def segment_plain(alg, p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind,
+                  pmode, wd_mode, scale_grad):
     """Elements [lo, hi) of the flat buffers, float32 or bfloat16 state."""
     master = pmode == PMODE_MASTER and param_kind != PARAM_F32
     kahan = pmode == PMODE_KAHAN and param_kind != PARAM_F32
-    plain_loop(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
+    plain_loop(alg, p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], w[lo:hi] if master else w[:0],
                c[lo:hi] if kahan else c[:0], sc, key, lo, param_kind, state_kind, pmode,
                wd_mode, scale_grad)
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def segment_q8(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
+def segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind, pmode,
                wd_mode, scale_grad):
     """Elements [lo, hi) of the flat buffers (lo a multiple of Q8_BLOCK), 8-bit state."""
     master = pmode == PMODE_MASTER and param_kind != PARAM_F32
@@ -242,7 +229,7 @@ def segment_q8(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind
     tv = np.empty(Q8_BLOCK, np.float32)
     for a in range(lo, hi, Q8_BLOCK):
         b = min(a + Q8_BLOCK, hi)
-        q8_block(p[a:b], g[a:b], m[a:b], v[a:b], w[a:b] if master else w[:0],
+        q8_block(alg, p[a:b], g[a:b], m[a:b], v[a:b], w[a:b] if master else w[:0],
                  c[a:b] if kahan else c[:0], ms, vs, a // Q8_BLOCK, tm[:b - a], tv[:b - a],
                  sc, key, a, param_kind, pmode, wd_mode, scale_grad)
 
@@ -275,6 +262,7 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
     scale_grad = bool(scale_grad)
     l2 = wd_mode == WD_L2
     q8 = state_kind == STATE_Q8
+    alg = _ADAM_ID
     source = SOURCE_HASH      # a closure cell: part of numba's cache key (see launch.py)
 
     @njit(**JIT_OPTIONS)
@@ -285,10 +273,10 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
         if l2:
             sc[WD] = h[H_WEIGHT_DECAY]
         if q8:
-            segment_q8(p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
+            segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
                        state_kind, pmode, wd_mode, scale_grad)
         else:
-            segment_plain(p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
+            segment_plain(alg, p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
                           state_kind, pmode, wd_mode, scale_grad)
 
     @njit(parallel=True, **JIT_OPTIONS)
@@ -303,10 +291,10 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
             lo = b * BLOCK
             hi = min(lo + BLOCK, n)
             if q8:
-                segment_q8(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state_kind,
-                           pmode, wd_mode, scale_grad)
+                segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind,
+                           state_kind, pmode, wd_mode, scale_grad)
             else:
-                segment_plain(p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind,
+                segment_plain(alg, p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind,
                               state_kind, pmode, wd_mode, scale_grad)
 
     return serial, parallel

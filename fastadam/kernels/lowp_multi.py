@@ -27,8 +27,8 @@ from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
 from .adam_lowp import (N_LOWP_SCALARS, PARAM_F32, PMODE_KAHAN, PMODE_MASTER, STATE_BF16,
-                        STATE_F32, STATE_Q8, WDM1, lowp_scalars, segment_plain,
-                        segment_q8)
+                        STATE_F32, STATE_Q8, WDM1, _ADAM_ID, lowp_scalars,
+                        segment_plain, segment_q8)
 from .memory import pointer_of
 from .q8 import Q8_BLOCK
 from .spec import H_WEIGHT_DECAY, N_SCALARS, S_WD, WD_L2
@@ -84,11 +84,11 @@ def build_multi(param_kind, state_kind, pmode, wd_mode, scale_grad):
         gi = table[k, T_GROUP]
         lo, hi = table[k, T_LO], table[k, T_HI]
         if q8:            # a closure constant: only one loop is compiled (see adam_lowp)
-            segment_q8(p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi, param_kind,
-                       state_kind, pmode, wd_mode, scale_grad)
+            segment_q8(_ADAM_ID, p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi,
+                       param_kind, state_kind, pmode, wd_mode, scale_grad)
         else:
-            segment_plain(p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi, param_kind,
-                          state_kind, pmode, wd_mode, scale_grad)
+            segment_plain(_ADAM_ID, p, g, m, v, w, c, ms, vs, sc[gi], keys[gi], lo, hi,
+                          param_kind, state_kind, pmode, wd_mode, scale_grad)
 
     @njit(**JIT_OPTIONS)
     def serial(table, h, steps, keys):

@@ -12,12 +12,11 @@ _EXTRAS_DOC = """
     cost nothing; "skip": such a step changes nothing and is counted in
     ``skipped_steps``; "raise": ValueError, nothing changed). Adam and AdamW take
     ``state_dtype`` (None: the parameters' dtype; "bfloat16" or "int8": low-precision
-    moments) and, for ``ml_dtypes.bfloat16`` parameters, ``master_weights``,
+    moments) and, for ``ml_dtypes.bfloat16`` or float16 parameters, ``master_weights``,
     ``compensation`` or ``rounding="stochastic"`` with ``seed``; see
-    docs/low_precision.md. Adamax takes the same with ``state_dtype`` None, "float32" or
-    "bfloat16" ("int8" raises ValueError). NAdam and RAdam take ``state_dtype`` None or
-    "float32" only (the low-precision kernels compute Adam's and AdaMax's updates;
-    "bfloat16"/"int8" raise ValueError)."""
+    docs/low_precision.md. NAdam takes the same. Adamax and RAdam take the same with
+    ``state_dtype`` None, "float32" or "bfloat16" ("int8" raises ValueError: not
+    offered, docs/low_precision.md)."""
 
 
 class Adam(Optimizer):
@@ -104,13 +103,17 @@ class NAdam(Optimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
                  max_grad_norm=None, average=None, nonfinite="propagate", foreach=None,
-                 capturable=False, differentiable=False, state_dtype=None):
+                 capturable=False, differentiable=False, state_dtype=None,
+                 master_weights=False, compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum_decay=momentum_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                          max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 class RAdam(Optimizer):
@@ -124,12 +127,16 @@ class RAdam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, maximize=False, max_grad_norm=None,
                  average=None, nonfinite="propagate", foreach=None, capturable=False,
-                 differentiable=False, state_dtype=None):
+                 differentiable=False, state_dtype=None, master_weights=False,
+                 compensation=False, rounding="nearest", seed=0):
         _torch_switches(capturable, differentiable)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                          max_grad_norm=max_grad_norm, average=average, nonfinite=nonfinite,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype,
+                         lowp_options=dict(master_weights=master_weights,
+                                           compensation=compensation, rounding=rounding,
+                                           seed=seed))
 
 
 def _torch_switches(capturable, differentiable):

@@ -1,10 +1,11 @@
-"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam and AdamW,
-``"bfloat16"`` on Adamax, NAdam and RAdam).
+"""Low-precision optimizer state (``state_dtype="bfloat16"|"int8"`` on Adam, AdamW and
+NAdam, ``"bfloat16"`` on Adamax and RAdam; float32, bfloat16 or float16 parameters).
 
 When ``state_dtype`` is set (and differs from the parameters' float32), the optimizer
 keeps one state dict per parameter, built by :func:`fastadam.lowp.init_lowp_state`, and
 steps each parameter with :func:`fastadam.lowp.adam_step_lowp` (Adamax:
-:func:`fastadam.lowp_adamax.adamax_step_lowp`; one fused launch per
+:func:`fastadam.lowp_adamax.adamax_step_lowp`, NAdam / RAdam: the kernels of
+:mod:`fastadam.lowp_nr`; one fused launch per
 parameter: a model flattened with :func:`fastadam.flatten` is one launch). Everything
 the optimizer does before it launches is shared with the float32 path: group validation
 (and param_groups edits), gradient checks, aliasing checks, gradient norms for clipping
@@ -32,7 +33,7 @@ from ..kernels.memory import G_DATA
 from ..kernels.nr_lowp import NAMES as _NR
 from ..kernels.nr_lowp import advance_group
 from ..kernels.spec import H_CLIP
-from ..lowp import (_is_16bit, _u16, check_precision_choice, check_rounding_seed,
+from ..lowp import (NO_INT8, _is_16bit, _u16, check_precision_choice, check_rounding_seed,
                     init_lowp_state, launch, prepare_adam_lowp)
 from ..lowp_adamax import prepare_adamax_lowp
 from ..lowp_nr import prepare_nr_lowp
@@ -44,7 +45,8 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 #: Algorithms whose update the low-precision kernels compute, with their state dtypes.
 LOWP_ALGORITHMS = ("adam", "adamw", "adamax", "nadam", "radam")
 _LOWP_STATE = {"adam": ("bfloat16", "int8"), "adamw": ("bfloat16", "int8"),
-               "adamax": ("bfloat16",), "nadam": ("bfloat16",), "radam": ("bfloat16",)}
+               "adamax": ("bfloat16",), "nadam": ("bfloat16", "int8"),
+               "radam": ("bfloat16",)}
 _NO_REFS = np.zeros(0, dtype=np.int64)
 
 
@@ -64,8 +66,7 @@ def check_state_dtype(state_dtype, algorithm, average):
                              "state_dtype=None or 'float32' here, or fa.Adam / fa.AdamW")
         if state_dtype not in _LOWP_STATE[algorithm]:
             raise ValueError(f"state_dtype={state_dtype!r} is not available for "
-                             f"{algorithm!r} (8-bit state is Adam's: its code maps are "
-                             "analysed for Adam's update only); use "
+                             f"{algorithm!r} ({NO_INT8[algorithm]}); use "
                              f"state_dtype in {(None, 'float32') + _LOWP_STATE[algorithm]}")
         if average is not None:
             raise ValueError(f"state_dtype={state_dtype!r} cannot be combined with "
@@ -111,9 +112,9 @@ def make_lowp(state_dtype, options, params, algorithm, average):
         if state_dtype in (None, "float32"):
             return None
         return LowpState(state_dtype, options)
-    if algorithm not in LOWP_ALGORITHMS or algorithm in _NR:
-        raise TypeError(f"{params[0].dtype} parameters are supported by ('adam', 'adamw', "
-                        f"'adamax'), not {algorithm!r}")
+    if algorithm not in LOWP_ALGORITHMS:
+        raise TypeError(f"{params[0].dtype} parameters are supported by "
+                        f"{LOWP_ALGORITHMS}, not {algorithm!r}")
     if average is not None:
         raise ValueError(f"{params[0].dtype} parameters cannot be combined with "
                          f"average={average!r}")
@@ -284,8 +285,11 @@ class LowpState(LowpStateDict):
             else:
                 g = _u16(arrays[i].reshape(-1))
             step = counts[gi] + 1
-            launch(kernels, n, *head, g, *tail, step,
-                   opt._gscal[gi] if nr else 0 if sr_seed is None else sr_key(sr_seed, step))
+            key = 0 if sr_seed is None else sr_key(sr_seed, step)
+            if nr:                        # NAdam / RAdam: the group scalars last
+                launch(kernels, n, *head, g, *tail, step, key, opt._gscal[gi])
+            else:
+                launch(kernels, n, *head, g, *tail, step, key)
         if nr:                            # once per group, after all its parameters
             done = set()
             for gi, _, _, _, tail, _ in self.launches:
@@ -296,9 +300,8 @@ class LowpState(LowpStateDict):
             steps[gi] = c + 1
 
 def _nr_prepare(name):
-    """prepare_nr_lowp in the (kernels, n, head, tail, sr_seed, layout) form of
-    prepare_adam_lowp (the step passes the group scalars after the step count)."""
+    """prepare_nr_lowp for one algorithm (the step passes the group scalars after the
+    stochastic-rounding key)."""
     def prep(param, grad, state, **kw):
-        kernels, n, tail, layout = prepare_nr_lowp(name, param, grad, state, **kw)
-        return kernels, n, (param,), tail, None, layout
+        return prepare_nr_lowp(name, param, grad, state, **kw)
     return prep

@@ -209,8 +209,11 @@ def build_block(opt, S, idx):
                               **hp})
             members.extend(cells[k])
         if cls_name.startswith("lowp:"):
-            from ._lowp import LowpInner
-            inner = LowpInner(fa_groups, decoupled=cls_name == "lowp:AdamW")
+            from ._lowp import LowpInner, LowpInnerNR
+            if cls_name in ("lowp:NAdam", "lowp:RAdam"):
+                inner = LowpInnerNR(fa_groups, cls_name[5:].lower())
+            else:
+                inner = LowpInner(fa_groups, decoupled=cls_name == "lowp:AdamW")
         else:
             inner = getattr(fa, cls_name)(fa_groups)
         index, pgroups = 0, []

@@ -56,11 +56,12 @@ if hasattr(fa, "NAdam"):
             (torch.optim.NAdam.__doc__ or "")
         _spec = Spec("NAdam", ("lr", "betas", "eps", "weight_decay", "momentum_decay",
                                "decoupled_weight_decay", "maximize"),
-                     ("mu_product", "exp_avg", "exp_avg_sq"), scalar_keys=("mu_product",))
+                     ("mu_product", "exp_avg", "exp_avg_sq"), scalar_keys=("mu_product",),
+                     lowp=True)
 
 if hasattr(fa, "RAdam"):
     class RAdam(FastadamTorchOptimizer, torch.optim.RAdam):
         __doc__ = "torch.optim.RAdam with fastadam's fused CPU step.\n\n" + \
             (torch.optim.RAdam.__doc__ or "")
         _spec = Spec("RAdam", ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay",
-                               "maximize"), ("exp_avg", "exp_avg_sq"))
+                               "maximize"), ("exp_avg", "exp_avg_sq"), lowp=True)

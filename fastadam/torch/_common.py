@@ -26,7 +26,8 @@ import fastadam as fa
 # ----------------------------------------------------------------------------- dtypes
 # The one place that maps a parameter dtype to a zero-copy NumPy view of its memory.
 # bfloat16 has no NumPy dtype: ``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)``;
-# float16 is NumPy's own. Both are stepped by Adam / AdamW through fastadam.lowp.
+# float16 is NumPy's own. Both are stepped by Adam / AdamW / NAdam / RAdam through
+# fastadam.lowp (torch/_lowp.py).
 
 
 def _plain_view(t):
@@ -46,17 +47,18 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 def check_dtype(t, name, lowp=False):
     """TypeError unless ``t``'s dtype is one fastadam.torch steps (bfloat16 and float16
-    only where ``lowp``: Adam and AdamW, through fastadam.lowp)."""
+    only where ``lowp``: Adam, AdamW, NAdam and RAdam, through fastadam.lowp)."""
     if t.dtype in (torch.float32, torch.float64) or (lowp and t.dtype in LOW_PRECISION):
         return
     if t.dtype in LOW_PRECISION:
         raise TypeError(f"{name} has dtype {t.dtype}: {t.dtype} parameters are supported by "
-                        "fastadam.torch.Adam and AdamW only; keep float32 parameters "
+                        "fastadam.torch.Adam, AdamW, NAdam and RAdam only; keep float32 "
+                        "parameters "
                         "(e.g. model.float(), with torch.autocast for low-precision "
                         "compute) or use torch.optim")
     raise TypeError(f"{name} has dtype {t.dtype}; fastadam.torch steps real floating-point "
-                    "parameters of dtype float32 or float64 (bfloat16 and float16: Adam "
-                    "and AdamW)")
+                    "parameters of dtype float32 or float64 (bfloat16 and float16: Adam, "
+                    "AdamW, NAdam and RAdam)")
 
 
 def numpy_view(t, name="tensor"):

@@ -1,5 +1,5 @@
-"""bfloat16 and float16 parameters for ``fastadam.torch.Adam`` / ``AdamW`` through
-:mod:`fastadam.lowp`.
+"""bfloat16 and float16 parameters for ``fastadam.torch.Adam`` / ``AdamW`` (and
+``NAdam`` / ``RAdam``: :class:`LowpInnerNR`) through :mod:`fastadam.lowp`.
 
 Each 16-bit parameter gets float32 moments and, by default, float32 master weights
 (``init_lowp_state(state_dtype="float32", master_weights=True)``): the master copy is
@@ -70,7 +70,8 @@ class LowpOptions:
 
     def set_low_precision(self, *, master_weights=None, compensation=False,
                           rounding="nearest", seed=0):
-        """How bfloat16 and float16 parameters keep their precision (Adam and AdamW;
+        """How bfloat16 and float16 parameters keep their precision (Adam, AdamW, NAdam
+        and RAdam;
         float32 and float64 parameters are not affected): float32 master weights (the
         default; ``master_weights=None`` means True unless one of the others is asked
         for), ``compensation=True`` (Kahan, a buffer of the parameter's dtype),
@@ -83,7 +84,7 @@ class LowpOptions:
         the argument on bad values, nothing changed."""
         if not self._spec.lowp:
             raise TypeError(f"{type(self).__name__} has no bfloat16/float16 parameters "
-                            "(Adam and AdamW only)")
+                            "(Adam, AdamW, NAdam and RAdam only)")
         opts = dict(master_weights=master_weights, compensation=compensation,
                     rounding=rounding, seed=seed)
         resolve_options(opts, "set_low_precision")          # raises before any change
@@ -190,21 +191,28 @@ class LowpInner:
             keys[gi] = lowp.sr_key(seed, int(t[gi]))
         return self._h, t, keys
 
+    def _vals(self, h):
+        """The hyperparameters of group ``h`` that make its kernel row (a tuple)."""
+        return (h["lr"], tuple(h["betas"]), h["eps"], h["weight_decay"], bool(h["maximize"]))
+
+    def _row(self, vals):
+        """(hyperparameter row, (wd_mode, maximize)) of ``_vals``, checked."""
+        from ..functional import _ADAM
+        _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
+        row = _ADAM.setup(lr, betas, eps, wd, self._decoupled, False, vals[4], True,
+                          "paper").h.copy()
+        return row, (lowp.wd_mode(wd, self._decoupled), vals[4])
+
     def _build_rows(self, groups):
         """Check every group's hyperparameters and (re)write ``self._h`` (in place when the
         group count is the same); a group's row is computed again only when its values
         changed. Rebuilds the launches when a group's (wd_mode, maximize) changed."""
-        from ..functional import _ADAM
         got = []
         for gi, h in enumerate(groups):
-            vals = (h["lr"], tuple(h["betas"]), h["eps"], h["weight_decay"],
-                    bool(h["maximize"]))
+            vals = self._vals(h)
             old = self._rows.get(gi)
             if old is None or old[0] != vals:
-                _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
-                row = _ADAM.setup(lr, betas, eps, wd, self._decoupled, False, vals[4], True,
-                                  "paper").h.copy()
-                old = (vals, row, (lowp.wd_mode(wd, self._decoupled), vals[4]))
+                old = (vals, *self._row(vals))
             got.append(old)
         # ---- every group valid: write
         self._rows = dict(enumerate(got))
@@ -219,3 +227,76 @@ class LowpInner:
         for g in groups:
             if type(g) is ParamGroup:
                 g.dirty = False
+
+
+class LowpInnerNR(LowpInner):
+    """NAdam or RAdam (``algorithm``) over bfloat16 / float16 NumPy views: LowpInner's
+    state, options and rows, stepped by one fused launch per parameter
+    (kernels/nr_lowp.py); NAdam's ``mu_product`` is a group scalar
+    (``group_scalars``), advanced once per group after its launches, as fastadam.NAdam
+    does."""
+
+    def __init__(self, groups, algorithm):
+        from ..kernels.spec import N_GROUP_SCALARS
+        self._alg = algorithm
+        super().__init__(groups, decoupled=False)
+        self._gs = np.zeros((len(self.param_groups), N_GROUP_SCALARS))
+        self._gs[:, 0] = 1.0
+
+    @property
+    def group_scalars(self):
+        return {"mu_product": self._gs[:, 0]} if self._alg == "nadam" else {}
+
+    def load_state_dict(self, sd):
+        """LowpInner's, and NAdam's ``mu_product`` (a float per parameter entry: its
+        group's value)."""
+        super().load_state_dict(sd)
+        if self._alg == "nadam":
+            for j, st in sd["state"].items():
+                if "mu_product" in st:
+                    self._gs[self._group_of[j], 0] = float(st["mu_product"])
+
+    def _vals(self, h):
+        extra = (float(h["momentum_decay"]),) if self._alg == "nadam" else ()
+        return (h["lr"], tuple(h["betas"]), h["eps"], h["weight_decay"], bool(h["maximize"]),
+                bool(h.get("decoupled_weight_decay", False))) + extra
+
+    def _row(self, vals):
+        from .. import functional as F
+        _, lr, betas, eps, wd = lowp._check_hyper(1, *vals[:4])
+        maximize, decoupled = vals[4], vals[5]
+        if self._alg == "nadam":
+            h = F._NADAM.setup(lr, betas, eps, wd, vals[6], decoupled, maximize).h
+        else:
+            h = F._RADAM.setup(lr, betas, eps, wd, decoupled, maximize).h
+        return h.copy(), (lowp.wd_mode(wd, decoupled), maximize)
+
+    def step(self, grads):
+        """One step of every parameter (as LowpInner.step), one launch per parameter."""
+        from ..kernels import nr_lowp as K
+        from ..kernels.adam_lowp import STATE_F32
+        for j, (p, g) in enumerate(zip(self._params, grads)):
+            if g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
+                raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}"
+                                 f"{'' if g.flags.c_contiguous else ' (not C-contiguous)'}, "
+                                 f"its parameter {p.shape} and {p.dtype}")
+        h, t, keys = self._group_rows()
+        if self._multi is None:          # here: the per-parameter launches
+            self._multi = []
+            for p, st, gi in zip(self._params, self._state, self._group_of):
+                flat = p.reshape(-1)
+                kind = lowp._param_kind(flat.dtype)
+                pmode = lowp.pmode_of(kind, st, self._opts[gi]["rounding"])
+                w, c = lowp._precision_arrays(st)
+                kernels = K.build(self._alg, kind, STATE_F32, pmode, *self._modes[gi])
+                self._multi.append((kernels, flat.shape[0], lowp._u16(flat),
+                                    (st["exp_avg"], st["exp_avg_sq"], w, c, lowp._EMPTY32,
+                                     lowp._EMPTY32)))
+        for j, (kernels, n, pb, tail) in enumerate(self._multi):
+            gi = self._group_of[j]
+            lowp.launch(kernels, n, pb, lowp._u16(grads[j].reshape(-1)), *tail, h[gi],
+                        int(t[gi]), int(keys[gi]), self._gs[gi])
+        for gi in range(len(self.param_groups)):
+            K.advance_group(self._alg, h[gi], int(t[gi]), self._gs[gi])
+        np.add(t, 1, out=t)
+        self._t_max += 1
