@@ -18,7 +18,7 @@ from .kernels.launch import CTX_F32, CTX_F64, CTX_HYPER, CTX_LEN, CTX_NDARRAY, b
 from .kernels.memory import ARRAY_NAMES
 from .kernels.unsafe import OBJECT_CALLS, entry_point
 from .kernels.spec import (H_ALG, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY, N_GROUP_SCALARS,
-                           N_HYPER, WD_DECOUPLED, WD_L2, WD_NONE)
+                           N_HYPER, wd_mode)
 from .optim.groups import Validator
 
 _INF = float("inf")
@@ -40,9 +40,7 @@ class _Setup:
     __slots__ = ("h", "serial", "parallel", "obj", "ctx", "ctx_addr", "n_state")
 
     def __init__(self, alg, values):
-        wd_mode = WD_NONE
-        if values["weight_decay"] != 0.0:
-            wd_mode = WD_DECOUPLED if alg.decoupled(values) else WD_L2
+        wd = wd_mode(values["weight_decay"], alg.decoupled(values))
         h = np.zeros(N_HYPER)
         h[H_LR] = values["lr"]
         h[H_WEIGHT_DECAY] = values["weight_decay"]
@@ -53,7 +51,7 @@ class _Setup:
         h.flags.writeable = False
         self.h = h
         self.n_state = alg.n_state(values)
-        k = build_launchers(alg.id, alg.variant(values), self.n_state, wd_mode,
+        k = build_launchers(alg.id, alg.variant(values), self.n_state, wd,
                             values["maximize"], False)
         self.serial, self.parallel = k[0], k[1]
         self.obj = None

@@ -31,7 +31,6 @@ the optimizer's ``state_dict`` uses.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -39,12 +38,15 @@ import numpy as np
 from . import _checks as C
 from . import config
 from .kernels import adam_lowp as A
-from .kernels.spec import WD_DECOUPLED, WD_L2, WD_NONE
 from .kernels.lowp import sr_key
 from .kernels.q8 import Q8_BLOCK
+# the layout decisions, read as fastadam.lowp.<name> too
+from .lowp_layout import (ROUNDINGS, _bfloat16, _is_16bit,  # noqa: F401
+                          _param_kind, check_precision_choice, check_rounding_seed, pmode_of,
+                          state_kind)
+from .kernels.spec import wd_mode
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
-ROUNDINGS = ("nearest", "stochastic")
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "master",
                "compensation")
 #: The second state array of each algorithm with low-precision state (AdaMax: the
@@ -56,85 +58,6 @@ NO_INT8 = {"adamax": "the 8-bit code maps are analysed for Adam's and NAdam's up
            "radam": "measured: the final training loss of a digits MLP moves 3-5% from "
                     "float32 state's, beyond the 2% the other layouts keep"}
 _INF = float("inf")
-
-
-def _bfloat16():
-    try:
-        import ml_dtypes
-    except ImportError as exc:  # pragma: no cover - ml_dtypes is installed with the extra
-        raise ImportError("bfloat16 arrays need the ml_dtypes package: "
-                          "pip install 'fastadam[lowp]'") from exc
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-def _is_bf16(dt):
-    return dt.name == "bfloat16" and dt.itemsize == 2
-
-
-def _is_16bit(dt):
-    """A 16-bit floating point parameter dtype: bfloat16 (ml_dtypes) or float16."""
-    return dt == np.float16 or _is_bf16(dt)
-
-
-def _param_kind(dt):
-    return A.PARAM_F16 if dt == np.float16 else A.PARAM_BF16 if _is_bf16(dt) else A.PARAM_F32
-
-
-# The layout decisions (parameter mode, state kind, weight-decay kind): here only; the
-# optimizers (optim/lowp.py, torch/_lowp.py) and the multi-array launch (lowp_multi.py)
-# call these.
-def state_kind(dt):
-    """The kernels' state kind (adam_lowp.STATE_*) of state whose ``exp_avg`` has dtype
-    ``dt``, or None when ``dt`` is no state dtype."""
-    if dt == np.float32:
-        return A.STATE_F32
-    if _is_bf16(dt):
-        return A.STATE_BF16
-    return A.STATE_Q8 if dt == np.int8 else None
-
-
-def pmode_of(param_kind, state, rounding):
-    """The parameter's precision mode (adam_lowp.PMODE_*) for a validated ``state`` (its
-    "master" or "compensation" entry, else ``rounding``); float32 parameters are not
-    rounded."""
-    if param_kind == A.PARAM_F32:
-        return A.PMODE_NEAREST
-    if "master" in state:
-        return A.PMODE_MASTER
-    if "compensation" in state:
-        return A.PMODE_KAHAN
-    return A.PMODE_STOCHASTIC if rounding == "stochastic" else A.PMODE_NEAREST
-
-
-def wd_mode(weight_decay, decoupled):
-    """The kernels' weight-decay mode (spec.WD_*) of a group."""
-    if weight_decay == 0.0:
-        return WD_NONE
-    return WD_DECOUPLED if decoupled else WD_L2
-
-
-def check_rounding_seed(rounding, seed, where=""):
-    """``rounding`` and ``seed`` checked: the seed as an int. ValueError/TypeError naming
-    the argument (after ``where``, e.g. "param_groups[0]: ")."""
-    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
-        raise ValueError(f"{where}rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{where}seed must be in [0, 2**64), got {seed}")
-    return int(seed)
-
-
-def check_precision_choice(master_weights, compensation, rounding, where=""):
-    """ValueError unless at most one way to keep a 16-bit parameter's precision is
-    chosen (bools ``master_weights``, ``compensation``; ``rounding="stochastic"``)."""
-    if master_weights and compensation:
-        raise ValueError(f"{where}master_weights=True and compensation=True are two ways to "
-                         "keep the same precision; choose one")
-    if rounding == "stochastic" and (master_weights or compensation):
-        name = "master_weights" if master_weights else "compensation"
-        raise ValueError(f"{where}rounding='stochastic' cannot be combined with {name}=True: "
-                         "choose one way to keep the parameters' precision")
 
 
 def q8_blocks(n):

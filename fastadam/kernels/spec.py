@@ -46,6 +46,14 @@ N_GROUP_SCALARS = 2
 WD_NONE, WD_L2, WD_DECOUPLED = 0, 1, 2
 
 
+def wd_mode(weight_decay, decoupled):
+    """The kernels' weight-decay mode (WD_*) of a group with ``weight_decay`` (a
+    number) applied as L2 or ``decoupled`` (AdamW's)."""
+    if weight_decay == 0.0:
+        return WD_NONE
+    return WD_DECOUPLED if decoupled else WD_L2
+
+
 def reference_start(param, grad, hp):
     """The float64 (param, grad) every algorithm's ``reference`` starts from: the
     gradient negated for ``maximize``, then weight decay, decoupled (the parameter

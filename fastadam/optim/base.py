@@ -16,10 +16,10 @@ from .. import config
 from ..flat import forbidden_ranges
 from ..kernels import registry
 from ..kernels.spec import (H_ALG, H_AVERAGE, H_CLIP, H_LR, H_SIGN, H_WEIGHT_DECAY,
-                            N_GROUP_SCALARS, N_HYPER)
+                            N_GROUP_SCALARS, N_HYPER, wd_mode)
 from ..kernels.memory import G_DATA, G_INDEXED, G_OBJECTS
 from ..kernels.unsafe import HAVE_OBJECT_GRADS
-from ..lowp import _is_16bit, wd_mode
+from ..lowp_layout import _is_16bit
 from .groups import (TORCH_SWITCHES, ParamGroup, Validator, groups_repr, normalize_params,
                      validate_groups)
 from .guard import grad_norms
