@@ -93,9 +93,7 @@ def test_n_ranks_equal_one_process(n):
 
 
 @needs_mpi
-# (2, 3) first: on an empty kernel cache the saving ranks compile the kernels, each
-# rank at once, so the cold run goes to the smaller world.
-@pytest.mark.parametrize("n_save,n_load", [(2, 3), (3, 2)])
+@pytest.mark.parametrize("n_save,n_load", [(3, 2), (2, 3)])
 def test_checkpoint_across_world_sizes(tmp_path, n_save, n_load):
     run_mpi(n_save, "checkpoint.py", "save", str(tmp_path))
     files = sorted(os.listdir(tmp_path / "sharded"))
