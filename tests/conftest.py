@@ -14,6 +14,20 @@ def launch_mode(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def torch_one_thread():
+    """torch's intra-op pool costs milliseconds per small op when other processes hold
+    the cores (the test workers do): SparseAdam's coalesce ran ~50x slower with 2
+    threads on a loaded 2-core machine. Tensors in these tests are tiny, and neither
+    torch's results nor fastadam's (every element updated by one thread with the same
+    arithmetic) depend on torch's thread count."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def make_state(rng, n, dtype, *, amsgrad=False, warm=True):
     """Random parameter, gradient and (warm) moment buffers of length n."""
     p = rng.standard_normal(n).astype(dtype)

@@ -264,6 +264,7 @@ def schedule_for(rng, params0, n_steps, dtype, *, p_none=0.15, p_empty=0.1):
     return out
 
 
+@pytest.mark.usefixtures("torch_one_thread")   # conftest: tiny tensors, loaded cores
 def test_torch_parity_float64_long_run():
     """Hundreds of steps: 1-D and 2-D params, duplicates, empty index sets, no-gradient
     steps (per-parameter step counts then differ), two groups, maximize."""
@@ -302,6 +303,7 @@ def ulps(a, b):
                              - b.view(np.int32).astype(np.int64)), initial=0))
 
 
+@pytest.mark.usefixtures("torch_one_thread")   # conftest: tiny tensors, loaded cores
 @pytest.mark.parametrize("kind", ["uniform", "dups"])
 def test_torch_parity_float32_each_step_within_few_ulp(kind):
     """float32: starting each step from the same state, the moments equal torch's to
@@ -337,6 +339,7 @@ def test_torch_parity_float32_each_step_within_few_ulp(kind):
     assert worst_p <= 4, worst_p
 
 
+@pytest.mark.usefixtures("torch_one_thread")   # conftest: tiny tensors, loaded cores
 def test_state_dict_into_torch_and_back():
     rng = np.random.default_rng(8)
     params0 = [make_param(rng, 30, 4, np.float64), make_param(rng, 30, None, np.float64)]

@@ -1010,6 +1010,7 @@ def _sparse_run(opt, topt, ours, theirs, rng, steps, skip=None):
         topt.step()
 
 
+@pytest.mark.usefixtures("torch_one_thread")   # conftest: tiny tensors, loaded cores
 @pytest.mark.parametrize("h", [dict(lr=1e-2), dict(lr=1e-2, maximize=True, eps=1e-6),
                                dict(lr=3e-3, betas=(0.5, 0.9))], ids=str)
 def test_sparse_adam_float64_parity_long_run(h):
@@ -1026,6 +1027,7 @@ def test_sparse_adam_float64_parity_long_run(h):
             assert_close64(st[key], tst[key])
 
 
+@pytest.mark.usefixtures("torch_one_thread")   # conftest: tiny tensors, loaded cores
 def test_sparse_adam_float32_parity_per_step():
     opt, topt, ours, theirs = sparse_twins(torch.float32, lr=1e-2)
     rng = np.random.default_rng(31)

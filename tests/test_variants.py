@@ -155,17 +155,6 @@ def torch_default_float64():
     torch.set_default_dtype(old)
 
 
-@pytest.fixture
-def torch_one_thread():
-    # torch's intra-op pool costs milliseconds per small op when other processes hold
-    # the cores (SparseAdam's coalesce: ~50x slower with 2 threads on a loaded machine);
-    # these tensors are tiny, and the results do not depend on torch's thread count.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _run_pair(v, dtype, steps):
     rng, init = make_problem(dtype)
     ours = [x.copy() for x in init]
