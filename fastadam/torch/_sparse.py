@@ -10,6 +10,7 @@ from ._blocks import _Layout, watch_groups
 from ._common import (Spec, _fa_value, _share_threads, _threads_seen,
                       increment_version, numpy_view)
 from ._frontend import FastadamTorchOptimizer
+from ._hooks import hooked
 
 
 if hasattr(fa, "SparseAdam"):
@@ -74,7 +75,7 @@ if hasattr(fa, "SparseAdam"):
                 st["step"] = inner.param_state(j)[0]
             return loss
 
-        step = FastadamTorchOptimizer._hooked(step)
+        step = hooked(step)
 
         @staticmethod
         def _sparse_pair(g, p, shape2):
