@@ -154,16 +154,21 @@ class LowpInner:
                 else:
                     a[...] = 0
 
-    def step(self, grads):
-        """One step of every parameter (``grads[j]`` the gradient of parameter j, a NumPy
-        array of its dtype and shape): one fused launch per kernel layout
-        (:class:`fastadam.lowp_multi.MultiStep`). Raises ValueError, changing nothing, on
-        a gradient of the wrong shape, dtype or memory order, or bad hyperparameters."""
+    def _check_grads(self, grads):
+        """ValueError naming the gradient whose shape, dtype or memory order is not its
+        parameter's."""
         for j, (p, g) in enumerate(zip(self._params, grads)):
             if g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
                 raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}"
                                  f"{'' if g.flags.c_contiguous else ' (not C-contiguous)'}, "
                                  f"its parameter {p.shape} and {p.dtype}")
+
+    def step(self, grads):
+        """One step of every parameter (``grads[j]`` the gradient of parameter j, a NumPy
+        array of its dtype and shape): one fused launch per kernel layout
+        (:class:`fastadam.lowp_multi.MultiStep`). Raises ValueError, changing nothing, on
+        a gradient of the wrong shape, dtype or memory order, or bad hyperparameters."""
+        self._check_grads(grads)
         h, t, keys = self._group_rows()
         if self._multi is None:
             flat = [p.reshape(-1) for p in self._params]
@@ -275,11 +280,7 @@ class LowpInnerNR(LowpInner):
         """One step of every parameter (as LowpInner.step), one launch per parameter."""
         from ..kernels import nr_lowp as K
         from ..kernels.adam_lowp import STATE_F32
-        for j, (p, g) in enumerate(zip(self._params, grads)):
-            if g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
-                raise ValueError(f"gradient {j} has shape {g.shape} and dtype {g.dtype}"
-                                 f"{'' if g.flags.c_contiguous else ' (not C-contiguous)'}, "
-                                 f"its parameter {p.shape} and {p.dtype}")
+        self._check_grads(grads)
         h, t, keys = self._group_rows()
         if self._multi is None:          # here: the per-parameter launches
             self._multi = []
