@@ -5,6 +5,8 @@ import copy
 
 import numpy as np
 
+import fastadam as fa
+
 
 def params(seed=0, shapes=((7, 300), (5,), (3, 4))):
     rng = np.random.default_rng(seed)
@@ -76,3 +78,21 @@ def assert_round_trips(opt, ps, make, path, rng, steps=2, grads=grads_like):
             o2.step([x.copy() for x in g])
     for how, o2, qs in copies:
         assert snap(o2, qs) == snap(opt, ps), how
+
+
+def nr_lowp_step(alg, p, g, st, t, mp, lr, **kw):
+    """One functional low-precision NAdam / RAdam step (``alg``); returns the new
+    mu_product (NAdam; ``mp`` unchanged for RAdam)."""
+    if alg == "nadam":
+        return fa.nadam_step_lowp(p, g, st, step=t, mu_product=mp, lr=lr, **kw)
+    fa.radam_step_lowp(p, g, st, step=t, lr=lr, **kw)
+    return mp
+
+
+def nr_f32_step(alg, p, g, m, v, t, mp, lr, **kw):
+    """The float32 functional step of the same algorithm, same return."""
+    with np.errstate(all="ignore"):
+        if alg == "nadam":
+            return fa.nadam_step(p, g, m, v, step=t, mu_product=mp, lr=lr, **kw)
+        fa.radam_step(p, g, m, v, step=t, lr=lr, **kw)
+    return mp

@@ -6,14 +6,17 @@ Against (a) the float32 kernel itself (fa.nadam_step / fa.radam_step) run on the
 state, with its new state rounded to bfloat16 to nearest even (bit for bit), and (b)
 the float64 reference of kernels/nadam.py / radam.py from the decoded state, rounded the
 same way (state within 1 bfloat16 ulp per step)."""
+import functools
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fastadam as fa
-from fastadam import config, lowp
+from fastadam import config
 from fastadam.kernels import registry
-from lowp_helpers import (assert_cross_layout_refused, assert_round_trips, grads_like, params, snap,
+from lowp_helpers import (assert_cross_layout_refused, assert_round_trips, grads_like, nr_f32_step,
+                          nr_lowp_step, params, snap,
                           step_both)
 
 BF = np.dtype(ml_dtypes.bfloat16)
@@ -31,19 +34,9 @@ def bf_ulp(x):
     return 2.0 ** (np.floor(np.log2(a)) - 7)
 
 
-def lowp_step(alg, p, g, st, t, mp, **kw):
-    """One functional low-precision step; returns the new mu_product (NAdam)."""
-    if alg == "nadam":
-        return fa.nadam_step_lowp(p, g, st, step=t, mu_product=mp, lr=LR, **kw)
-    fa.radam_step_lowp(p, g, st, step=t, lr=LR, **kw)
-    return mp
-
-
-def f32_step(alg, p, g, m, v, t, mp, **kw):
-    if alg == "nadam":
-        return fa.nadam_step(p, g, m, v, step=t, mu_product=mp, lr=LR, **kw)
-    fa.radam_step(p, g, m, v, step=t, lr=LR, **kw)
-    return mp
+# the functional NAdam / RAdam steps at this file's learning rate (lowp_helpers)
+lowp_step = functools.partial(nr_lowp_step, lr=LR)
+f32_step = functools.partial(nr_f32_step, lr=LR)
 
 
 VARIANTS = [{}, {"weight_decay": 0.05, "maximize": True},

@@ -31,6 +31,8 @@ nadam f32   int8      -- (no decay)    logistic regression convergence
 (RAdam's 8-bit state is not offered: docs/low_precision.md)
 ====================================  ===========================================
 """
+import functools
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -40,7 +42,8 @@ import fastadam as fa
 from fastadam import config, lowp
 from fastadam.kernels import lowp as L
 from fastadam.kernels import registry
-from lowp_helpers import assert_cross_layout_refused, assert_round_trips, snap
+from lowp_helpers import (assert_cross_layout_refused, assert_round_trips, nr_f32_step,
+                          nr_lowp_step, snap)
 
 BF = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -49,19 +52,9 @@ SEED = 5
 CLASSES = {"nadam": fa.NAdam, "radam": fa.RAdam}
 
 
-def lowp_step(alg, p, g, st, t, mp, **kw):
-    if alg == "nadam":
-        return fa.nadam_step_lowp(p, g, st, step=t, mu_product=mp, lr=LR, **kw)
-    fa.radam_step_lowp(p, g, st, step=t, lr=LR, **kw)
-    return mp
-
-
-def f32_step(alg, p, g, m, v, t, mp, **kw):
-    with np.errstate(all="ignore"):
-        if alg == "nadam":
-            return fa.nadam_step(p, g, m, v, step=t, mu_product=mp, lr=LR, **kw)
-        fa.radam_step(p, g, m, v, step=t, lr=LR, **kw)
-    return mp
+# the functional NAdam / RAdam steps at this file's learning rate (lowp_helpers)
+lowp_step = functools.partial(nr_lowp_step, lr=LR)
+f32_step = functools.partial(nr_f32_step, lr=LR)
 
 
 @njit
