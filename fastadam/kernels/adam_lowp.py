@@ -35,13 +35,17 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from .loop import step_scalars
+from .loop import step_scalars as _step_scalars
 from .spec import H_LR, H_WEIGHT_DECAY, N_SCALARS, WD_DECOUPLED, WD_L2
 from .spec import S_GRAD_SCALE as GRAD_SCALE, S_WD as WD
 
 from .lowp_elem import ADAM_ID as _ADAM_ID, adam_elem, lowp_consts, lowp_elem  # noqa: F401
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def step_scalars(h, t, decoupled, adamax, out):
+    """Adam's step scalars (kernels/adam.py, through the shared loop's step_scalars)."""
+    _step_scalars(_ADAM_ID, h, t, h, decoupled, out)
 from .lowp import (_absbits, _bits_f32, bf16_load, bf16_store, bf16_store_sr, f16_load,
                    f16_store, f16_store_sr, sr_bits, sr_segment_key)
 from .q8 import Q8_BLOCK, inv_scale, q8s_decode, q8s_encode, q8u_decode, q8u_encode
@@ -237,16 +241,10 @@ def segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, lo, hi, param_kind, state
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def lowp_scalars(alg, h, t, gs, l2):
-    """The float32 scalars row of algorithm ``alg`` (a registry id) at step t: the shared
-    loop's step_scalars (with the decoupled decay factor 1 - lr * wd in sc[WD], or the L2
-    coefficient when ``l2``), then -lr * wd (WDM1). ``gs``: the group scalars (NAdam's
-    mu_product; any float64 row for the others)."""
+def lowp_scalars(h, t):
     sc = np.empty(N_LOWP_SCALARS, np.float32)
-    step_scalars(alg, h, t, gs, True, sc[:N_SCALARS])
+    step_scalars(h, t, True, False, sc[:N_SCALARS])    # decoupled: sc[WD] = 1 - lr * wd
     sc[WDM1] = -h[H_LR] * h[H_WEIGHT_DECAY]
-    if l2:
-        sc[WD] = h[H_WEIGHT_DECAY]
     return sc
 
 
@@ -271,7 +269,9 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
     def serial(p, g, m, v, w, c, ms, vs, h, t, key):
         if source < 0:
             return
-        sc = lowp_scalars(alg, h, t, h, l2)
+        sc = lowp_scalars(h, t)
+        if l2:
+            sc[WD] = h[H_WEIGHT_DECAY]
         if q8:
             segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
                        state_kind, pmode, wd_mode, scale_grad)
@@ -283,7 +283,9 @@ def build(param_kind, state_kind, pmode, wd_mode, scale_grad):
     def parallel(p, g, m, v, w, c, ms, vs, h, t, key):
         if source < 0:
             return
-        sc = lowp_scalars(alg, h, t, h, l2)
+        sc = lowp_scalars(h, t)
+        if l2:
+            sc[WD] = h[H_WEIGHT_DECAY]
         n = g.shape[0]
         for b in prange((n + BLOCK - 1) // BLOCK):
             lo = b * BLOCK

@@ -27,11 +27,11 @@ from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
 from .adam_lowp import (N_LOWP_SCALARS, PARAM_F32, PMODE_KAHAN, PMODE_MASTER, STATE_BF16,
-                        STATE_F32, STATE_Q8, _ADAM_ID, lowp_scalars,
+                        STATE_F32, STATE_Q8, WDM1, _ADAM_ID, lowp_scalars,
                         segment_plain, segment_q8)
 from .memory import pointer_of
 from .q8 import Q8_BLOCK
-from .spec import WD_L2
+from .spec import H_WEIGHT_DECAY, N_SCALARS, S_WD, WD_L2
 
 # Columns of the table.
 T_P, T_G, T_M, T_V, T_W, T_C, T_MS, T_VS, T_N, T_LO, T_HI, T_GROUP = range(12)
@@ -40,10 +40,14 @@ T_COLUMNS = 12
 
 @njit(inline="always", **JIT_OPTIONS)
 def _group_scalars(h, steps, l2):
-    """float32 scalars row of every group (adam_lowp.lowp_scalars)."""
+    """float32 scalars row of every group (adam_lowp.lowp_scalars, L2 decay patched in)."""
     out = np.empty((h.shape[0], N_LOWP_SCALARS), np.float32)
     for gi in range(h.shape[0]):
-        out[gi] = lowp_scalars(_ADAM_ID, h[gi], steps[gi], h[gi], l2)
+        sc = lowp_scalars(h[gi], steps[gi])
+        if l2:
+            sc[S_WD] = h[gi, H_WEIGHT_DECAY]
+        out[gi, :N_SCALARS] = sc[:N_SCALARS]
+        out[gi, WDM1] = sc[WDM1]
     return out
 
 

@@ -22,17 +22,29 @@ from __future__ import annotations
 
 from functools import cache
 
+import numpy as np
 from numba import njit, prange
 
 from ..config import BLOCK, JIT_OPTIONS
-from .adam_lowp import STATE_Q8, lowp_scalars, segment_plain, segment_q8
-from .loop import advance
+from .adam_lowp import N_LOWP_SCALARS, STATE_Q8, WDM1, segment_plain, segment_q8
+from .loop import advance, step_scalars
 from .registry import ALGORITHMS
-from .spec import WD_L2
+from .spec import H_LR, H_WEIGHT_DECAY, N_SCALARS, S_WD, WD_L2
 
 #: The algorithms these kernels serve.
 NAMES = ("nadam", "radam")
 _NADAM_ID = ALGORITHMS["nadam"].id
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def nr_scalars(alg, h, t, gs, l2):
+    """The float32 scalars row (adam_lowp's layout: spec.N_SCALARS, then -lr * wd)."""
+    sc = np.empty(N_LOWP_SCALARS, np.float32)
+    step_scalars(alg, h, t, gs, True, sc[:N_SCALARS])   # decoupled: sc[WD] = 1 - lr * wd
+    sc[WDM1] = -h[H_LR] * h[H_WEIGHT_DECAY]
+    if l2:
+        sc[S_WD] = h[H_WEIGHT_DECAY]
+    return sc
 
 
 @njit(**JIT_OPTIONS)
@@ -70,7 +82,7 @@ def build(name, param_kind, state_kind, pmode, wd_mode, scale_grad):
     def serial(p, g, m, v, w, c, ms, vs, h, t, key, gs):
         if source < 0:
             return
-        sc = lowp_scalars(alg, h, t, gs, l2)
+        sc = nr_scalars(alg, h, t, gs, l2)
         if q8:
             segment_q8(alg, p, g, m, v, w, c, ms, vs, sc, key, 0, g.shape[0], param_kind,
                        state_kind, pmode, wd_mode, scale_grad)
@@ -82,7 +94,7 @@ def build(name, param_kind, state_kind, pmode, wd_mode, scale_grad):
     def parallel(p, g, m, v, w, c, ms, vs, h, t, key, gs):
         if source < 0:
             return
-        sc = lowp_scalars(alg, h, t, gs, l2)
+        sc = nr_scalars(alg, h, t, gs, l2)
         n = g.shape[0]
         for b in prange((n + BLOCK - 1) // BLOCK):
             lo = b * BLOCK
